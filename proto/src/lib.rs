@@ -1,0 +1,8 @@
+//! Sans-IO core of callbridge: every wire format and timing rule, no sockets, no tasks, no clock.
+//!
+//! Time always comes in as an argument (`now: Instant`), so pacing, gap fill, marks and barge-in
+//! are tested faster than real time, as in str0m.
+
+pub mod signature;
+pub mod twilio;
+pub mod twiml;

@@ -1,0 +1,1 @@
+//! LiveKit participant without libwebrtc (filled by issue 3).
