@@ -1,0 +1,793 @@
+//! Opus audio: the encoder behind [`AudioSink`] and the decoder behind [`AudioStream`].
+//!
+//! * Sending: [`Room::publish_audio`](crate::Room::publish_audio) returns an [`AudioSink`].
+//!   The caller pushes mono PCM `i16` at the rate it has (8, 16, 24 or 48 kHz); the sink cuts
+//!   it into 20 ms frames and encodes each with Opus **at that input rate** (no resampling:
+//!   libopus accepts 8/16/24/48 kHz input and the RTP clock stays 48 kHz). Encoding runs in the
+//!   caller's task, so one busy room never stalls another; only the small encoded packet
+//!   crosses into the room's driver task, through a bounded queue.
+//! * Receiving: a [`RemoteAudioTrack`] (from [`RoomEvent::TrackSubscribed`](crate::RoomEvent))
+//!   hands out [`AudioStream`]s. Each stream owns an Opus decoder created at the rate the
+//!   caller asked for (8 kHz for a phone leg: no resampler needed), decodes in the consumer's
+//!   task and conceals short losses (up to [`MAX_CONCEALED_FRAMES`] × 20 ms) with Opus PLC.
+//!
+//! Every queue is bounded: a slow consumer loses frames and the `dropped` counters say so.
+
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use futures_core::Stream;
+use tokio::sync::mpsc;
+
+use crate::error::RoomError;
+
+/// Sample rates Opus can encode from / decode to directly.
+pub const SUPPORTED_RATES: [u32; 5] = [8_000, 12_000, 16_000, 24_000, 48_000];
+/// RTP clock rate of Opus (RFC 7587), whatever the input rate.
+pub const RTP_CLOCK: u32 = 48_000;
+/// Samples of one 20 ms frame at the 48 kHz RTP clock.
+pub const RTP_SAMPLES_PER_FRAME: u32 = 960;
+/// Longest gap (in 20 ms frames) the decoder fills with packet-loss concealment; longer gaps
+/// (e.g. DTX silence) produce no frames, the next frame's `rtp_timestamp` shows the jump.
+pub const MAX_CONCEALED_FRAMES: u64 = 5;
+/// Largest Opus packet we produce (RFC 6716 recommends 1275 max).
+const MAX_PACKET: usize = 1500;
+
+fn check_rate(rate: u32) -> Result<(), RoomError> {
+    if SUPPORTED_RATES.contains(&rate) {
+        Ok(())
+    } else {
+        Err(RoomError::InvalidSampleRate(rate))
+    }
+}
+
+/// Samples in 20 ms at `rate`.
+pub fn samples_per_frame(rate: u32) -> usize {
+    (rate / 50) as usize
+}
+
+/// Options for a published audio track.
+#[derive(Debug, Clone)]
+pub struct AudioTrackOptions {
+    /// Track name shown to other participants.
+    pub name: String,
+    /// Sample rate of the PCM the caller will push: 8000, 12000, 16000, 24000 or 48000.
+    pub sample_rate: u32,
+    /// Opus complexity 0..=10 (CPU vs quality; 5 is a good default for speech).
+    pub complexity: u8,
+    /// Opus discontinuous transmission: silence is sent as (almost) nothing.
+    pub dtx: bool,
+    /// Target bitrate in bit/s (None: libopus chooses).
+    pub bitrate: Option<u32>,
+    /// Opus in-band FEC (helps the receiver conceal single losses).
+    pub fec: bool,
+    /// LiveKit track source (microphone by default).
+    pub source: livekit_protocol::TrackSource,
+    /// Capacity of the queue between the sink and the room's driver, in 20 ms frames.
+    pub queue_frames: usize,
+}
+
+impl Default for AudioTrackOptions {
+    fn default() -> Self {
+        Self {
+            name: "audio".into(),
+            sample_rate: 48_000,
+            complexity: 5,
+            dtx: false,
+            bitrate: None,
+            fec: true,
+            source: livekit_protocol::TrackSource::Microphone,
+            queue_frames: 50,
+        }
+    }
+}
+
+/// A 20 ms-framed Opus encoder at a fixed input rate (mono).
+pub struct OpusEncoder {
+    enc: opus::Encoder,
+    rate: u32,
+    dtx: bool,
+    out: Vec<u8>,
+}
+
+impl std::fmt::Debug for OpusEncoder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OpusEncoder").field("rate", &self.rate).field("dtx", &self.dtx).finish()
+    }
+}
+
+impl OpusEncoder {
+    /// Create an encoder for mono PCM at `rate` (8/12/16/24/48 kHz).
+    pub fn new(rate: u32, complexity: u8, dtx: bool) -> Result<Self, RoomError> {
+        check_rate(rate)?;
+        let mut enc = opus::Encoder::new(rate, opus::Channels::Mono, opus::Application::Voip)
+            .map_err(|e| RoomError::Opus(e.to_string()))?;
+        enc.set_complexity(complexity.min(10) as i32).map_err(|e| RoomError::Opus(e.to_string()))?;
+        enc.set_dtx(dtx).map_err(|e| RoomError::Opus(e.to_string()))?;
+        Ok(Self { enc, rate, dtx, out: vec![0; MAX_PACKET] })
+    }
+
+    /// Apply bitrate / FEC settings.
+    pub fn configure(&mut self, bitrate: Option<u32>, fec: bool) -> Result<(), RoomError> {
+        let br = match bitrate {
+            Some(b) => opus::Bitrate::Bits(b.clamp(6_000, 510_000) as i32),
+            None => opus::Bitrate::Auto,
+        };
+        self.enc.set_bitrate(br).map_err(|e| RoomError::Opus(e.to_string()))?;
+        self.enc.set_inband_fec(fec).map_err(|e| RoomError::Opus(e.to_string()))?;
+        if fec {
+            self.enc.set_packet_loss_perc(5).map_err(|e| RoomError::Opus(e.to_string()))?;
+        }
+        Ok(())
+    }
+
+    /// Input sample rate.
+    pub fn sample_rate(&self) -> u32 {
+        self.rate
+    }
+
+    /// Encode exactly one 20 ms frame. Returns the Opus packet; with DTX on, packets of one
+    /// or two bytes mean "silence, nothing worth sending".
+    pub fn encode_frame(&mut self, pcm: &[i16]) -> Result<&[u8], RoomError> {
+        if pcm.len() != samples_per_frame(self.rate) {
+            return Err(RoomError::Opus(format!(
+                "frame has {} samples, expected {} (20 ms at {} Hz)",
+                pcm.len(),
+                samples_per_frame(self.rate),
+                self.rate
+            )));
+        }
+        let n = self.enc.encode(pcm, &mut self.out).map_err(|e| RoomError::Opus(e.to_string()))?;
+        Ok(&self.out[..n])
+    }
+}
+
+/// A mono Opus decoder producing PCM at a fixed output rate.
+pub struct OpusDecoder {
+    dec: opus::Decoder,
+    rate: u32,
+    buf: Vec<i16>,
+}
+
+impl std::fmt::Debug for OpusDecoder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OpusDecoder").field("rate", &self.rate).finish()
+    }
+}
+
+impl OpusDecoder {
+    /// Create a decoder whose output is mono PCM at `rate` (8/12/16/24/48 kHz).
+    pub fn new(rate: u32) -> Result<Self, RoomError> {
+        check_rate(rate)?;
+        let dec = opus::Decoder::new(rate, opus::Channels::Mono).map_err(|e| RoomError::Opus(e.to_string()))?;
+        // 120 ms is the longest Opus packet.
+        Ok(Self { dec, rate, buf: vec![0; (rate as usize * 120) / 1000] })
+    }
+
+    /// Output sample rate.
+    pub fn sample_rate(&self) -> u32 {
+        self.rate
+    }
+
+    /// Decode one packet. Malformed packets give an error (never a panic).
+    pub fn decode(&mut self, packet: &[u8]) -> Result<Vec<i16>, RoomError> {
+        if packet.is_empty() {
+            return Err(RoomError::Opus("empty packet".into()));
+        }
+        let n = self.dec.decode(packet, &mut self.buf, false).map_err(|e| RoomError::Opus(e.to_string()))?;
+        Ok(self.buf[..n].to_vec())
+    }
+
+    /// Packet-loss concealment for one lost 20 ms frame.
+    pub fn conceal(&mut self) -> Result<Vec<i16>, RoomError> {
+        let n = samples_per_frame(self.rate);
+        let n = self.dec.decode(&[], &mut self.buf[..n], false).map_err(|e| RoomError::Opus(e.to_string()))?;
+        Ok(self.buf[..n].to_vec())
+    }
+}
+
+/// RFC 6464 audio level (0 = loudest, 127 = silence) of a PCM frame, in -dBov.
+pub fn audio_level(pcm: &[i16]) -> i8 {
+    if pcm.is_empty() {
+        return 127;
+    }
+    let sum: f64 = pcm.iter().map(|&s| (s as f64) * (s as f64)).sum();
+    let rms = (sum / pcm.len() as f64).sqrt() / 32768.0;
+    if rms <= 1e-7 {
+        return 127;
+    }
+    let db = -20.0 * rms.log10();
+    db.clamp(0.0, 127.0) as i8
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sending side
+// ---------------------------------------------------------------------------------------------
+
+/// One encoded frame on its way from an [`AudioSink`] to the room driver.
+#[derive(Debug)]
+pub(crate) struct OutgoingAudio {
+    pub track_cid: Arc<str>,
+    pub payload: Vec<u8>,
+    /// RTP time (48 kHz) of the first sample.
+    pub rtp_time: u64,
+    pub audio_level: i8,
+    /// First packet after a DTX pause (sets the RTP marker).
+    pub talkspurt_start: bool,
+}
+
+/// Why [`AudioSink::try_push`] could not take a frame.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PushError {
+    /// The queue to the driver was full: the frame was dropped (and counted).
+    #[error("audio queue full, frame dropped")]
+    Full,
+    /// The room is gone.
+    #[error("room closed")]
+    Closed,
+}
+
+/// Counters shared between an [`AudioSink`] and the room.
+#[derive(Debug, Default)]
+pub struct SinkStats {
+    /// 20 ms frames encoded.
+    pub frames_encoded: AtomicU64,
+    /// Frames dropped because the queue to the driver was full.
+    pub frames_dropped: AtomicU64,
+    /// Frames not sent because DTX said silence.
+    pub frames_dtx: AtomicU64,
+}
+
+/// Where PCM for a published track goes in. Obtained from
+/// [`Room::publish_audio`](crate::Room::publish_audio).
+///
+/// Push mono `i16` PCM at the track's sample rate, in any chunk size; it is framed to 20 ms.
+/// Push in real time (the sink does not pace).
+pub struct AudioSink {
+    pub(crate) track_sid: String,
+    pub(crate) cid: Arc<str>,
+    pub(crate) encoder: OpusEncoder,
+    pub(crate) pending: Vec<i16>,
+    pub(crate) rtp_time: u64,
+    pub(crate) in_dtx: bool,
+    pub(crate) tx: mpsc::Sender<OutgoingAudio>,
+    pub(crate) stats: Arc<SinkStats>,
+}
+
+impl std::fmt::Debug for AudioSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AudioSink").field("track_sid", &self.track_sid).field("rate", &self.encoder.rate).finish()
+    }
+}
+
+impl AudioSink {
+    pub(crate) fn new(
+        track_sid: String,
+        cid: Arc<str>,
+        opts: &AudioTrackOptions,
+        tx: mpsc::Sender<OutgoingAudio>,
+    ) -> Result<Self, RoomError> {
+        let mut encoder = OpusEncoder::new(opts.sample_rate, opts.complexity, opts.dtx)?;
+        encoder.configure(opts.bitrate, opts.fec)?;
+        Ok(Self {
+            track_sid,
+            cid,
+            encoder,
+            pending: Vec::with_capacity(samples_per_frame(opts.sample_rate) * 2),
+            rtp_time: rand::random::<u32>() as u64,
+            in_dtx: false,
+            tx,
+            stats: Arc::new(SinkStats::default()),
+        })
+    }
+
+    /// The server-assigned track sid (`TR_…`).
+    pub fn track_sid(&self) -> &str {
+        &self.track_sid
+    }
+
+    /// Sample rate the sink expects.
+    pub fn sample_rate(&self) -> u32 {
+        self.encoder.rate
+    }
+
+    /// Counters (frames encoded / dropped / suppressed by DTX).
+    pub fn stats(&self) -> Arc<SinkStats> {
+        self.stats.clone()
+    }
+
+    /// Frames dropped because the driver queue was full.
+    pub fn dropped_frames(&self) -> u64 {
+        self.stats.frames_dropped.load(Ordering::Relaxed)
+    }
+
+    fn encode_next(&mut self) -> Result<Option<OutgoingAudio>, RoomError> {
+        let n = samples_per_frame(self.encoder.rate);
+        if self.pending.len() < n {
+            return Ok(None);
+        }
+        let frame: Vec<i16> = self.pending.drain(..n).collect();
+        let level = audio_level(&frame);
+        let rtp_time = self.rtp_time;
+        self.rtp_time += RTP_SAMPLES_PER_FRAME as u64;
+        let dtx = self.encoder.dtx;
+        let packet = self.encoder.encode_frame(&frame)?;
+        self.stats.frames_encoded.fetch_add(1, Ordering::Relaxed);
+        if dtx && packet.len() <= 2 {
+            self.in_dtx = true;
+            self.stats.frames_dtx.fetch_add(1, Ordering::Relaxed);
+            return Ok(Some(OutgoingAudio {
+                track_cid: self.cid.clone(),
+                payload: Vec::new(), // marker: nothing to send
+                rtp_time,
+                audio_level: level,
+                talkspurt_start: false,
+            }));
+        }
+        let talkspurt_start = std::mem::replace(&mut self.in_dtx, false);
+        Ok(Some(OutgoingAudio {
+            track_cid: self.cid.clone(),
+            payload: packet.to_vec(),
+            rtp_time,
+            audio_level: level,
+            talkspurt_start,
+        }))
+    }
+
+    /// Push PCM, waiting for room in the driver queue (back-pressure).
+    pub async fn push(&mut self, pcm: &[i16]) -> Result<(), PushError> {
+        self.pending.extend_from_slice(pcm);
+        loop {
+            match self.encode_next() {
+                Ok(Some(f)) if f.payload.is_empty() => continue,
+                Ok(Some(f)) => self.tx.send(f).await.map_err(|_| PushError::Closed)?,
+                Ok(None) => return Ok(()),
+                Err(e) => {
+                    tracing::warn!(error = %e, "opus encode failed; frame dropped");
+                    self.stats.frames_dropped.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+
+    /// Push PCM without waiting. Frames that do not fit in the queue are dropped and counted;
+    /// returns [`PushError::Full`] if any frame of this call was dropped.
+    pub fn try_push(&mut self, pcm: &[i16]) -> Result<(), PushError> {
+        self.pending.extend_from_slice(pcm);
+        let mut result = Ok(());
+        loop {
+            match self.encode_next() {
+                Ok(Some(f)) if f.payload.is_empty() => continue,
+                Ok(Some(f)) => match self.tx.try_send(f) {
+                    Ok(()) => {}
+                    Err(mpsc::error::TrySendError::Full(_)) => {
+                        self.stats.frames_dropped.fetch_add(1, Ordering::Relaxed);
+                        result = Err(PushError::Full);
+                    }
+                    Err(mpsc::error::TrySendError::Closed(_)) => return Err(PushError::Closed),
+                },
+                Ok(None) => return result,
+                Err(e) => {
+                    tracing::warn!(error = %e, "opus encode failed; frame dropped");
+                    self.stats.frames_dropped.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Receiving side
+// ---------------------------------------------------------------------------------------------
+
+/// Decoded audio handed to the application.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AudioFrame {
+    /// Mono PCM samples at `sample_rate`.
+    pub samples: Vec<i16>,
+    /// Sample rate of `samples`.
+    pub sample_rate: u32,
+    /// RTP time (48 kHz clock, extended to 64 bits) of the first sample.
+    pub rtp_timestamp: u64,
+    /// True when this frame was synthesised by packet-loss concealment.
+    pub concealed: bool,
+}
+
+impl AudioFrame {
+    /// Duration of the frame in milliseconds.
+    pub fn duration_ms(&self) -> u32 {
+        (self.samples.len() as u64 * 1000 / self.sample_rate.max(1) as u64) as u32
+    }
+}
+
+/// An encoded packet from the network, on its way to an [`AudioStream`].
+#[derive(Debug, Clone)]
+pub(crate) struct IncomingAudio {
+    pub rtp_time: u64,
+    pub payload: Arc<[u8]>,
+}
+
+#[derive(Debug)]
+struct StreamSlot {
+    tx: mpsc::Sender<IncomingAudio>,
+    dropped: Arc<AtomicU64>,
+}
+
+/// State shared between the driver (producer) and the track handles (consumers).
+#[derive(Debug, Default)]
+pub(crate) struct TrackShared {
+    slots: Mutex<Vec<StreamSlot>>,
+    closed: AtomicBool,
+    pub(crate) packets: AtomicU64,
+}
+
+impl TrackShared {
+    /// Fan an encoded packet out to every open stream (never blocks).
+    pub(crate) fn dispatch(&self, pkt: IncomingAudio) {
+        self.packets.fetch_add(1, Ordering::Relaxed);
+        let mut slots = match self.slots.lock() {
+            Ok(s) => s,
+            Err(p) => p.into_inner(),
+        };
+        slots.retain(|slot| match slot.tx.try_send(pkt.clone()) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                slot.dropped.fetch_add(1, Ordering::Relaxed);
+                true
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        });
+    }
+
+    /// End every stream of this track.
+    pub(crate) fn close(&self) {
+        self.closed.store(true, Ordering::Relaxed);
+        match self.slots.lock() {
+            Ok(mut s) => s.clear(),
+            Err(p) => p.into_inner().clear(),
+        }
+    }
+}
+
+/// A remote participant's audio track we are subscribed to.
+#[derive(Debug, Clone)]
+pub struct RemoteAudioTrack {
+    pub(crate) sid: String,
+    pub(crate) name: String,
+    pub(crate) participant_identity: String,
+    pub(crate) participant_sid: String,
+    pub(crate) shared: Arc<TrackShared>,
+}
+
+impl RemoteAudioTrack {
+    /// Track sid (`TR_…`).
+    pub fn sid(&self) -> &str {
+        &self.sid
+    }
+    /// Track name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+    /// Identity of the publishing participant.
+    pub fn participant_identity(&self) -> &str {
+        &self.participant_identity
+    }
+    /// Sid of the publishing participant.
+    pub fn participant_sid(&self) -> &str {
+        &self.participant_sid
+    }
+    /// Encoded packets received so far on this track.
+    pub fn packets_received(&self) -> u64 {
+        self.shared.packets.load(Ordering::Relaxed)
+    }
+
+    /// Decoded PCM at `sample_rate`, with a default queue of 50 packets (~1 s).
+    pub fn stream(&self, sample_rate: u32) -> Result<AudioStream, RoomError> {
+        self.stream_with_capacity(sample_rate, 50)
+    }
+
+    /// Decoded PCM at `sample_rate`; at most `capacity` undecoded packets wait for the
+    /// consumer, later ones are dropped and counted ([`AudioStream::dropped_packets`]).
+    pub fn stream_with_capacity(&self, sample_rate: u32, capacity: usize) -> Result<AudioStream, RoomError> {
+        let decoder = OpusDecoder::new(sample_rate)?;
+        let (tx, rx) = mpsc::channel(capacity.max(1));
+        let dropped = Arc::new(AtomicU64::new(0));
+        if !self.shared.closed.load(Ordering::Relaxed) {
+            let mut slots = match self.shared.slots.lock() {
+                Ok(s) => s,
+                Err(p) => p.into_inner(),
+            };
+            slots.push(StreamSlot { tx, dropped: dropped.clone() });
+        }
+        Ok(AudioStream {
+            rx,
+            decoder,
+            dropped,
+            next_rtp: None,
+            ready: VecDeque::new(),
+            decode_errors: 0,
+            track_sid: self.sid.clone(),
+        })
+    }
+}
+
+/// Decoded audio of one remote track, as a [`Stream`] of [`AudioFrame`]s (or via
+/// [`AudioStream::recv`]). Ends when the track is unsubscribed or the room closes.
+pub struct AudioStream {
+    rx: mpsc::Receiver<IncomingAudio>,
+    decoder: OpusDecoder,
+    dropped: Arc<AtomicU64>,
+    next_rtp: Option<u64>,
+    ready: VecDeque<AudioFrame>,
+    decode_errors: u64,
+    track_sid: String,
+}
+
+impl std::fmt::Debug for AudioStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AudioStream").field("track_sid", &self.track_sid).field("rate", &self.decoder.rate).finish()
+    }
+}
+
+impl AudioStream {
+    /// Packets dropped because this stream's consumer was too slow.
+    pub fn dropped_packets(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+    /// Packets that failed to decode (malformed); they are skipped.
+    pub fn decode_errors(&self) -> u64 {
+        self.decode_errors
+    }
+    /// Output sample rate.
+    pub fn sample_rate(&self) -> u32 {
+        self.decoder.rate
+    }
+
+    /// Next decoded frame; `None` once the track is gone.
+    pub async fn recv(&mut self) -> Option<AudioFrame> {
+        std::future::poll_fn(|cx| self.poll_frame(cx)).await
+    }
+
+    fn handle_packet(&mut self, pkt: IncomingAudio) {
+        // Conceal short gaps (lost packets), skip long ones (DTX / pauses).
+        if let Some(expected) = self.next_rtp {
+            if pkt.rtp_time > expected {
+                let gap = (pkt.rtp_time - expected) / RTP_SAMPLES_PER_FRAME as u64;
+                if gap >= 1 && gap <= MAX_CONCEALED_FRAMES {
+                    for i in 0..gap {
+                        match self.decoder.conceal() {
+                            Ok(samples) => self.ready.push_back(AudioFrame {
+                                samples,
+                                sample_rate: self.decoder.rate,
+                                rtp_timestamp: expected + i * RTP_SAMPLES_PER_FRAME as u64,
+                                concealed: true,
+                            }),
+                            Err(_) => break,
+                        }
+                    }
+                }
+            } else if pkt.rtp_time < expected {
+                // Late or duplicate packet: its slot was already played or concealed.
+                return;
+            }
+        }
+        match self.decoder.decode(&pkt.payload) {
+            Ok(samples) => {
+                let dur48 = samples.len() as u64 * RTP_CLOCK as u64 / self.decoder.rate as u64;
+                self.next_rtp = Some(pkt.rtp_time + dur48);
+                self.ready.push_back(AudioFrame {
+                    samples,
+                    sample_rate: self.decoder.rate,
+                    rtp_timestamp: pkt.rtp_time,
+                    concealed: false,
+                });
+            }
+            Err(e) => {
+                self.decode_errors += 1;
+                tracing::debug!(track = %self.track_sid, error = %e, "opus decode failed; packet skipped");
+            }
+        }
+    }
+
+    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<AudioFrame>> {
+        loop {
+            if let Some(f) = self.ready.pop_front() {
+                return Poll::Ready(Some(f));
+            }
+            match self.rx.poll_recv(cx) {
+                Poll::Ready(Some(pkt)) => self.handle_packet(pkt),
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+}
+
+impl Stream for AudioStream {
+    type Item = AudioFrame;
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<AudioFrame>> {
+        self.get_mut().poll_frame(cx)
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// Tone generator: `n` samples of `freq` Hz at `rate`, amplitude `amp`, starting at sample `start`.
+    pub fn tone(freq: f64, rate: u32, start: usize, n: usize, amp: f64) -> Vec<i16> {
+        (start..start + n)
+            .map(|i| (amp * (2.0 * std::f64::consts::PI * freq * i as f64 / rate as f64).sin()) as i16)
+            .collect()
+    }
+
+    /// Dominant frequency by zero-crossing counting with interpolation.
+    pub fn zero_cross_freq(s: &[i16], rate: u32) -> f64 {
+        let mut first = None;
+        let mut last = 0.0;
+        let mut count = 0;
+        for i in 1..s.len() {
+            let (a, b) = (s[i - 1] as f64, s[i] as f64);
+            if a < 0.0 && b >= 0.0 {
+                let t = (i - 1) as f64 + (-a) / (b - a);
+                if first.is_none() {
+                    first = Some(t);
+                } else {
+                    count += 1;
+                }
+                last = t;
+            }
+        }
+        match first {
+            Some(f) if count > 0 => count as f64 * rate as f64 / (last - f),
+            _ => 0.0,
+        }
+    }
+
+    fn roundtrip(enc_rate: u32, dec_rate: u32) {
+        let mut enc = OpusEncoder::new(enc_rate, 5, false).unwrap();
+        enc.configure(None, false).unwrap();
+        let mut dec = OpusDecoder::new(dec_rate).unwrap();
+        let n = samples_per_frame(enc_rate);
+        let mut out = Vec::new();
+        for f in 0..50 {
+            let pcm = tone(440.0, enc_rate, f * n, n, 10_000.0);
+            let pkt = enc.encode_frame(&pcm).unwrap().to_vec();
+            assert!(pkt.len() > 2 && pkt.len() < 400, "packet size {}", pkt.len());
+            let d = dec.decode(&pkt).unwrap();
+            assert_eq!(d.len(), samples_per_frame(dec_rate));
+            out.extend(d);
+        }
+        // Skip the codec's start-up (first 200 ms).
+        let tail = &out[out.len() / 2..];
+        let f = zero_cross_freq(tail, dec_rate);
+        assert!((f - 440.0).abs() < 5.0, "{enc_rate}->{dec_rate}: got {f} Hz");
+        let rms = (tail.iter().map(|&s| (s as f64).powi(2)).sum::<f64>() / tail.len() as f64).sqrt();
+        let expected = 10_000.0 / 2f64.sqrt();
+        assert!((rms / expected - 1.0).abs() < 0.2, "{enc_rate}->{dec_rate}: rms {rms} vs {expected}");
+    }
+
+    #[test]
+    fn opus_roundtrip_8k() {
+        roundtrip(8_000, 8_000);
+    }
+
+    #[test]
+    fn opus_roundtrip_48k() {
+        roundtrip(48_000, 48_000);
+    }
+
+    #[test]
+    fn opus_roundtrip_8k_in_48k_out_and_back() {
+        roundtrip(8_000, 48_000);
+        roundtrip(48_000, 8_000);
+        roundtrip(16_000, 24_000);
+    }
+
+    #[test]
+    fn rejects_bad_rates_and_frames() {
+        assert!(matches!(OpusEncoder::new(44_100, 5, false), Err(RoomError::InvalidSampleRate(44_100))));
+        assert!(OpusDecoder::new(11_025).is_err());
+        let mut enc = OpusEncoder::new(8_000, 5, false).unwrap();
+        assert!(enc.encode_frame(&[0; 100]).is_err());
+    }
+
+    #[test]
+    fn malformed_packets_do_not_panic() {
+        let mut dec = OpusDecoder::new(8_000).unwrap();
+        assert!(dec.decode(&[]).is_err());
+        // Code 3 packet with an absurd frame count.
+        let _ = dec.decode(&[0xff, 0xff, 0xff]);
+        let _ = dec.decode(&[0x03; 7]);
+        for seed in 0..200u32 {
+            let junk: Vec<u8> = (0..(seed % 60 + 1)).map(|i| (i * 31 + seed * 17) as u8).collect();
+            let _ = dec.decode(&junk);
+        }
+        assert_eq!(dec.conceal().unwrap().len(), 160);
+    }
+
+    #[test]
+    fn dtx_suppresses_silence() {
+        let mut enc = OpusEncoder::new(16_000, 5, true).unwrap();
+        let silence = vec![0i16; 320];
+        let mut small = 0;
+        for _ in 0..50 {
+            if enc.encode_frame(&silence).unwrap().len() <= 2 {
+                small += 1;
+            }
+        }
+        assert!(small > 30, "only {small} DTX frames");
+    }
+
+    #[test]
+    fn audio_level_range() {
+        assert_eq!(audio_level(&[0; 160]), 127);
+        let loud = tone(440.0, 8000, 0, 160, 32767.0);
+        assert!(audio_level(&loud) <= 4);
+        let quiet = tone(440.0, 8000, 0, 160, 100.0);
+        assert!(audio_level(&quiet) > 40);
+    }
+
+    #[tokio::test]
+    async fn sink_frames_and_counts_drops() {
+        let (tx, mut rx) = mpsc::channel(2);
+        let opts = AudioTrackOptions { sample_rate: 8_000, ..Default::default() };
+        let mut sink = AudioSink::new("TR_x".into(), "cid".into(), &opts, tx).unwrap();
+        // 50 ms of audio in odd chunks: 2 whole frames, 10 ms left pending.
+        let pcm = tone(440.0, 8000, 0, 400, 8000.0);
+        sink.try_push(&pcm[..123]).unwrap();
+        sink.try_push(&pcm[123..]).unwrap();
+        assert_eq!(sink.pending.len(), 80);
+        let a = rx.recv().await.unwrap();
+        let b = rx.recv().await.unwrap();
+        assert_eq!(b.rtp_time - a.rtp_time, 960);
+        // Queue of 2: the third frame of 3 is dropped and counted.
+        let more = tone(440.0, 8000, 400, 480, 8000.0);
+        assert_eq!(sink.try_push(&more), Err(PushError::Full));
+        assert_eq!(sink.dropped_frames(), 1);
+    }
+
+    #[tokio::test]
+    async fn stream_decodes_conceals_and_drops() {
+        let shared = Arc::new(TrackShared::default());
+        let track = RemoteAudioTrack {
+            sid: "TR_a".into(),
+            name: "a".into(),
+            participant_identity: "p".into(),
+            participant_sid: "PA_p".into(),
+            shared: shared.clone(),
+        };
+        let mut stream = track.stream_with_capacity(8_000, 4).unwrap();
+        let mut enc = OpusEncoder::new(48_000, 5, false).unwrap();
+        let mut pkts = Vec::new();
+        for f in 0..6 {
+            let pcm = tone(440.0, 48_000, f * 960, 960, 8000.0);
+            pkts.push(Arc::<[u8]>::from(enc.encode_frame(&pcm).unwrap()));
+        }
+        // Frames 0, 1, then 4 (2 and 3 lost -> concealed).
+        shared.dispatch(IncomingAudio { rtp_time: 1000, payload: pkts[0].clone() });
+        shared.dispatch(IncomingAudio { rtp_time: 1960, payload: pkts[1].clone() });
+        shared.dispatch(IncomingAudio { rtp_time: 1000 + 4 * 960, payload: pkts[4].clone() });
+        let mut got = Vec::new();
+        for _ in 0..5 {
+            got.push(stream.recv().await.unwrap());
+        }
+        assert_eq!(got.iter().map(|f| f.concealed).collect::<Vec<_>>(), vec![false, false, true, true, false]);
+        assert!(got.iter().all(|f| f.samples.len() == 160 && f.sample_rate == 8000));
+        assert_eq!(got[3].rtp_timestamp, 1000 + 3 * 960);
+        // Slow consumer: capacity 4, 6 packets -> 2 dropped.
+        for i in 0..6u64 {
+            shared.dispatch(IncomingAudio { rtp_time: 1000 + (5 + i) * 960, payload: pkts[0].clone() });
+        }
+        assert_eq!(stream.dropped_packets(), 2);
+        shared.close();
+        let mut n = 0;
+        while stream.recv().await.is_some() {
+            n += 1;
+        }
+        assert_eq!(n, 4);
+    }
+}

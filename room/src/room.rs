@@ -1,0 +1,1390 @@
+//! The room: joining, the driver task, and the [`Room`] handle.
+//!
+//! [`Room::connect`] dials `/rtc`, waits for `join`, binds one UDP socket per peer connection,
+//! offers the publisher peer connection (carrying the `_reliable` / `_lossy` data channels) and
+//! spawns the **driver**: one tokio task per room that owns the signalling link, both str0m
+//! [`Peer`]s and their sockets. The driver wakes on exactly one thing at a time — a signalling
+//! message, a datagram, a command from a [`Room`] handle, an encoded frame from an
+//! [`AudioSink`], or a timer — applies it, drains the peers and sends what they produced.
+//! Nothing is shared with the driver but bounded channels and a small snapshot of room state
+//! behind a mutex, so a room that misbehaves cannot stall another.
+//!
+//! Keepalive: `ping_req` every `ping_interval`; no message for `ping_timeout` means the
+//! signalling link is dead. A dead link (ping timeout, socket error, or `leave` with action
+//! `RESUME`) starts a **resume**: redial with `reconnect=1&sid=…` in a background task while
+//! media keeps flowing, wait for `reconnect`, then send `sync_state` (our subscriber answer,
+//! subscriptions, published tracks, data channels) and, if the publisher's ICE is down, an
+//! ICE-restart offer. Attempts back off; when they run out the room ends with
+//! [`DisconnectReason::SignalLost`] / [`DisconnectReason::PingTimeout`].
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use livekit_protocol as proto;
+use str0m::media::Mid;
+use str0m::IceConnectionState;
+use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, oneshot};
+use url::Url;
+
+use crate::audio::{AudioSink, AudioTrackOptions, IncomingAudio, OutgoingAudio, RemoteAudioTrack, TrackShared};
+use crate::data::{self, DataKind, DataPacketBuilder};
+use crate::error::RoomError;
+use crate::events::{attribute_changes, DisconnectReason, Participant, RoomEvent, TrackInfo};
+use crate::peer::{Peer, PeerEvent, Role, SdpMedia};
+use crate::signal::{self, Incoming, JoinParams, Request, Response, SignalConn};
+
+/// How a [`Room`] behaves.
+#[derive(Debug, Clone)]
+pub struct RoomOptions {
+    /// Subscribe to every published track automatically (the server decides; default true).
+    pub auto_subscribe: bool,
+    /// Capacity of the event receiver; events beyond it are dropped and counted.
+    pub event_capacity: usize,
+    /// Capacity of the queue from all [`AudioSink`]s to the driver, in 20 ms frames.
+    pub audio_queue_frames: usize,
+    /// Data packets waiting for the data channel (before it opens, or while SCTP is full).
+    pub data_queue_packets: usize,
+    /// Resume after the signalling link drops (`reconnect=1&sid=…`).
+    pub resume: bool,
+    /// Resume attempts before giving up.
+    pub resume_attempts: u32,
+    /// Local IP to bind and advertise as ICE host candidate. Default: the address of the
+    /// interface that routes to the LiveKit host.
+    pub local_ip: Option<IpAddr>,
+    /// How long [`Room::connect`] waits for the peer connection to come up.
+    pub connect_timeout: Duration,
+}
+
+impl Default for RoomOptions {
+    fn default() -> Self {
+        Self {
+            auto_subscribe: true,
+            event_capacity: 1024,
+            audio_queue_frames: 256,
+            data_queue_packets: 1024,
+            resume: true,
+            resume_attempts: 5,
+            local_ip: None,
+            connect_timeout: Duration::from_secs(20),
+        }
+    }
+}
+
+/// Counters of a room (malformed input, drops, traffic). All monotonic.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct RoomStats {
+    /// Events dropped because the event receiver was full.
+    pub events_dropped: u64,
+    /// Signalling messages received.
+    pub signal_messages: u64,
+    /// Signalling frames that could not be decoded or applied.
+    pub signal_malformed: u64,
+    /// Datagrams received / sent.
+    pub datagrams_in: u64,
+    /// Datagrams sent.
+    pub datagrams_out: u64,
+    /// Datagrams that could not be sent (socket full) or were rejected on input.
+    pub datagrams_bad: u64,
+    /// Opus frames sent.
+    pub audio_frames_out: u64,
+    /// Opus frames received.
+    pub audio_frames_in: u64,
+    /// Outgoing frames dropped (track not negotiated yet, connection not up).
+    pub audio_frames_dropped: u64,
+    /// Data packets sent.
+    pub data_sent: u64,
+    /// Data packets received (user + DTMF).
+    pub data_received: u64,
+    /// Data packets dropped (queue full, lossy without buffer space).
+    pub data_dropped: u64,
+    /// Data packets that failed to decode.
+    pub data_malformed: u64,
+    /// Successful resumes.
+    pub resumes: u64,
+    /// Last signalling round-trip time in ms (from ping/pong).
+    pub rtt_ms: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    events_dropped: AtomicU64,
+    signal_messages: AtomicU64,
+    signal_malformed: AtomicU64,
+    datagrams_in: AtomicU64,
+    datagrams_out: AtomicU64,
+    datagrams_bad: AtomicU64,
+    audio_frames_out: AtomicU64,
+    audio_frames_in: AtomicU64,
+    audio_frames_dropped: AtomicU64,
+    data_sent: AtomicU64,
+    data_received: AtomicU64,
+    data_dropped: AtomicU64,
+    data_malformed: AtomicU64,
+    resumes: AtomicU64,
+    rtt_ms: AtomicU64,
+}
+
+fn inc(c: &AtomicU64) {
+    c.fetch_add(1, Ordering::Relaxed);
+}
+
+#[derive(Debug, Default, Clone)]
+struct Snapshot {
+    room_name: String,
+    room_sid: String,
+    room_metadata: String,
+    local: Option<Participant>,
+    remotes: HashMap<String, Participant>,
+}
+
+struct Shared {
+    snapshot: Mutex<Snapshot>,
+    counters: Counters,
+}
+
+impl Shared {
+    fn snap(&self) -> std::sync::MutexGuard<'_, Snapshot> {
+        match self.snapshot.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        }
+    }
+}
+
+enum Command {
+    PublishAudio { opts: AudioTrackOptions, reply: oneshot::Sender<Result<(String, Arc<str>), RoomError>> },
+    SendData { packet: DataPacketBuilder, reply: oneshot::Sender<Result<(), RoomError>> },
+    SendDtmf { code: u32, digit: String, destinations: Vec<String>, reply: oneshot::Sender<Result<(), RoomError>> },
+    UpdateMetadata {
+        metadata: Option<String>,
+        name: Option<String>,
+        attributes: HashMap<String, String>,
+        reply: oneshot::Sender<Result<(), RoomError>>,
+    },
+    SimulateSignalDrop,
+    Close { reply: oneshot::Sender<()> },
+}
+
+/// A joined LiveKit room. Cheap to clone; the room ends on [`Room::close`], when the server
+/// says so, or when every handle is dropped.
+#[derive(Clone)]
+pub struct Room {
+    cmd_tx: mpsc::Sender<Command>,
+    audio_tx: mpsc::Sender<OutgoingAudio>,
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Room {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let s = self.shared.snap();
+        f.debug_struct("Room").field("name", &s.room_name).field("sid", &s.room_sid).finish()
+    }
+}
+
+/// Local IP that routes to `host:port` (no packet is sent: connecting a UDP socket only picks
+/// the route).
+async fn route_ip(url: &Url) -> IpAddr {
+    let host = url.host_str().unwrap_or("127.0.0.1").trim_start_matches('[').trim_end_matches(']').to_string();
+    let port = url.port_or_known_default().unwrap_or(7880);
+    let Ok(mut addrs) = tokio::net::lookup_host((host.as_str(), port)).await else {
+        return IpAddr::V4(Ipv4Addr::LOCALHOST);
+    };
+    let Some(addr) = addrs.next() else { return IpAddr::V4(Ipv4Addr::LOCALHOST) };
+    let bind: SocketAddr = if addr.is_ipv4() { "0.0.0.0:0".parse().unwrap() } else { "[::]:0".parse().unwrap() };
+    let probe = match std::net::UdpSocket::bind(bind) {
+        Ok(s) => s,
+        Err(_) => return IpAddr::V4(Ipv4Addr::LOCALHOST),
+    };
+    match probe.connect(addr).and_then(|_| probe.local_addr()) {
+        Ok(a) if !a.ip().is_unspecified() => a.ip(),
+        _ => IpAddr::V4(Ipv4Addr::LOCALHOST),
+    }
+}
+
+impl Room {
+    /// Join the room `token` grants, at `url` (`ws://`, `wss://`, `http://` or `https://`).
+    /// Returns once the publisher peer connection is up, with the room's event receiver.
+    pub async fn connect(url: &str, token: &str, options: RoomOptions) -> Result<(Room, mpsc::Receiver<RoomEvent>), RoomError> {
+        let params = JoinParams { auto_subscribe: options.auto_subscribe, ..Default::default() };
+        let rtc_url = signal::rtc_url(url, &params, None)?;
+        let (conn, join) = signal::connect(&rtc_url, token).await?;
+        let local_info = join.participant.clone().ok_or_else(|| RoomError::Protocol("join without participant".into()))?;
+
+        let ip = match options.local_ip {
+            Some(ip) => ip,
+            None => route_ip(&rtc_url).await,
+        };
+        let pub_sock = UdpSocket::bind(SocketAddr::new(ip, 0)).await?;
+        let sub_sock = UdpSocket::bind(SocketAddr::new(ip, 0)).await?;
+        let now = Instant::now();
+        let publisher = Peer::new(Role::Publisher, pub_sock.local_addr()?, now)?;
+        let subscriber = Peer::new(Role::Subscriber, sub_sock.local_addr()?, now)?;
+
+        let (events_tx, events_rx) = mpsc::channel(options.event_capacity.max(16));
+        let (cmd_tx, cmd_rx) = mpsc::channel(64);
+        let (audio_tx, audio_rx) = mpsc::channel(options.audio_queue_frames.max(8));
+        let (ready_tx, ready_rx) = oneshot::channel();
+
+        let room = join.room.clone().unwrap_or_default();
+        let shared = Arc::new(Shared {
+            snapshot: Mutex::new(Snapshot {
+                room_name: room.name.clone(),
+                room_sid: room.sid.clone(),
+                room_metadata: room.metadata.clone(),
+                local: Some(Participant::from(&local_info)),
+                remotes: HashMap::new(),
+            }),
+            counters: Counters::default(),
+        });
+
+        let ping_interval = (join.ping_interval > 0).then(|| Duration::from_secs(join.ping_interval as u64));
+        let ping_timeout = (join.ping_timeout > 0).then(|| Duration::from_secs(join.ping_timeout as u64));
+        let mut engine = Engine {
+            url: url.to_string(),
+            token: token.to_string(),
+            params,
+            opts: options.clone(),
+            signal: Some(conn),
+            resume_task: None,
+            resume_attempt: 0,
+            resume_cause: None,
+            local: local_info,
+            publisher,
+            subscriber,
+            events_tx,
+            shared: shared.clone(),
+            ready: Some(ready_tx),
+            closing: None,
+            done: false,
+            negotiation_needed: false,
+            pending_media: VecDeque::new(),
+            pending_publish: HashMap::new(),
+            local_tracks: HashMap::new(),
+            sub_mids: HashMap::new(),
+            subscribed: HashMap::new(),
+            remotes: HashMap::new(),
+            data_queue: VecDeque::new(),
+            reliable_seq: 1,
+            ping_interval,
+            ping_timeout,
+            next_ping: now + ping_interval.unwrap_or(Duration::from_secs(3600)),
+            last_signal_rx: now,
+            rtt_ms: 0,
+            ice_down_since: None,
+            metadata_request_id: 1,
+        };
+        engine.on_join_participants(join.other_participants.clone());
+        engine.start_negotiation();
+
+        tokio::spawn(engine.run(pub_sock, sub_sock, cmd_rx, audio_rx));
+
+        let handle = Room { cmd_tx, audio_tx, shared };
+        match tokio::time::timeout(options.connect_timeout, ready_rx).await {
+            Ok(Ok(Ok(()))) => Ok((handle, events_rx)),
+            Ok(Ok(Err(e))) => {
+                handle.close().await;
+                Err(e)
+            }
+            Ok(Err(_)) => Err(RoomError::Closed),
+            Err(_) => {
+                handle.close().await;
+                Err(RoomError::Timeout("peer connection"))
+            }
+        }
+    }
+
+    /// Room name.
+    pub fn name(&self) -> String {
+        self.shared.snap().room_name.clone()
+    }
+    /// Room sid.
+    pub fn sid(&self) -> String {
+        self.shared.snap().room_sid.clone()
+    }
+    /// Room metadata (latest known).
+    pub fn metadata(&self) -> String {
+        self.shared.snap().room_metadata.clone()
+    }
+    /// Our participant (identity, name, kind, metadata and attributes come from the token).
+    pub fn local_participant(&self) -> Participant {
+        self.shared.snap().local.clone().expect("set at connect")
+    }
+    /// Everyone else currently in the room.
+    pub fn remote_participants(&self) -> Vec<Participant> {
+        self.shared.snap().remotes.values().cloned().collect()
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> RoomStats {
+        let c = &self.shared.counters;
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        RoomStats {
+            events_dropped: l(&c.events_dropped),
+            signal_messages: l(&c.signal_messages),
+            signal_malformed: l(&c.signal_malformed),
+            datagrams_in: l(&c.datagrams_in),
+            datagrams_out: l(&c.datagrams_out),
+            datagrams_bad: l(&c.datagrams_bad),
+            audio_frames_out: l(&c.audio_frames_out),
+            audio_frames_in: l(&c.audio_frames_in),
+            audio_frames_dropped: l(&c.audio_frames_dropped),
+            data_sent: l(&c.data_sent),
+            data_received: l(&c.data_received),
+            data_dropped: l(&c.data_dropped),
+            data_malformed: l(&c.data_malformed),
+            resumes: l(&c.resumes),
+            rtt_ms: l(&c.rtt_ms),
+        }
+    }
+
+    async fn request<T>(&self, make: impl FnOnce(oneshot::Sender<Result<T, RoomError>>) -> Command) -> Result<T, RoomError> {
+        let (tx, rx) = oneshot::channel();
+        self.cmd_tx.send(make(tx)).await.map_err(|_| RoomError::Closed)?;
+        rx.await.map_err(|_| RoomError::Closed)?
+    }
+
+    /// Publish a mono Opus audio track (`add_track` → `track_published` → renegotiation) and
+    /// return the sink to push PCM into. Resolves once the track is negotiated.
+    pub async fn publish_audio(&self, options: AudioTrackOptions) -> Result<AudioSink, RoomError> {
+        // Validate before bothering the server.
+        crate::audio::OpusEncoder::new(options.sample_rate, options.complexity, options.dtx)?;
+        let opts = options.clone();
+        let (sid, cid) = self.request(|reply| Command::PublishAudio { opts, reply }).await?;
+        AudioSink::new(sid, cid, &options, self.audio_tx.clone())
+    }
+
+    /// Send a user data packet. Resolves when it is handed to the data channel (reliable
+    /// packets wait, bounded, for the channel to open or drain).
+    pub async fn send_data(&self, packet: DataPacketBuilder) -> Result<(), RoomError> {
+        self.request(|reply| Command::SendData { packet, reply }).await
+    }
+
+    /// Send a SIP DTMF packet (`code` 0-15, `digit` its text) on the reliable channel.
+    pub async fn send_dtmf(&self, code: u32, digit: &str, destination_identities: Vec<String>) -> Result<(), RoomError> {
+        let digit = digit.to_string();
+        self.request(|reply| Command::SendDtmf { code, digit, destinations: destination_identities, reply }).await
+    }
+
+    /// Update our attributes (merged by the server; an empty value deletes a key). Needs
+    /// `canUpdateOwnMetadata` in the token.
+    pub async fn set_attributes(&self, attributes: HashMap<String, String>) -> Result<(), RoomError> {
+        self.request(|reply| Command::UpdateMetadata { metadata: None, name: None, attributes, reply }).await
+    }
+
+    /// Update our metadata. Needs `canUpdateOwnMetadata`.
+    pub async fn set_metadata(&self, metadata: impl Into<String>) -> Result<(), RoomError> {
+        let metadata = Some(metadata.into());
+        self.request(|reply| Command::UpdateMetadata { metadata, name: None, attributes: HashMap::new(), reply }).await
+    }
+
+    /// Leave the room cleanly (`leave`, DTLS close) and stop the driver. Idempotent.
+    pub async fn close(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.cmd_tx.send(Command::Close { reply: tx }).await.is_ok() {
+            let _ = tokio::time::timeout(Duration::from_secs(5), rx).await;
+        }
+    }
+
+    /// True once the room has ended.
+    pub fn is_closed(&self) -> bool {
+        self.cmd_tx.is_closed()
+    }
+
+    /// Test hook: drop the signalling WebSocket as if the network cut it (starts a resume).
+    #[doc(hidden)]
+    pub async fn simulate_signal_drop(&self) {
+        let _ = self.cmd_tx.send(Command::SimulateSignalDrop).await;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The driver
+// ---------------------------------------------------------------------------------------------
+
+struct LocalTrack {
+    cid: Arc<str>,
+    info: proto::TrackInfo,
+    mid: Option<Mid>,
+    reply: Option<oneshot::Sender<Result<(String, Arc<str>), RoomError>>>,
+}
+
+struct PendingPublish {
+    opts: AudioTrackOptions,
+    reply: oneshot::Sender<Result<(String, Arc<str>), RoomError>>,
+    deadline: Instant,
+}
+
+struct Subscribed {
+    mid: String,
+    stream_id: String,
+    shared: Arc<TrackShared>,
+    announced: bool,
+}
+
+struct QueuedData {
+    kind: DataKind,
+    bytes: Vec<u8>,
+    reply: Option<oneshot::Sender<Result<(), RoomError>>>,
+    deadline: Instant,
+}
+
+type ResumeResult = Result<(SignalConn, proto::ReconnectResponse, Vec<Response>), RoomError>;
+
+enum Wake {
+    Cmd(Option<Command>),
+    Udp(Role, std::io::Result<(usize, SocketAddr)>),
+    Signal(Incoming),
+    Resume(ResumeResult),
+    Audio(Option<OutgoingAudio>),
+    Timer,
+}
+
+struct Engine {
+    url: String,
+    token: String,
+    params: JoinParams,
+    opts: RoomOptions,
+    signal: Option<SignalConn>,
+    resume_task: Option<tokio::task::JoinHandle<ResumeResult>>,
+    resume_attempt: u32,
+    resume_cause: Option<DisconnectReason>,
+    local: proto::ParticipantInfo,
+    publisher: Peer,
+    subscriber: Peer,
+    events_tx: mpsc::Sender<RoomEvent>,
+    shared: Arc<Shared>,
+    ready: Option<oneshot::Sender<Result<(), RoomError>>>,
+    closing: Option<oneshot::Sender<()>>,
+    done: bool,
+    // publishing
+    negotiation_needed: bool,
+    pending_media: VecDeque<Arc<str>>,
+    pending_publish: HashMap<String, PendingPublish>,
+    local_tracks: HashMap<Arc<str>, LocalTrack>,
+    // subscribing
+    sub_mids: HashMap<String, SdpMedia>,
+    subscribed: HashMap<String, Subscribed>,
+    remotes: HashMap<String, proto::ParticipantInfo>,
+    // data
+    data_queue: VecDeque<QueuedData>,
+    reliable_seq: u32,
+    // keepalive
+    ping_interval: Option<Duration>,
+    ping_timeout: Option<Duration>,
+    next_ping: Instant,
+    last_signal_rx: Instant,
+    rtt_ms: i64,
+    ice_down_since: Option<Instant>,
+    metadata_request_id: u32,
+}
+
+const ICE_FAIL_AFTER: Duration = Duration::from_secs(20);
+const PUBLISH_TIMEOUT: Duration = Duration::from_secs(15);
+const DATA_TIMEOUT: Duration = Duration::from_secs(10);
+const RESUME_BACKOFF_MS: [u64; 6] = [0, 300, 1000, 2000, 4000, 8000];
+
+async fn recv_signal(signal: &mut Option<SignalConn>) -> Incoming {
+    match signal.as_mut() {
+        Some(s) => s.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn join_resume(task: &mut Option<tokio::task::JoinHandle<ResumeResult>>) -> ResumeResult {
+    match task.as_mut() {
+        Some(t) => match t.await {
+            Ok(r) => r,
+            Err(e) => Err(RoomError::Connect(format!("resume task: {e}"))),
+        },
+        None => std::future::pending().await,
+    }
+}
+
+impl Engine {
+    async fn run(
+        mut self,
+        pub_sock: UdpSocket,
+        sub_sock: UdpSocket,
+        mut cmd_rx: mpsc::Receiver<Command>,
+        mut audio_rx: mpsc::Receiver<OutgoingAudio>,
+    ) {
+        let mut pub_buf = vec![0u8; 2048];
+        let mut sub_buf = vec![0u8; 2048];
+        self.pump(&pub_sock, &sub_sock);
+        while !self.done {
+            let deadline = self.next_deadline();
+            let wake = tokio::select! {
+                c = cmd_rx.recv() => Wake::Cmd(c),
+                r = pub_sock.recv_from(&mut pub_buf) => Wake::Udp(Role::Publisher, r),
+                r = sub_sock.recv_from(&mut sub_buf) => Wake::Udp(Role::Subscriber, r),
+                m = recv_signal(&mut self.signal) => Wake::Signal(m),
+                r = join_resume(&mut self.resume_task) => Wake::Resume(r),
+                a = audio_rx.recv() => Wake::Audio(a),
+                _ = tokio::time::sleep_until(deadline.into()) => Wake::Timer,
+            };
+            let now = Instant::now();
+            match wake {
+                Wake::Cmd(None) => self.shutdown(DisconnectReason::ClientInitiated).await,
+                Wake::Cmd(Some(c)) => self.on_command(c, now).await,
+                Wake::Udp(role, Ok((n, from))) => {
+                    inc(&self.shared.counters.datagrams_in);
+                    let buf = if role == Role::Publisher { &pub_buf[..n] } else { &sub_buf[..n] };
+                    self.peer(role).handle_datagram(now, from, buf);
+                }
+                Wake::Udp(role, Err(e)) => {
+                    tracing::debug!(?role, error = %e, "udp receive error");
+                }
+                Wake::Signal(m) => self.on_signal_incoming(m, now),
+                Wake::Resume(r) => {
+                    self.resume_task = None;
+                    self.on_resume_result(r, now);
+                }
+                Wake::Audio(Some(a)) => self.on_outgoing_audio(a, now),
+                Wake::Audio(None) => {}
+                Wake::Timer => self.on_timer(now),
+            }
+            self.pump(&pub_sock, &sub_sock);
+        }
+        // Final flush (DTLS close_notify etc.).
+        self.pump(&pub_sock, &sub_sock);
+        if let Some(t) = self.resume_task.take() {
+            t.abort();
+        }
+        for s in self.subscribed.values() {
+            s.shared.close();
+        }
+        if let Some(reply) = self.closing.take() {
+            let _ = reply.send(());
+        }
+    }
+
+    fn peer(&mut self, role: Role) -> &mut Peer {
+        if role == Role::Publisher {
+            &mut self.publisher
+        } else {
+            &mut self.subscriber
+        }
+    }
+
+    fn next_deadline(&self) -> Instant {
+        let now = Instant::now();
+        let mut d = now + Duration::from_millis(500);
+        d = d.min(self.publisher.next_timeout()).min(self.subscriber.next_timeout());
+        if self.signal.is_some() {
+            if self.ping_interval.is_some() {
+                d = d.min(self.next_ping);
+            }
+            if let Some(t) = self.ping_timeout {
+                d = d.min(self.last_signal_rx + t);
+            }
+        }
+        d.max(now)
+    }
+
+    fn emit(&self, e: RoomEvent) {
+        if let Err(mpsc::error::TrySendError::Full(e)) = self.events_tx.try_send(e) {
+            inc(&self.shared.counters.events_dropped);
+            tracing::warn!(event = ?std::mem::discriminant(&e), "event receiver full; event dropped");
+        }
+    }
+
+    fn send_signal(&mut self, msg: Request) {
+        match self.signal.as_ref() {
+            Some(s) => {
+                if let Err(e) = s.send(msg) {
+                    tracing::warn!(error = %e, "signalling send failed");
+                }
+            }
+            None => tracing::debug!("signalling down; request not sent"),
+        }
+    }
+
+    /// Process peer events until quiet, then send every pending datagram.
+    fn pump(&mut self, pub_sock: &UdpSocket, sub_sock: &UdpSocket) {
+        for _ in 0..64 {
+            let mut any = false;
+            while let Some(e) = self.publisher.events.pop_front() {
+                any = true;
+                self.on_peer_event(Role::Publisher, e);
+            }
+            while let Some(e) = self.subscriber.events.pop_front() {
+                any = true;
+                self.on_peer_event(Role::Subscriber, e);
+            }
+            if !any {
+                break;
+            }
+        }
+        self.flush_data_queue(Instant::now());
+        for (peer, sock) in [(&mut self.publisher, pub_sock), (&mut self.subscriber, sub_sock)] {
+            for t in peer.transmits.drain(..) {
+                match sock.try_send_to(&t.contents, t.destination) {
+                    Ok(_) => inc(&self.shared.counters.datagrams_out),
+                    Err(e) => {
+                        inc(&self.shared.counters.datagrams_bad);
+                        tracing::debug!(error = %e, to = %t.destination, "udp send failed");
+                    }
+                }
+            }
+        }
+        let c = &self.shared.counters;
+        let (a, b) = (self.publisher.counters, self.subscriber.counters);
+        c.audio_frames_out.store(a.audio_frames_out, Ordering::Relaxed);
+        c.audio_frames_in.store(b.audio_frames_in + a.audio_frames_in, Ordering::Relaxed);
+    }
+
+    // ---- commands ------------------------------------------------------------------------
+
+    async fn on_command(&mut self, c: Command, now: Instant) {
+        match c {
+            Command::PublishAudio { opts, reply } => {
+                let cid: String = format!("audio-{:016x}", rand::random::<u64>());
+                self.send_signal(signal::req_add_audio_track(&cid, &opts.name, opts.source, opts.dtx));
+                self.pending_publish.insert(cid, PendingPublish { opts, reply, deadline: now + PUBLISH_TIMEOUT });
+            }
+            Command::SendData { packet, reply } => {
+                if packet.payload.len() > data::MAX_PACKET_BYTES {
+                    let _ = reply.send(Err(RoomError::TooLarge(packet.payload.len())));
+                    return;
+                }
+                let from = self.sender();
+                let seq = if packet.reliable { self.next_seq() } else { 0 };
+                let bytes = data::encode_user(&packet, &from, seq);
+                self.enqueue_data(packet.kind(), bytes, reply, now);
+            }
+            Command::SendDtmf { code, digit, destinations, reply } => {
+                let from = self.sender();
+                let seq = self.next_seq();
+                let bytes = data::encode_dtmf(code, &digit, &destinations, &from, seq);
+                self.enqueue_data(DataKind::Reliable, bytes, reply, now);
+            }
+            Command::UpdateMetadata { metadata, name, attributes, reply } => {
+                let id = self.metadata_request_id;
+                self.metadata_request_id = self.metadata_request_id.wrapping_add(1);
+                if self.signal.is_none() {
+                    let _ = reply.send(Err(RoomError::Connect("signalling down".into())));
+                    return;
+                }
+                self.send_signal(signal::req_update_metadata(metadata, name, attributes, id));
+                let _ = reply.send(Ok(()));
+            }
+            Command::SimulateSignalDrop => {
+                if let Some(s) = self.signal.take() {
+                    s.abort();
+                    self.signal_lost(DisconnectReason::SignalLost("simulated drop".into()), now);
+                }
+            }
+            Command::Close { reply } => {
+                self.closing = Some(reply);
+                self.shutdown(DisconnectReason::ClientInitiated).await;
+            }
+        }
+    }
+
+    async fn shutdown(&mut self, reason: DisconnectReason) {
+        if self.done {
+            return;
+        }
+        if reason == DisconnectReason::ClientInitiated {
+            self.send_signal(signal::req_leave(proto::DisconnectReason::ClientInitiated));
+        }
+        self.finish(reason);
+        if let Some(s) = self.signal.take() {
+            s.close().await;
+        }
+    }
+
+    /// End the room: fail waiters, close peers, emit `Disconnected`.
+    fn finish(&mut self, reason: DisconnectReason) {
+        if self.done {
+            return;
+        }
+        self.done = true;
+        tracing::info!(?reason, "room disconnected");
+        if let Some(r) = self.ready.take() {
+            let _ = r.send(Err(match &reason {
+                DisconnectReason::Server(r) => RoomError::Left(*r),
+                other => RoomError::Connect(format!("{other:?}")),
+            }));
+        }
+        for (_, p) in self.pending_publish.drain() {
+            let _ = p.reply.send(Err(RoomError::Closed));
+        }
+        for t in self.local_tracks.values_mut() {
+            if let Some(r) = t.reply.take() {
+                let _ = r.send(Err(RoomError::Closed));
+            }
+        }
+        for q in self.data_queue.drain(..) {
+            if let Some(r) = q.reply {
+                let _ = r.send(Err(RoomError::Closed));
+            }
+        }
+        self.publisher.close();
+        self.subscriber.close();
+        self.emit(RoomEvent::Disconnected(reason));
+    }
+
+    fn sender(&self) -> data::Sender {
+        data::Sender { identity: self.local.identity.clone(), sid: self.local.sid.clone() }
+    }
+
+    fn next_seq(&mut self) -> u32 {
+        let s = self.reliable_seq;
+        self.reliable_seq = self.reliable_seq.wrapping_add(1).max(1);
+        s
+    }
+
+    // ---- data ----------------------------------------------------------------------------
+
+    fn enqueue_data(&mut self, kind: DataKind, bytes: Vec<u8>, reply: oneshot::Sender<Result<(), RoomError>>, now: Instant) {
+        if self.data_queue.is_empty() && self.publisher.channel_open(kind) {
+            match self.publisher.send_data(kind, &bytes) {
+                Ok(true) => {
+                    inc(&self.shared.counters.data_sent);
+                    let _ = reply.send(Ok(()));
+                    return;
+                }
+                Ok(false) if kind == DataKind::Lossy => {
+                    inc(&self.shared.counters.data_dropped);
+                    let _ = reply.send(Err(RoomError::QueueFull("lossy data channel")));
+                    return;
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                    return;
+                }
+            }
+        }
+        if self.data_queue.len() >= self.opts.data_queue_packets {
+            inc(&self.shared.counters.data_dropped);
+            let _ = reply.send(Err(RoomError::QueueFull("data")));
+            return;
+        }
+        self.data_queue.push_back(QueuedData { kind, bytes, reply: Some(reply), deadline: now + DATA_TIMEOUT });
+    }
+
+    fn flush_data_queue(&mut self, now: Instant) {
+        while let Some(q) = self.data_queue.front_mut() {
+            if now > q.deadline {
+                let q = self.data_queue.pop_front().expect("front exists");
+                inc(&self.shared.counters.data_dropped);
+                if let Some(r) = q.reply {
+                    let _ = r.send(Err(RoomError::Timeout("data channel")));
+                }
+                continue;
+            }
+            if !self.publisher.channel_open(q.kind) {
+                return;
+            }
+            let kind = q.kind;
+            match self.publisher.send_data(kind, &q.bytes) {
+                Ok(true) => {
+                    let q = self.data_queue.pop_front().expect("front exists");
+                    inc(&self.shared.counters.data_sent);
+                    if let Some(r) = q.reply {
+                        let _ = r.send(Ok(()));
+                    }
+                }
+                Ok(false) => return, // SCTP buffer full: retry on the next wake
+                Err(e) => {
+                    let q = self.data_queue.pop_front().expect("front exists");
+                    inc(&self.shared.counters.data_dropped);
+                    if let Some(r) = q.reply {
+                        let _ = r.send(Err(e));
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_data(&mut self, kind: Option<DataKind>, bytes: &[u8]) {
+        match data::decode(bytes, kind.unwrap_or(DataKind::Reliable)) {
+            Ok(data::Incoming::User(m)) => {
+                inc(&self.shared.counters.data_received);
+                self.emit(RoomEvent::DataReceived(m));
+            }
+            Ok(data::Incoming::Dtmf(d)) => {
+                inc(&self.shared.counters.data_received);
+                self.emit(RoomEvent::DtmfReceived(d));
+            }
+            Ok(data::Incoming::Other(what)) => tracing::trace!(what, "data packet ignored"),
+            Err(e) => {
+                inc(&self.shared.counters.data_malformed);
+                tracing::debug!(error = %e, len = bytes.len(), "malformed data packet");
+            }
+        }
+    }
+
+    // ---- audio out -----------------------------------------------------------------------
+
+    fn on_outgoing_audio(&mut self, a: OutgoingAudio, now: Instant) {
+        let mid = self.local_tracks.get(&a.track_cid).and_then(|t| t.mid);
+        let Some(mid) = mid else {
+            inc(&self.shared.counters.audio_frames_dropped);
+            return;
+        };
+        if !self.publisher.connected {
+            inc(&self.shared.counters.audio_frames_dropped);
+            return;
+        }
+        if let Err(e) = self.publisher.write_audio(now, mid, a.rtp_time, &a.payload, a.audio_level, a.talkspurt_start) {
+            inc(&self.shared.counters.audio_frames_dropped);
+            tracing::debug!(error = %e, "audio frame dropped");
+        }
+    }
+
+    // ---- publisher negotiation -----------------------------------------------------------
+
+    /// Send a publisher offer now if one is needed and none is in flight.
+    fn start_negotiation(&mut self) {
+        self.negotiation_needed = true;
+        self.maybe_negotiate(false);
+    }
+
+    fn maybe_negotiate(&mut self, ice_restart: bool) {
+        if !self.negotiation_needed || self.publisher.has_pending_offer() || self.signal.is_none() {
+            return;
+        }
+        // str0m adds one media per offer here; further tracks go in follow-up offers.
+        let add = self.pending_media.pop_front();
+        let add_args = add.as_ref().map(|cid| (format!("{}-stream", self.local.sid), cid.clone()));
+        let r = self.publisher.create_offer(add_args.as_ref().map(|(s, c)| (s.as_str(), &**c)), ice_restart);
+        self.negotiation_needed = !self.pending_media.is_empty();
+        match r {
+            Ok((Some(sdp), mid)) => {
+                if let (Some(cid), Some(mid)) = (add, mid) {
+                    if let Some(t) = self.local_tracks.get_mut(&cid) {
+                        t.mid = Some(mid);
+                    }
+                }
+                self.send_signal(signal::req_offer(sdp));
+            }
+            Ok((None, _)) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot create publisher offer"),
+        }
+    }
+
+    fn on_answer(&mut self, sd: proto::SessionDescription) {
+        if let Err(e) = self.publisher.accept_answer(&sd.sdp) {
+            inc(&self.shared.counters.signal_malformed);
+            tracing::warn!(error = %e, "publisher answer rejected");
+            // Tracks waiting on this negotiation fail.
+            for t in self.local_tracks.values_mut() {
+                if t.reply.is_some() && t.mid.is_some() {
+                    if let Some(r) = t.reply.take() {
+                        let _ = r.send(Err(RoomError::Rtc(e.to_string())));
+                    }
+                }
+            }
+            return;
+        }
+        for t in self.local_tracks.values_mut() {
+            if t.mid.is_some() {
+                if let Some(r) = t.reply.take() {
+                    let _ = r.send(Ok((t.info.sid.clone(), t.cid.clone())));
+                }
+            }
+        }
+        self.maybe_negotiate(false);
+    }
+
+    fn on_track_published(&mut self, r: proto::TrackPublishedResponse) {
+        let Some(p) = self.pending_publish.remove(&r.cid) else {
+            tracing::debug!(cid = %r.cid, "track_published for unknown cid");
+            return;
+        };
+        let Some(info) = r.track else {
+            let _ = p.reply.send(Err(RoomError::Protocol("track_published without track".into())));
+            return;
+        };
+        let _ = p.opts;
+        let cid: Arc<str> = r.cid.as_str().into();
+        self.emit(RoomEvent::LocalTrackPublished(TrackInfo::from(&info)));
+        self.local_tracks.insert(cid.clone(), LocalTrack { cid: cid.clone(), info, mid: None, reply: Some(p.reply) });
+        self.pending_media.push_back(cid);
+        self.start_negotiation();
+    }
+
+    // ---- subscriber ----------------------------------------------------------------------
+
+    fn on_offer(&mut self, sd: proto::SessionDescription) {
+        let (answer, sections) = match self.subscriber.accept_offer(&sd.sdp) {
+            Ok(x) => x,
+            Err(e) => {
+                inc(&self.shared.counters.signal_malformed);
+                tracing::warn!(error = %e, "subscriber offer rejected");
+                return;
+            }
+        };
+        self.send_signal(signal::req_answer(answer));
+        self.sub_mids = sections.into_iter().filter(|s| s.kind == "audio" && !s.mid.is_empty()).map(|s| (s.mid.clone(), s)).collect();
+        self.reconcile_subscriptions();
+    }
+
+    /// Track sid carried on an m-line (LiveKit: `a=msid:<PA_sid>|<TR_sid> <TR_sid>`).
+    fn track_of(m: &SdpMedia) -> Option<String> {
+        if let Some(t) = m.track_id.as_deref().filter(|t| t.starts_with("TR_")) {
+            return Some(t.to_string());
+        }
+        let s = m.stream_id.as_deref()?;
+        let t = s.split('|').nth(1).unwrap_or(s);
+        (!t.is_empty() && t != "-").then(|| t.to_string())
+    }
+
+    fn owner_of(&self, track_sid: &str) -> Option<&proto::ParticipantInfo> {
+        self.remotes.values().find(|p| p.tracks.iter().any(|t| t.sid == track_sid))
+    }
+
+    /// Make `subscribed` match the live audio m-lines of the latest subscriber offer.
+    fn reconcile_subscriptions(&mut self) {
+        let live: HashMap<String, (String, String)> = self
+            .sub_mids
+            .values()
+            .filter(|m| m.author_sends())
+            .filter_map(|m| Self::track_of(m).map(|t| (t, (m.mid.clone(), m.stream_id.clone().unwrap_or_default()))))
+            .collect();
+        let gone: Vec<String> = self.subscribed.iter().filter(|(sid, s)| live.get(*sid).map(|(mid, _)| mid) != Some(&s.mid)).map(|(k, _)| k.clone()).collect();
+        for sid in gone {
+            self.unsubscribe(&sid);
+        }
+        for (sid, (mid, stream_id)) in live {
+            if !self.subscribed.contains_key(&sid) {
+                self.subscribed.insert(sid.clone(), Subscribed { mid, stream_id, shared: Arc::new(TrackShared::default()), announced: false });
+            }
+        }
+        self.announce_subscriptions();
+    }
+
+    /// Emit `TrackSubscribed` for subscriptions whose publisher we know.
+    fn announce_subscriptions(&mut self) {
+        let pending: Vec<String> = self.subscribed.iter().filter(|(_, s)| !s.announced).map(|(k, _)| k.clone()).collect();
+        for sid in pending {
+            let Some(owner) = self.owner_of(&sid).cloned() else { continue };
+            let Some(s) = self.subscribed.get_mut(&sid) else { continue };
+            s.announced = true;
+            let name = owner.tracks.iter().find(|t| t.sid == sid).map(|t| t.name.clone()).unwrap_or_default();
+            let track = RemoteAudioTrack {
+                sid: sid.clone(),
+                name,
+                participant_identity: owner.identity.clone(),
+                participant_sid: owner.sid.clone(),
+                shared: s.shared.clone(),
+            };
+            tracing::debug!(track = %sid, participant = %owner.identity, stream = %s.stream_id, "track subscribed");
+            self.emit(RoomEvent::TrackSubscribed { track, participant: Participant::from(&owner) });
+        }
+    }
+
+    fn unsubscribe(&mut self, track_sid: &str) {
+        let Some(s) = self.subscribed.remove(track_sid) else { return };
+        s.shared.close();
+        if s.announced {
+            let participant = self.owner_of(track_sid).map(Participant::from).unwrap_or_else(|| Participant {
+                sid: s.stream_id.split('|').next().unwrap_or_default().to_string(),
+                identity: String::new(),
+                name: String::new(),
+                kind: crate::events::ParticipantKind::Standard,
+                metadata: String::new(),
+                attributes: HashMap::new(),
+                tracks: Vec::new(),
+            });
+            self.emit(RoomEvent::TrackUnsubscribed { track_sid: track_sid.to_string(), participant });
+        }
+    }
+
+    fn on_remote_audio(&mut self, mid: Mid, rtp_time: u64, payload: Arc<[u8]>) {
+        let mid = mid.to_string();
+        if let Some(s) = self.subscribed.values().find(|s| s.mid == mid) {
+            s.shared.dispatch(IncomingAudio { rtp_time, payload });
+        }
+    }
+
+    // ---- participants --------------------------------------------------------------------
+
+    fn on_join_participants(&mut self, others: Vec<proto::ParticipantInfo>) {
+        for p in others {
+            if p.sid == self.local.sid {
+                continue;
+            }
+            self.shared.snap().remotes.insert(p.sid.clone(), Participant::from(&p));
+            self.remotes.insert(p.sid.clone(), p);
+        }
+    }
+
+    fn on_participant_update(&mut self, infos: Vec<proto::ParticipantInfo>) {
+        for info in infos {
+            if info.sid == self.local.sid {
+                self.on_local_update(info);
+                continue;
+            }
+            let disconnected = info.state == proto::participant_info::State::Disconnected as i32;
+            let old = self.remotes.get(&info.sid).cloned();
+            match (old, disconnected) {
+                (None, true) => {}
+                (Some(old), true) => {
+                    self.remotes.remove(&info.sid);
+                    self.shared.snap().remotes.remove(&info.sid);
+                    let participant = Participant::from(&old);
+                    for t in &old.tracks {
+                        self.unsubscribe_with(&t.sid, &participant);
+                        self.emit(RoomEvent::TrackUnpublished { participant: participant.clone(), track: TrackInfo::from(t) });
+                    }
+                    self.emit(RoomEvent::ParticipantDisconnected(participant));
+                }
+                (None, false) => {
+                    let participant = Participant::from(&info);
+                    self.shared.snap().remotes.insert(info.sid.clone(), participant.clone());
+                    self.remotes.insert(info.sid.clone(), info.clone());
+                    self.emit(RoomEvent::ParticipantConnected(participant.clone()));
+                    for t in &info.tracks {
+                        self.emit(RoomEvent::TrackPublished { participant: participant.clone(), track: TrackInfo::from(t) });
+                    }
+                }
+                (Some(old), false) => {
+                    if info.version != 0 && info.version < old.version {
+                        continue; // stale update
+                    }
+                    let participant = Participant::from(&info);
+                    self.shared.snap().remotes.insert(info.sid.clone(), participant.clone());
+                    self.remotes.insert(info.sid.clone(), info.clone());
+                    for t in &info.tracks {
+                        match old.tracks.iter().find(|o| o.sid == t.sid) {
+                            None => self.emit(RoomEvent::TrackPublished { participant: participant.clone(), track: TrackInfo::from(t) }),
+                            Some(o) if o.muted != t.muted => self.emit(RoomEvent::TrackMuted {
+                                track_sid: t.sid.clone(),
+                                participant_identity: info.identity.clone(),
+                                muted: t.muted,
+                            }),
+                            _ => {}
+                        }
+                    }
+                    for o in &old.tracks {
+                        if !info.tracks.iter().any(|t| t.sid == o.sid) {
+                            self.unsubscribe_with(&o.sid, &participant);
+                            self.emit(RoomEvent::TrackUnpublished { participant: participant.clone(), track: TrackInfo::from(o) });
+                        }
+                    }
+                    self.emit_changes(&old, &info, participant);
+                }
+            }
+        }
+        self.announce_subscriptions();
+    }
+
+    fn unsubscribe_with(&mut self, track_sid: &str, participant: &Participant) {
+        if let Some(s) = self.subscribed.remove(track_sid) {
+            s.shared.close();
+            if s.announced {
+                self.emit(RoomEvent::TrackUnsubscribed { track_sid: track_sid.to_string(), participant: participant.clone() });
+            }
+        }
+    }
+
+    fn emit_changes(&self, old: &proto::ParticipantInfo, new: &proto::ParticipantInfo, participant: Participant) {
+        if old.metadata != new.metadata {
+            self.emit(RoomEvent::MetadataChanged { participant: participant.clone(), old_metadata: old.metadata.clone() });
+        }
+        if old.name != new.name {
+            self.emit(RoomEvent::NameChanged { participant: participant.clone(), old_name: old.name.clone() });
+        }
+        let changed = attribute_changes(&old.attributes, &new.attributes);
+        if !changed.is_empty() {
+            self.emit(RoomEvent::AttributesChanged { participant, changed });
+        }
+    }
+
+    fn on_local_update(&mut self, info: proto::ParticipantInfo) {
+        if info.version != 0 && info.version < self.local.version {
+            return;
+        }
+        let old = std::mem::replace(&mut self.local, info.clone());
+        let participant = Participant::from(&info);
+        self.shared.snap().local = Some(participant.clone());
+        self.emit_changes(&old, &info, participant);
+    }
+
+    // ---- signalling ----------------------------------------------------------------------
+
+    fn on_signal_incoming(&mut self, m: Incoming, now: Instant) {
+        match m {
+            Incoming::Message(msg) => {
+                self.last_signal_rx = now;
+                inc(&self.shared.counters.signal_messages);
+                self.on_signal(msg, now);
+            }
+            Incoming::Malformed(e) => {
+                self.last_signal_rx = now;
+                inc(&self.shared.counters.signal_malformed);
+                tracing::warn!(error = %e, "malformed signalling frame ignored");
+            }
+            Incoming::Closed(why) => {
+                if let Some(s) = self.signal.take() {
+                    s.abort();
+                }
+                tracing::warn!(%why, "signalling link lost");
+                self.signal_lost(DisconnectReason::SignalLost(why), now);
+            }
+        }
+    }
+
+    fn on_signal(&mut self, msg: Response, now: Instant) {
+        tracing::trace!(msg = signal::response_name(&msg), "signal");
+        match msg {
+            Response::Answer(sd) => self.on_answer(sd),
+            Response::Offer(sd) => self.on_offer(sd),
+            Response::Trickle(t) => {
+                let role = if t.target == proto::SignalTarget::Subscriber as i32 { Role::Subscriber } else { Role::Publisher };
+                match signal::parse_trickle(&t) {
+                    Ok(Some(c)) => {
+                        if let Err(e) = self.peer(role).add_remote_candidate(&c) {
+                            inc(&self.shared.counters.signal_malformed);
+                            tracing::debug!(error = %e, "remote candidate ignored");
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        inc(&self.shared.counters.signal_malformed);
+                        tracing::debug!(error = %e, "bad trickle");
+                    }
+                }
+            }
+            Response::Update(u) => self.on_participant_update(u.participants),
+            Response::TrackPublished(r) => self.on_track_published(r),
+            Response::TrackUnpublished(r) => {
+                tracing::info!(track = %r.track_sid, "server unpublished our track");
+                self.local_tracks.retain(|_, t| t.info.sid != r.track_sid);
+            }
+            Response::Leave(l) => {
+                let reason = proto::DisconnectReason::try_from(l.reason).unwrap_or(proto::DisconnectReason::UnknownReason);
+                let action = proto::leave_request::Action::try_from(l.action).unwrap_or(proto::leave_request::Action::Disconnect);
+                tracing::info!(?reason, ?action, "server sent leave");
+                if action == proto::leave_request::Action::Resume && self.opts.resume {
+                    if let Some(s) = self.signal.take() {
+                        s.abort();
+                    }
+                    self.signal_lost(DisconnectReason::Server(reason), now);
+                } else {
+                    if let Some(s) = self.signal.take() {
+                        s.abort();
+                    }
+                    self.finish(DisconnectReason::Server(reason));
+                }
+            }
+            Response::Mute(m) => {
+                if let Some(owner) = self.owner_of(&m.sid) {
+                    let identity = owner.identity.clone();
+                    self.emit(RoomEvent::TrackMuted { track_sid: m.sid, participant_identity: identity, muted: m.muted });
+                }
+            }
+            Response::RoomUpdate(r) => {
+                if let Some(room) = r.room {
+                    let changed = {
+                        let mut s = self.shared.snap();
+                        let changed = s.room_metadata != room.metadata;
+                        s.room_metadata = room.metadata.clone();
+                        if !room.name.is_empty() {
+                            s.room_name = room.name.clone();
+                        }
+                        changed
+                    };
+                    if changed {
+                        self.emit(RoomEvent::RoomMetadataChanged(room.metadata));
+                    }
+                }
+            }
+            Response::RefreshToken(t) => {
+                if !t.is_empty() {
+                    self.token = t;
+                }
+            }
+            Response::PongResp(p) => {
+                self.rtt_ms = (signal::now_ms() - p.last_ping_timestamp).max(0);
+                self.shared.counters.rtt_ms.store(self.rtt_ms as u64, Ordering::Relaxed);
+            }
+            Response::Join(_) | Response::Reconnect(_) => {
+                tracing::debug!("unexpected join/reconnect ignored");
+            }
+            _ => {}
+        }
+    }
+
+    // ---- keepalive, resume ---------------------------------------------------------------
+
+    fn on_timer(&mut self, now: Instant) {
+        self.publisher.handle_timeout(now);
+        self.subscriber.handle_timeout(now);
+        if self.signal.is_some() {
+            if let Some(iv) = self.ping_interval {
+                if now >= self.next_ping {
+                    self.send_signal(signal::req_ping(signal::now_ms(), self.rtt_ms));
+                    self.next_ping = now + iv;
+                }
+            }
+            if let Some(t) = self.ping_timeout {
+                if now >= self.last_signal_rx + t {
+                    tracing::warn!("no signalling message within ping_timeout");
+                    if let Some(s) = self.signal.take() {
+                        s.abort();
+                    }
+                    self.signal_lost(DisconnectReason::PingTimeout, now);
+                }
+            }
+        }
+        // Publishes the server never answered.
+        let expired: Vec<String> = self.pending_publish.iter().filter(|(_, p)| now > p.deadline).map(|(k, _)| k.clone()).collect();
+        for cid in expired {
+            if let Some(p) = self.pending_publish.remove(&cid) {
+                let _ = p.reply.send(Err(RoomError::Timeout("track_published")));
+            }
+        }
+        // A peer connection that stays down ends the room.
+        let subscriber_matters = !self.subscribed.is_empty() || self.subscriber.connected;
+        let down = self.publisher.is_failed()
+            || (self.publisher.connected && self.publisher.ice_state == IceConnectionState::Disconnected)
+            || (subscriber_matters && (self.subscriber.is_failed() || self.subscriber.ice_state == IceConnectionState::Disconnected));
+        if down {
+            let since = *self.ice_down_since.get_or_insert(now);
+            if now.duration_since(since) > ICE_FAIL_AFTER || self.publisher.is_failed() {
+                self.finish(DisconnectReason::PeerConnectionFailed("ICE/DTLS down".into()));
+            }
+        } else {
+            self.ice_down_since = None;
+        }
+    }
+
+    fn signal_lost(&mut self, cause: DisconnectReason, _now: Instant) {
+        if self.done {
+            return;
+        }
+        if !self.opts.resume || self.opts.resume_attempts == 0 {
+            self.finish(cause);
+            return;
+        }
+        if self.resume_task.is_none() {
+            self.emit(RoomEvent::Reconnecting);
+            self.resume_cause = Some(cause);
+            self.resume_attempt = 0;
+            self.spawn_resume();
+        }
+    }
+
+    fn spawn_resume(&mut self) {
+        let delay = Duration::from_millis(RESUME_BACKOFF_MS[(self.resume_attempt as usize).min(RESUME_BACKOFF_MS.len() - 1)]);
+        self.resume_attempt += 1;
+        let url = signal::rtc_url(&self.url, &self.params, Some(&self.local.sid));
+        let token = self.token.clone();
+        self.resume_task = Some(tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            let url = url?;
+            signal::resume(&url, &token).await
+        }));
+    }
+
+    fn on_resume_result(&mut self, r: ResumeResult, now: Instant) {
+        if self.done {
+            if let Ok((conn, _, _)) = r {
+                conn.abort();
+            }
+            return;
+        }
+        match r {
+            Ok((conn, resp, early)) => {
+                tracing::info!(attempt = self.resume_attempt, "signalling resumed");
+                self.signal = Some(conn);
+                self.last_signal_rx = now;
+                self.next_ping = now;
+                self.resume_cause = None;
+                inc(&self.shared.counters.resumes);
+                let _ = resp.last_message_seq;
+                self.send_sync_state();
+                // Restart ICE on the publisher if its path is down; otherwise just finish any
+                // negotiation that waited for the link.
+                let ice_down = self.publisher.ice_state == IceConnectionState::Disconnected;
+                if ice_down && !self.publisher.has_pending_offer() {
+                    self.negotiation_needed = true;
+                    self.maybe_negotiate(true);
+                } else {
+                    self.maybe_negotiate(false);
+                }
+                self.emit(RoomEvent::Reconnected);
+                for m in early {
+                    self.on_signal(m, now);
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, attempt = self.resume_attempt, "resume failed");
+                let fatal = matches!(e, RoomError::Left(_) | RoomError::Rejected { status: 401 | 403 | 404, .. });
+                if fatal || self.resume_attempt >= self.opts.resume_attempts {
+                    let cause = match e {
+                        RoomError::Left(r) => DisconnectReason::Server(r),
+                        _ => self.resume_cause.take().unwrap_or(DisconnectReason::SignalLost(e.to_string())),
+                    };
+                    self.finish(cause);
+                } else {
+                    self.spawn_resume();
+                }
+            }
+        }
+    }
+
+    fn send_sync_state(&mut self) {
+        let answer = self.subscriber.last_local_sdp.clone().map(|(t, sdp)| proto::SessionDescription { r#type: t, sdp, ..Default::default() });
+        let offer = self.publisher.last_local_sdp.clone().map(|(t, sdp)| proto::SessionDescription { r#type: t, sdp, ..Default::default() });
+        let track_sids: Vec<String> = self.subscribed.keys().cloned().collect();
+        let publish_tracks = self
+            .local_tracks
+            .values()
+            .map(|t| proto::TrackPublishedResponse { cid: t.cid.to_string(), track: Some(t.info.clone()) })
+            .collect();
+        let mut data_channels = self.publisher.data_channel_infos();
+        data_channels.extend(self.subscriber.data_channel_infos());
+        let disabled: HashSet<String> = HashSet::new();
+        let sync = proto::SyncState {
+            answer,
+            offer,
+            subscription: Some(proto::UpdateSubscription { track_sids, subscribe: true, participant_tracks: vec![] }),
+            publish_tracks,
+            data_channels,
+            track_sids_disabled: disabled.into_iter().collect(),
+            ..Default::default()
+        };
+        self.send_signal(Request::SyncState(sync));
+    }
+
+    // ---- peer events ---------------------------------------------------------------------
+
+    fn on_peer_event(&mut self, role: Role, e: PeerEvent) {
+        match e {
+            PeerEvent::Connected => {
+                tracing::debug!(?role, "peer connection up");
+                if role == Role::Publisher {
+                    if let Some(r) = self.ready.take() {
+                        let _ = r.send(Ok(()));
+                    }
+                }
+            }
+            PeerEvent::Ice(s) => tracing::debug!(?role, state = ?s, "ice state"),
+            PeerEvent::MediaAdded { mid, kind } => tracing::debug!(?role, %mid, ?kind, "media added"),
+            PeerEvent::MediaChanged { mid, direction } => tracing::debug!(?role, %mid, ?direction, "media changed"),
+            PeerEvent::Audio { mid, rtp_time, payload } => {
+                if role == Role::Subscriber {
+                    self.on_remote_audio(mid, rtp_time, payload);
+                }
+            }
+            PeerEvent::ChannelOpen { kind, label } => tracing::debug!(?role, ?kind, %label, "data channel open"),
+            PeerEvent::Data { kind, bytes } => self.on_data(kind, &bytes),
+            PeerEvent::Failed(why) => {
+                tracing::warn!(?role, %why, "peer connection failed");
+                if role == Role::Publisher {
+                    self.finish(DisconnectReason::PeerConnectionFailed(why));
+                }
+            }
+        }
+    }
+}
