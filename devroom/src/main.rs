@@ -1,4 +1,42 @@
-fn main() {
-    eprintln!("devroom: not built yet; see the open issues");
-    std::process::exit(2);
+use std::io::Write;
+
+use clap::Parser;
+use devroom::Config;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cfg = Config::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "devroom=info,str0m=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let running = devroom::start(cfg.clone()).await?;
+    // Tests and scripts wait for this line (and read the bound ports from it).
+    println!(
+        "devroom listening http={} rtc={} api_key={}",
+        running.http_addr, running.rtc_addr, cfg.api_key
+    );
+    std::io::stdout().flush()?;
+    tokio::select! {
+        r = running.server => { r??; }
+        _ = shutdown_signal() => { tracing::info!("shutting down"); }
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("install SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
 }

@@ -1,0 +1,76 @@
+//! Command line / environment configuration.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use clap::Parser;
+
+/// devroom: a single-node LiveKit-protocol server for tests and the offline demo
+/// (like `livekit-server --dev`). Never for production.
+#[derive(Parser, Debug, Clone)]
+#[command(name = "devroom", version, about, long_about = None)]
+pub struct Config {
+    /// HTTP/WebSocket listen address (`/rtc`, `/twirp/livekit.RoomService/*`). Port 0 picks a free port.
+    #[arg(long, env = "DEVROOM_LISTEN", default_value = "127.0.0.1:7880")]
+    pub listen: SocketAddr,
+
+    /// API key accepted in tokens (the JWT `iss`).
+    #[arg(long, env = "DEVROOM_API_KEY", default_value = "devkey")]
+    pub api_key: String,
+
+    /// API secret used to verify tokens (HS256) and sign webhooks.
+    #[arg(long, env = "DEVROOM_API_SECRET", default_value = "secret", hide_env_values = true)]
+    pub api_secret: String,
+
+    /// UDP port carrying all WebRTC traffic (ICE/DTLS/SRTP/SCTP). 0 picks a free port.
+    #[arg(long, env = "DEVROOM_RTC_PORT", default_value_t = 7882)]
+    pub rtc_port: u16,
+
+    /// IP address advertised in ICE candidates. Defaults to the listen IP, or 127.0.0.1
+    /// when listening on an unspecified address.
+    #[arg(long, env = "DEVROOM_NODE_IP")]
+    pub node_ip: Option<IpAddr>,
+
+    /// Webhook receiver URL (repeatable, or comma-separated).
+    #[arg(long = "webhook-url", env = "DEVROOM_WEBHOOK_URLS", value_delimiter = ',')]
+    pub webhook_urls: Vec<String>,
+
+    /// Seconds an auto-created room stays open when nobody joins.
+    #[arg(long, env = "DEVROOM_EMPTY_TIMEOUT", default_value_t = 300)]
+    pub empty_timeout: u32,
+
+    /// Seconds a room stays open after its last participant left.
+    #[arg(long, env = "DEVROOM_DEPARTURE_TIMEOUT", default_value_t = 20)]
+    pub departure_timeout: u32,
+
+    /// Outgoing signal messages queued per participant before it is dropped as too slow.
+    #[arg(long, env = "DEVROOM_SIGNAL_QUEUE", default_value_t = 256)]
+    pub signal_queue: usize,
+}
+
+impl Config {
+    /// The address put into ICE candidates.
+    pub fn advertised_ip(&self) -> IpAddr {
+        if let Some(ip) = self.node_ip {
+            return ip;
+        }
+        let ip = self.listen.ip();
+        if ip.is_unspecified() {
+            IpAddr::V4(Ipv4Addr::LOCALHOST)
+        } else {
+            ip
+        }
+    }
+
+    pub fn rtc_bind(&self) -> SocketAddr {
+        SocketAddr::new(self.listen.ip(), self.rtc_port)
+    }
+
+    pub fn empty_timeout(&self) -> Duration {
+        Duration::from_secs(self.empty_timeout as u64)
+    }
+
+    pub fn departure_timeout(&self) -> Duration {
+        Duration::from_secs(self.departure_timeout as u64)
+    }
+}

@@ -1,0 +1,24 @@
+//! devroom: a single-node LiveKit-protocol server for tests and the offline demo.
+//!
+//! Speaks enough of livekit-server for the official SDKs: `/rtc` signalling (v0, two peer
+//! connections), a small SFU on one UDP socket (str0m), LiveKit data packets, the Twirp
+//! `RoomService`, and webhooks. Never for production.
+
+// livekit-server still fills the deprecated protobuf fields (UserPacket.participant_sid, …)
+// for older clients, and so do we.
+#![allow(deprecated)]
+
+pub mod auth;
+pub mod config;
+mod engine;
+mod peer;
+pub mod room;
+mod roomservice;
+mod server;
+mod sfu;
+mod signal;
+mod twirp;
+mod webhook;
+
+pub use config::Config;
+pub use server::{start, Running};
