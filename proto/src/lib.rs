@@ -6,3 +6,10 @@
 pub mod signature;
 pub mod twilio;
 pub mod twiml;
+pub mod g711;
+pub mod resample;
+pub mod pacer;
+pub mod control;
+pub mod inbound;
+pub mod call;
+pub mod mixer;

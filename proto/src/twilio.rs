@@ -157,17 +157,23 @@ struct RawStop {
 
 /// Twilio writes numbers as strings; accept either, reject anything else.
 fn opt_num<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum NumOrStr {
-        Num(u64),
-        Str(String),
+    struct NumOrStr;
+    impl<'de> de::Visitor<'de> for NumOrStr {
+        type Value = Option<u64>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a non-negative integer, or one written as a string")
+        }
+        fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+            Ok(Some(v))
+        }
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+            v.parse().map(Some).map_err(|_| E::custom(format!("not a number: {v:?}")))
+        }
+        fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
     }
-    match Option::<NumOrStr>::deserialize(d)? {
-        None => Ok(None),
-        Some(NumOrStr::Num(n)) => Ok(Some(n)),
-        Some(NumOrStr::Str(s)) => s.parse().map(Some).map_err(|_| de::Error::custom(format!("not a number: {s:?}"))),
-    }
+    d.deserialize_any(NumOrStr)
 }
 
 fn need<T>(v: Option<T>, event: &'static str, field: &'static str) -> Result<T, TwilioError> {

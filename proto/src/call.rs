@@ -1,0 +1,376 @@
+//! One phone call's media and control logic, sans-IO: the bridge's per-call task feeds it
+//! Twilio messages, the room's audio and control packets, and the time; it returns what to send
+//! where, and when to wake it next.
+//!
+//! ```text
+//! Twilio media ─▶ InboundAudio (gap fill) ─▶ μ-law→PCM ─▶ CallerAudio (to the room's Opus track)
+//! room PCM 8k ─▶ Mixer ─▶ PCM→μ-law ─▶ Pacer (lead, marks) ─▶ TwilioMedia / TwilioMark
+//! interrupt ─▶ Pacer::clear ─▶ TwilioClear + Playback{interrupted}
+//! mark echo ─▶ Pacer heard position ─▶ Playback (throttled)
+//! ```
+//!
+//! Utterances: the room's audio is cut into utterances by silence — a source quiet for
+//! `utterance_gap` ends the current one — so nothing is sent to the caller between replies.
+
+use std::time::{Duration, Instant};
+
+use crate::control::Control;
+use crate::g711::{ulaw_decode, ulaw_encode};
+use crate::inbound::{InboundAudio, InboundConfig, InboundStats};
+use crate::mixer::{Mixer, MixerStats, SourceId, MIX_FRAME};
+use crate::pacer::{Heard, MarkId, Output, Pacer, PacerConfig, PacerStats, UtteranceId, FRAME_BYTES};
+use crate::twilio::{Inbound, StreamStart, TwilioError};
+
+#[derive(Debug, Clone)]
+pub struct CallConfig {
+    pub pacer: PacerConfig,
+    pub inbound: InboundConfig,
+    /// Room audio silent this long ends the current utterance.
+    pub utterance_gap: Duration,
+    /// At most one `playback` report per this interval while an utterance plays (the final
+    /// and interrupted reports are always sent).
+    pub playback_report_every: Duration,
+    /// Per-source cap of the mixer, in 20 ms frames.
+    pub mixer_max_frames: usize,
+}
+
+impl Default for CallConfig {
+    fn default() -> Self {
+        CallConfig {
+            pacer: PacerConfig::default(),
+            inbound: InboundConfig::default(),
+            utterance_gap: Duration::from_millis(200),
+            playback_report_every: Duration::from_millis(250),
+            mixer_max_frames: 25,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EndReason {
+    /// Twilio sent `stop`.
+    Stop,
+    /// `start` described a stream we cannot carry.
+    BadStart(String),
+    /// The driver ended it (socket closed, room gone, shutdown, …).
+    Driver(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CallOutput {
+    /// `start` arrived: the driver checks the per-call token and joins the room.
+    Start(Box<StreamStart>),
+    TwilioMedia([u8; FRAME_BYTES]),
+    TwilioMark(MarkId),
+    TwilioClear,
+    /// 20 ms of the caller's voice, 8 kHz PCM, for the room track. `filled`: made-up silence.
+    CallerAudio { pcm: [i16; MIX_FRAME], filled: bool },
+    /// Publish on the control topic.
+    Control(Control),
+    /// The caller pressed a key: also publish LiveKit SIP's DTMF packet.
+    SipDtmf(String),
+    /// The agent asked to end the call (Twilio REST `Status=completed`).
+    Hangup { reason: Option<String> },
+    /// The agent asked to transfer (Twilio REST `Twiml=<Dial>`).
+    Transfer { to: String },
+    End(EndReason),
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CallStats {
+    pub twilio_messages: u64,
+    pub twilio_malformed: u64,
+    pub twilio_unknown: u64,
+    pub media_before_start: u64,
+    pub frames_in: u64,
+    pub control_malformed: u64,
+    pub interrupts: u64,
+    pub playback_reports: u64,
+    /// Room audio dropped right after an interrupt (still in flight from the agent).
+    pub muted_samples: u64,
+    pub inbound: InboundStats,
+    pub pacer: PacerStats,
+    pub mixer: MixerStats,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Connecting,
+    Streaming,
+    Ended,
+}
+
+pub struct CallSession {
+    cfg: CallConfig,
+    phase: Phase,
+    stream_sid: String,
+    call_sid: String,
+    inbound: InboundAudio,
+    mixer: Mixer,
+    pacer: Pacer,
+    /// The utterance room audio currently goes to.
+    speaking: Option<UtteranceId>,
+    next_utterance: u64,
+    last_room_audio: Option<Instant>,
+    /// After an interrupt, room audio is dropped until the room goes quiet.
+    muted: bool,
+    last_report: Option<(UtteranceId, Instant)>,
+    out: std::collections::VecDeque<CallOutput>,
+    stats: CallStats,
+}
+
+impl CallSession {
+    pub fn new(cfg: CallConfig) -> CallSession {
+        CallSession {
+            inbound: InboundAudio::new(cfg.inbound.clone()),
+            mixer: Mixer::new(cfg.mixer_max_frames),
+            pacer: Pacer::new(cfg.pacer.clone()),
+            cfg,
+            phase: Phase::Connecting,
+            stream_sid: String::new(),
+            call_sid: String::new(),
+            speaking: None,
+            next_utterance: 1,
+            last_room_audio: None,
+            muted: false,
+            last_report: None,
+            out: std::collections::VecDeque::new(),
+            stats: CallStats::default(),
+        }
+    }
+
+    pub fn stream_sid(&self) -> &str {
+        &self.stream_sid
+    }
+
+    pub fn call_sid(&self) -> &str {
+        &self.call_sid
+    }
+
+    pub fn is_ended(&self) -> bool {
+        self.phase == Phase::Ended
+    }
+
+    pub fn stats(&self) -> CallStats {
+        CallStats {
+            inbound: self.inbound.stats().clone(),
+            pacer: self.pacer.stats().clone(),
+            mixer: self.mixer.stats().clone(),
+            ..self.stats.clone()
+        }
+    }
+
+    /// The utterance id as the agent sees it in `playback` messages.
+    pub fn utterance_label(id: UtteranceId) -> String {
+        format!("b{}", id.0)
+    }
+
+    /// One text frame from Twilio. A malformed one is counted and returned; the call goes on.
+    pub fn handle_twilio(&mut self, text: &str, now: Instant) -> Result<(), TwilioError> {
+        self.stats.twilio_messages += 1;
+        let msg = match Inbound::parse(text) {
+            Ok(m) => m,
+            Err(e) => {
+                self.stats.twilio_malformed += 1;
+                return Err(e);
+            }
+        };
+        self.handle_inbound(msg, now);
+        Ok(())
+    }
+
+    pub fn handle_inbound(&mut self, msg: Inbound, now: Instant) {
+        if self.phase == Phase::Ended {
+            return;
+        }
+        match msg {
+            Inbound::Connected { .. } => {}
+            Inbound::Start { stream_sid, start, .. } => {
+                if self.phase != Phase::Connecting {
+                    self.stats.twilio_unknown += 1; // a second start: ignore
+                    return;
+                }
+                if !start.media_format.is_mulaw_8k_mono() {
+                    let f = &start.media_format;
+                    let why = format!("{} {} Hz x{}", f.encoding, f.sample_rate, f.channels);
+                    self.end(EndReason::BadStart(why));
+                    return;
+                }
+                self.stream_sid = stream_sid;
+                self.call_sid = start.call_sid.clone();
+                self.phase = Phase::Streaming;
+                self.out.push_back(CallOutput::Start(Box::new(start)));
+            }
+            Inbound::Media { media, .. } => {
+                if self.phase != Phase::Streaming {
+                    self.stats.media_before_start += 1;
+                    return;
+                }
+                if media.track != "inbound" && media.track != "inbound_track" {
+                    return; // outbound-track echoes of our own audio are not the caller
+                }
+                self.inbound.push(&media);
+                while let Some(frame) = self.inbound.poll_frame() {
+                    self.stats.frames_in += 1;
+                    let mut pcm = [0i16; MIX_FRAME];
+                    for (p, b) in pcm.iter_mut().zip(frame.mulaw) {
+                        *p = ulaw_decode(b);
+                    }
+                    self.out.push_back(CallOutput::CallerAudio { pcm, filled: frame.filled });
+                }
+            }
+            Inbound::Mark { name, .. } => {
+                self.pacer.handle_mark(&name, now);
+                self.drain_pacer(now);
+            }
+            Inbound::Dtmf { digit, .. } => {
+                self.out.push_back(CallOutput::Control(Control::Dtmf { digit: digit.clone() }));
+                self.out.push_back(CallOutput::SipDtmf(digit));
+            }
+            Inbound::Stop { .. } => self.end(EndReason::Stop),
+            Inbound::Unknown { .. } => self.stats.twilio_unknown += 1,
+        }
+    }
+
+    /// 8 kHz PCM from one room participant's track.
+    pub fn handle_room_audio(&mut self, src: SourceId, pcm: &[i16], now: Instant) {
+        if self.phase != Phase::Streaming {
+            return;
+        }
+        self.end_utterance_if_quiet(now);
+        self.last_room_audio = Some(now);
+        if self.muted {
+            self.stats.muted_samples += pcm.len() as u64;
+            return;
+        }
+        self.mixer.push(src, pcm);
+        while let Some(mixed) = self.mixer.poll_frame() {
+            let id = *self.speaking.get_or_insert_with(|| {
+                let id = UtteranceId(self.next_utterance);
+                self.next_utterance += 1;
+                id
+            });
+            let mut mulaw = [0u8; FRAME_BYTES];
+            for (m, s) in mulaw.iter_mut().zip(mixed) {
+                *m = ulaw_encode(s);
+            }
+            self.pacer.push(id, &mulaw);
+        }
+        self.drain_pacer(now);
+    }
+
+    /// A participant's audio track went away.
+    pub fn remove_room_source(&mut self, src: SourceId) {
+        self.mixer.remove(src);
+    }
+
+    /// A control packet from the room. Malformed ones are counted and returned.
+    pub fn handle_control(&mut self, payload: &[u8], now: Instant) -> Result<(), crate::control::ControlError> {
+        let msg = match Control::parse(payload) {
+            Ok(m) => m,
+            Err(e) => {
+                self.stats.control_malformed += 1;
+                return Err(e);
+            }
+        };
+        match msg {
+            Control::Interrupt { .. } => self.interrupt(now),
+            Control::Hangup { reason } => self.out.push_back(CallOutput::Hangup { reason }),
+            Control::Transfer { to } => self.out.push_back(CallOutput::Transfer { to }),
+            // Ours (playback, dtmf) or for browsers (transcript): nothing to do.
+            Control::Playback { .. } | Control::Dtmf { .. } | Control::Transcript { .. } | Control::Unknown { .. } => {}
+        }
+        Ok(())
+    }
+
+    /// Barge-in: Twilio `clear` goes out on the next poll, before anything else.
+    pub fn interrupt(&mut self, now: Instant) {
+        if self.phase != Phase::Streaming {
+            return;
+        }
+        self.stats.interrupts += 1;
+        self.muted = true;
+        self.mixer.clear();
+        self.speaking = None;
+        if !self.pacer.is_active() {
+            return;
+        }
+        let cleared = self.pacer.clear(now);
+        // Marks and media not yet handed out must not follow the clear.
+        self.out.retain(|o| !matches!(o, CallOutput::TwilioMedia(_) | CallOutput::TwilioMark(_)));
+        self.out.push_front(CallOutput::TwilioClear);
+        for h in cleared.heard {
+            self.report(h, true, now);
+        }
+    }
+
+    /// Ends the call (idempotent).
+    pub fn end(&mut self, reason: EndReason) {
+        if self.phase == Phase::Ended {
+            return;
+        }
+        self.phase = Phase::Ended;
+        self.out.push_back(CallOutput::End(reason));
+    }
+
+    pub fn poll_output(&mut self, now: Instant) -> Option<CallOutput> {
+        if self.out.is_empty() && self.phase == Phase::Streaming {
+            self.end_utterance_if_quiet(now);
+            self.drain_pacer(now);
+        }
+        self.out.pop_front()
+    }
+
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        if !self.out.is_empty() || self.phase != Phase::Streaming {
+            return None;
+        }
+        let quiet_at = match (self.speaking.is_some() || self.muted, self.last_room_audio) {
+            (true, Some(t)) => Some(t + self.cfg.utterance_gap),
+            _ => None,
+        };
+        match (self.pacer.poll_timeout(), quiet_at) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn end_utterance_if_quiet(&mut self, now: Instant) {
+        let quiet = self.last_room_audio.is_some_and(|t| now >= t + self.cfg.utterance_gap);
+        if !quiet {
+            return;
+        }
+        self.muted = false;
+        if let Some(id) = self.speaking.take() {
+            self.pacer.end_utterance(id);
+        }
+    }
+
+    fn drain_pacer(&mut self, now: Instant) {
+        while let Some(o) = self.pacer.poll_output(now) {
+            match o {
+                Output::Media(f) => self.out.push_back(CallOutput::TwilioMedia(f)),
+                Output::Mark(m) => self.out.push_back(CallOutput::TwilioMark(m)),
+                Output::Heard(h) => self.report(h, false, now),
+            }
+        }
+    }
+
+    fn report(&mut self, h: Heard, interrupted: bool, now: Instant) {
+        let due = match self.last_report {
+            Some((u, t)) if u == h.utterance => now >= t + self.cfg.playback_report_every,
+            _ => true,
+        };
+        if !(due || h.complete || interrupted) {
+            return;
+        }
+        self.last_report = Some((h.utterance, now));
+        self.stats.playback_reports += 1;
+        self.out.push_back(CallOutput::Control(Control::Playback {
+            utterance_id: Self::utterance_label(h.utterance),
+            heard_ms: h.heard_ms,
+            complete: h.complete,
+            interrupted,
+        }));
+    }
+}
