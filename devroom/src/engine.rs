@@ -57,7 +57,6 @@ pub enum Outbound {
 #[derive(Debug)]
 pub struct Joined {
     pub key: u64,
-    pub sid: String,
 }
 
 type Reply<T> = oneshot::Sender<Result<T, ApiError>>;
@@ -547,7 +546,7 @@ impl Engine {
             p.send(Resp::Join(join));
         }
         self.broadcast_info(key, false);
-        Ok(Joined { key, sid })
+        Ok(Joined { key })
     }
 
     /// Removes a participant: tells it why (if `notify`), unsubscribes everyone from its

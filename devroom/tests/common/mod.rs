@@ -56,6 +56,21 @@ impl Devroom {
         }
     }
 
+    /// Runs devroom with `extra` expecting it to refuse to start; returns its stderr.
+    pub fn try_start_fails(extra: &[&str]) -> String {
+        let (status, _out, err) = run_with_timeout(
+            Command::new(env!("CARGO_BIN_EXE_devroom"))
+                .args(["--listen", "127.0.0.1:0", "--rtc-port", "0"])
+                .args(extra),
+            Duration::from_secs(10),
+        );
+        assert!(
+            matches!(status, Some(s) if !s.success()),
+            "devroom should have refused to start with {extra:?}"
+        );
+        err
+    }
+
     pub fn http_url(&self) -> String {
         format!("http://{}", self.http)
     }
@@ -149,4 +164,72 @@ pub fn output_text(o: &Output) -> String {
 
 pub fn py_script(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/py").join(name)
+}
+
+/// A plain HTTP/1.1 request (no TLS; reqwest's rustls feature unification would need a crypto
+/// provider here). Returns (status, content-type, body).
+pub async fn http(
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: Vec<u8>,
+) -> (u16, String, Vec<u8>) {
+    use http_body_util::{BodyExt, Full};
+    let u = url::Url::parse(url).expect("url");
+    let addr = format!("{}:{}", u.host_str().unwrap(), u.port_or_known_default().unwrap());
+    let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+        .await
+        .expect("handshake");
+    tokio::spawn(conn);
+    let path = match u.query() {
+        Some(q) => format!("{}?{q}", u.path()),
+        None => u.path().to_string(),
+    };
+    let mut req = hyper::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("Host", u.host_str().unwrap());
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let res = sender
+        .send_request(req.body(Full::new(axum::body::Bytes::from(body))).unwrap())
+        .await
+        .expect("request");
+    let status = res.status().as_u16();
+    let ct = res
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let body = res.into_body().collect().await.expect("body").to_bytes().to_vec();
+    (status, ct, body)
+}
+
+/// A join token made with the official Rust SDK token builder.
+pub fn join_token(identity: &str, room: &str) -> String {
+    use livekit_api::access_token::{AccessToken, VideoGrants};
+    AccessToken::with_api_key(API_KEY, API_SECRET)
+        .with_identity(identity)
+        .with_name(identity)
+        .with_grants(VideoGrants {
+            room_join: true,
+            room: room.to_string(),
+            can_publish: Some(true),
+            can_subscribe: Some(true),
+            can_publish_data: Some(true),
+            ..Default::default()
+        })
+        .to_jwt()
+        .expect("token")
+}
+
+pub fn grant_token(grants: livekit_api::access_token::VideoGrants) -> String {
+    livekit_api::access_token::AccessToken::with_api_key(API_KEY, API_SECRET)
+        .with_identity("admin")
+        .with_grants(grants)
+        .to_jwt()
+        .expect("token")
 }

@@ -1,0 +1,262 @@
+//! `/rtc` signalling at the protocol level (raw WebSocket + livekit-protocol types):
+//! auth refusals, join response, subscriber offer, ping/pong, add_track, participant updates,
+//! and clean errors for undecodable frames and bad SDP.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{join_token, Devroom, API_KEY, API_SECRET};
+use futures_util::{SinkExt, StreamExt};
+use livekit_protocol as lk;
+use lk::signal_request::Message as Req;
+use lk::signal_response::Message as Resp;
+use prost::Message as _;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::{self, Message};
+
+type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn connect(server: &Devroom, token: &str) -> Ws {
+    let mut req = format!("{}/rtc?protocol=16&sdk=rust", server.ws_url())
+        .into_client_request()
+        .unwrap();
+    req.headers_mut()
+        .insert("Authorization", format!("Bearer {token}").parse().unwrap());
+    let (ws, _) = tokio_tungstenite::connect_async(req).await.expect("ws connect");
+    ws
+}
+
+/// Next SignalResponse (or None when the socket closed); panics after 5 s.
+async fn next(ws: &mut Ws) -> Option<Resp> {
+    loop {
+        let msg = tokio::time::timeout(Duration::from_secs(5), ws.next())
+            .await
+            .expect("timed out waiting for a signal message");
+        match msg {
+            Some(Ok(Message::Binary(b))) => {
+                return Some(lk::SignalResponse::decode(b.as_ref()).expect("decode").message.expect("message"))
+            }
+            Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return None,
+            _ => continue,
+        }
+    }
+}
+
+/// Waits for a message matching `f`, skipping others.
+async fn wait_for<T>(ws: &mut Ws, mut f: impl FnMut(Resp) -> Option<T>) -> T {
+    loop {
+        let m = next(ws).await.expect("socket closed while waiting");
+        if let Some(t) = f(m) {
+            return t;
+        }
+    }
+}
+
+async fn send(ws: &mut Ws, m: Req) {
+    let bytes = lk::SignalRequest { message: Some(m) }.encode_to_vec();
+    ws.send(Message::Binary(bytes.into())).await.unwrap();
+}
+
+/// Reads until the close frame; returns (code, reason).
+async fn close_frame(ws: &mut Ws) -> (u16, String) {
+    loop {
+        let msg = tokio::time::timeout(Duration::from_secs(5), ws.next())
+            .await
+            .expect("timed out waiting for close");
+        match msg {
+            Some(Ok(Message::Close(Some(f)))) => return (u16::from(f.code), f.reason.to_string()),
+            Some(Ok(Message::Close(None))) | None | Some(Err(_)) => return (0, String::new()),
+            _ => continue,
+        }
+    }
+}
+
+async fn http_refusal(url: String) -> (u16, String) {
+    match tokio_tungstenite::connect_async(url).await {
+        Ok(_) => panic!("connection unexpectedly accepted"),
+        Err(tungstenite::Error::Http(resp)) => {
+            let body = resp
+                .body()
+                .as_ref()
+                .map(|b| String::from_utf8_lossy(b).to_string())
+                .unwrap_or_default();
+            (resp.status().as_u16(), body)
+        }
+        Err(e) => panic!("unexpected error {e}"),
+    }
+}
+
+#[tokio::test]
+async fn rtc_refuses_bad_tokens_with_401() {
+    let server = Devroom::start("signal_auth", &[]);
+    let ws = server.ws_url();
+
+    let (st, body) = http_refusal(format!("{ws}/rtc?access_token=garbage")).await;
+    assert_eq!(st, 401);
+    assert!(body.contains("invalid authorization token"), "{body}");
+
+    let (st, _) = http_refusal(format!("{ws}/rtc")).await;
+    assert_eq!(st, 401);
+
+    let now = devroom::auth::unix_now() as u64;
+    let expired = devroom::auth::sign(
+        &serde_json::json!({"iss": API_KEY, "sub": "a", "exp": now - 3600, "video": {"roomJoin": true, "room": "r"}}),
+        API_SECRET,
+    );
+    let (st, body) = http_refusal(format!("{ws}/rtc?access_token={expired}")).await;
+    assert_eq!(st, 401);
+    assert!(body.contains("expired"), "{body}");
+
+    let forged = devroom::auth::sign(
+        &serde_json::json!({"iss": API_KEY, "sub": "a", "exp": now + 600, "video": {"roomJoin": true, "room": "r"}}),
+        "wrong-secret",
+    );
+    let (st, body) = http_refusal(format!("{ws}/rtc?access_token={forged}")).await;
+    assert_eq!(st, 401);
+    assert!(body.contains("signature"), "{body}");
+
+    let no_join = devroom::auth::sign(
+        &serde_json::json!({"iss": API_KEY, "sub": "a", "exp": now + 600, "video": {"room": "r"}}),
+        API_SECRET,
+    );
+    let (st, body) = http_refusal(format!("{ws}/rtc?access_token={no_join}")).await;
+    assert_eq!(st, 401);
+    assert!(body.contains("permissions denied"), "{body}");
+
+    // v1 (single PC) is answered 404 so the SDKs fall back to v0.
+    let good = join_token("alice", "r");
+    let (st, _) = http_refusal(format!("{ws}/rtc/v1?join_request=abc&access_token={good}")).await;
+    assert_eq!(st, 404);
+
+    let (st, _, body) = common::http(
+        "GET",
+        &format!("{}/rtc/validate?access_token={good}", server.http_url()),
+        &[],
+        vec![],
+    )
+    .await;
+    assert_eq!((st, body.as_slice()), (200, &b"success"[..]));
+    let (st, _, _) = common::http(
+        "GET",
+        &format!("{}/rtc/validate?access_token={expired}", server.http_url()),
+        &[],
+        vec![],
+    )
+    .await;
+    assert_eq!(st, 401);
+}
+
+#[tokio::test]
+async fn signal_join_offer_ping_track_and_updates() {
+    let server = Devroom::start("signal_flow", &[]);
+    let mut a = connect(&server, &join_token("alice", "flow")).await;
+
+    let join = match next(&mut a).await {
+        Some(Resp::Join(j)) => j,
+        other => panic!("expected join first, got {other:?}"),
+    };
+    let me = join.participant.clone().unwrap();
+    assert!(me.sid.starts_with("PA_"));
+    assert_eq!(me.identity, "alice");
+    assert_eq!(join.room.as_ref().unwrap().name, "flow");
+    assert!(join.room.as_ref().unwrap().sid.starts_with("RM_"));
+    assert!(join.subscriber_primary);
+    assert!(join.ping_interval > 0 && join.ping_timeout > join.ping_interval);
+    assert!(join.other_participants.is_empty());
+
+    // The server offers the subscriber PC right away, data channels included.
+    let offer = wait_for(&mut a, |m| match m {
+        Resp::Offer(o) => Some(o),
+        _ => None,
+    })
+    .await;
+    assert_eq!(offer.r#type, "offer");
+    assert!(offer.sdp.contains("m=application"), "{}", offer.sdp);
+    assert!(offer.sdp.contains("a=ice-lite"), "{}", offer.sdp);
+    assert!(offer.sdp.contains(&format!("a=candidate:")), "{}", offer.sdp);
+
+    send(&mut a, Req::PingReq(lk::Ping { timestamp: 1234, rtt: 0 })).await;
+    let pong = wait_for(&mut a, |m| match m {
+        Resp::PongResp(p) => Some(p),
+        _ => None,
+    })
+    .await;
+    assert_eq!(pong.last_ping_timestamp, 1234);
+    assert!(pong.timestamp > 0);
+    send(&mut a, Req::Ping(99)).await;
+    wait_for(&mut a, |m| matches!(m, Resp::Pong(_)).then_some(())).await;
+
+    send(
+        &mut a,
+        Req::AddTrack(lk::AddTrackRequest {
+            cid: "my-cid".into(),
+            name: "mic".into(),
+            r#type: lk::TrackType::Audio as i32,
+            source: lk::TrackSource::Microphone as i32,
+            ..Default::default()
+        }),
+    )
+    .await;
+    let published = wait_for(&mut a, |m| match m {
+        Resp::TrackPublished(t) => Some(t),
+        _ => None,
+    })
+    .await;
+    assert_eq!(published.cid, "my-cid");
+    let track = published.track.unwrap();
+    assert!(track.sid.starts_with("TR_"));
+    assert_eq!(track.name, "mic");
+
+    // A second participant: both sides learn about each other.
+    let mut b = connect(&server, &join_token("bob", "flow")).await;
+    let join_b = match next(&mut b).await {
+        Some(Resp::Join(j)) => j,
+        other => panic!("expected join, got {other:?}"),
+    };
+    assert_eq!(join_b.other_participants.len(), 1);
+    assert_eq!(join_b.other_participants[0].identity, "alice");
+    let update = wait_for(&mut a, |m| match m {
+        Resp::Update(u) => u.participants.into_iter().find(|p| p.identity == "bob"),
+        _ => None,
+    })
+    .await;
+    assert!(update.sid.starts_with("PA_"));
+
+    // Undecodable frame: closed with 1007 and a reason, server keeps running.
+    a.send(Message::Binary(vec![0xff, 0xff, 0xff, 0xff, 0x0f].into())).await.unwrap();
+    let (code, reason) = close_frame(&mut a).await;
+    assert_eq!(code, 1007);
+    assert!(reason.contains("invalid SignalRequest"), "{reason}");
+    // bob hears that alice left
+    let gone = wait_for(&mut b, |m| match m {
+        Resp::Update(u) => u.participants.into_iter().find(|p| p.identity == "alice"),
+        _ => None,
+    })
+    .await;
+    assert_eq!(gone.state, lk::participant_info::State::Disconnected as i32);
+
+    // Bad SDP: leave, then close 1007 with the reason.
+    send(
+        &mut b,
+        Req::Offer(lk::SessionDescription {
+            r#type: "offer".into(),
+            sdp: "this is not an SDP".into(),
+            ..Default::default()
+        }),
+    )
+    .await;
+    let leave = wait_for(&mut b, |m| match m {
+        Resp::Leave(l) => Some(l),
+        _ => None,
+    })
+    .await;
+    assert_eq!(leave.action, lk::leave_request::Action::Disconnect as i32);
+    let (code, reason) = close_frame(&mut b).await;
+    assert_eq!(code, 1007);
+    assert!(reason.contains("SDP"), "{reason}");
+
+    // Still serving.
+    let mut c = connect(&server, &join_token("carol", "flow")).await;
+    assert!(matches!(next(&mut c).await, Some(Resp::Join(_))));
+}
