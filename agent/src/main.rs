@@ -1,4 +1,4 @@
 fn main() {
-    eprintln!("agent: not built yet; see the open issues");
+    eprintln!("agent: not built yet; see issue 5");
     std::process::exit(2);
 }
