@@ -60,7 +60,9 @@ pub struct AudioTrackOptions {
     pub complexity: u8,
     /// Opus discontinuous transmission: silence is sent as (almost) nothing.
     pub dtx: bool,
-    /// Target bitrate in bit/s (None: libopus chooses).
+    /// Target bitrate in bit/s. None: 20 kbit/s for 8-12 kHz input, 24 kbit/s for 16 kHz,
+    /// 32 kbit/s (libwebrtc's default) for 24/48 kHz. (libopus' own automatic choice for 8 kHz
+    /// is ~8 kbit/s, too thin for speech recognition.)
     pub bitrate: Option<u32>,
     /// Opus in-band FEC (helps the receiver conceal single losses).
     pub fec: bool,
@@ -110,12 +112,19 @@ impl OpusEncoder {
         Ok(Self { enc, rate, dtx, out: vec![0; MAX_PACKET] })
     }
 
-    /// Apply bitrate / FEC settings.
+    /// Bitrate used when none is configured (see [`AudioTrackOptions::bitrate`]).
+    pub fn default_bitrate(rate: u32) -> u32 {
+        match rate {
+            0..=12_000 => 20_000,
+            12_001..=16_000 => 24_000,
+            _ => 32_000,
+        }
+    }
+
+    /// Apply bitrate (None: [`OpusEncoder::default_bitrate`]) and in-band FEC settings.
     pub fn configure(&mut self, bitrate: Option<u32>, fec: bool) -> Result<(), RoomError> {
-        let br = match bitrate {
-            Some(b) => opus::Bitrate::Bits(b.clamp(6_000, 510_000) as i32),
-            None => opus::Bitrate::Auto,
-        };
+        let b = bitrate.unwrap_or_else(|| Self::default_bitrate(self.rate));
+        let br = opus::Bitrate::Bits(b.clamp(6_000, 510_000) as i32);
         self.enc.set_bitrate(br).map_err(|e| RoomError::Opus(e.to_string()))?;
         self.enc.set_inband_fec(fec).map_err(|e| RoomError::Opus(e.to_string()))?;
         if fec {

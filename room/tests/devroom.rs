@@ -1,0 +1,190 @@
+//! Two `room` participants in a real `devroom` (spawned as a child process): audio one way,
+//! data both ways, events, clean leave. Build devroom first: `cargo build -p devroom`.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{estimate_frequency, snr_db, tone, Devroom};
+use room::{AudioTrackOptions, DataKind, DataPacketBuilder, DisconnectReason, Room, RoomEvent, RoomOptions};
+use tokio::sync::mpsc;
+
+async fn next_matching<F: FnMut(&RoomEvent) -> bool>(rx: &mut mpsc::Receiver<RoomEvent>, what: &str, mut f: F) -> RoomEvent {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Ok(Some(e)) if f(&e) => return e,
+            Ok(Some(_)) => continue,
+            Ok(None) => panic!("event stream ended while waiting for {what}"),
+            Err(_) => panic!("timed out waiting for {what}"),
+        }
+    }
+}
+
+/// Publish a 440 Hz tone at `tx_rate` from one participant, receive it at `rx_rate` in the other.
+async fn tone_through_devroom(tx_rate: u32, rx_rate: u32) {
+    common::init_tracing();
+    let dev = Devroom::start().await;
+    let room_name = format!("tone-{tx_rate}-{rx_rate}");
+    let (alice, mut alice_ev) = Room::connect(&dev.url(), &dev.token(&room_name, "alice"), RoomOptions::default()).await.expect("alice joins");
+    let (bob, mut bob_ev) = Room::connect(&dev.url(), &dev.token(&room_name, "bob"), RoomOptions::default()).await.expect("bob joins");
+    assert_eq!(alice.local_participant().identity, "alice");
+    assert_eq!(bob.local_participant().identity, "bob");
+
+    let mut sink = alice
+        .publish_audio(AudioTrackOptions { name: "tone".into(), sample_rate: tx_rate, complexity: 5, ..Default::default() })
+        .await
+        .expect("publish");
+    assert!(sink.track_sid().starts_with("TR_"), "track sid {}", sink.track_sid());
+
+    // Push 4 s of tone in real time.
+    let pusher = tokio::spawn(async move {
+        let n = (tx_rate / 50) as usize;
+        let mut tick = tokio::time::interval(Duration::from_millis(20));
+        for f in 0..200 {
+            tick.tick().await;
+            sink.push(&tone(440.0, tx_rate, f * n, n, 12_000.0)).await.expect("push");
+        }
+        sink
+    });
+
+    let ev = next_matching(&mut bob_ev, "TrackSubscribed", |e| matches!(e, RoomEvent::TrackSubscribed { .. })).await;
+    let RoomEvent::TrackSubscribed { track, participant } = ev else { unreachable!() };
+    assert_eq!(participant.identity, "alice");
+    assert_eq!(track.participant_identity(), "alice");
+    let mut stream = track.stream(rx_rate).expect("stream");
+
+    // Collect 2 s of decoded audio after 0.5 s of settling.
+    let mut pcm: Vec<i16> = Vec::new();
+    let mut frames = 0usize;
+    let mut concealed = 0usize;
+    let want = rx_rate as usize * 5 / 2;
+    let t0 = std::time::Instant::now();
+    let collect = async {
+        while pcm.len() < want {
+            let f = stream.recv().await.expect("audio stream ended early");
+            assert_eq!(f.sample_rate, rx_rate);
+            if std::env::var("ROOM_TRACE_FRAMES").is_ok() && (frames < 3 || stream.dropped_packets() > 0) {
+                eprintln!("frame {frames} t={:?} rtp={} dropped={}", t0.elapsed(), f.rtp_timestamp, stream.dropped_packets());
+            }
+            frames += 1;
+            if f.concealed {
+                concealed += 1;
+            }
+            pcm.extend_from_slice(&f.samples);
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), collect).await.expect("2.5 s of audio within 10 s");
+    // Counted before the (slow, in debug builds) analysis, during which this stream's bounded
+    // queue fills up and drops — by design.
+    let dropped = stream.dropped_packets();
+    let steady = &pcm[rx_rate as usize / 2..];
+    let freq = estimate_frequency(steady, rx_rate);
+    let snr = snr_db(steady, rx_rate, freq);
+    eprintln!("{tx_rate}->{rx_rate}: {frames} frames ({concealed} concealed), {freq:.2} Hz, SNR {snr:.1} dB, dropped {dropped}");
+    assert_eq!(dropped, 0, "a prompt consumer loses nothing");
+    assert!(concealed <= 2, "{concealed} concealed frames on loopback");
+    assert!((freq - 440.0).abs() <= 10.0, "frequency {freq}");
+    assert!(snr >= 20.0, "SNR {snr} dB");
+
+    let sink = pusher.await.unwrap();
+    assert_eq!(sink.dropped_frames(), 0);
+    assert!(alice.stats().audio_frames_out >= 100, "{:?}", alice.stats());
+
+    // Alice leaves: Bob sees the track go and Alice disconnect.
+    alice.close().await;
+    next_matching(&mut alice_ev, "alice Disconnected", |e| matches!(e, RoomEvent::Disconnected(DisconnectReason::ClientInitiated))).await;
+    next_matching(&mut bob_ev, "ParticipantDisconnected(alice)", |e| {
+        matches!(e, RoomEvent::ParticipantDisconnected(p) if p.identity == "alice")
+    })
+    .await;
+    // The stream ends once the track is gone.
+    let end = tokio::time::timeout(Duration::from_secs(5), async { while stream.recv().await.is_some() {} }).await;
+    assert!(end.is_ok(), "audio stream did not end after the publisher left");
+    bob.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tone_8k_in_8k_out() {
+    tone_through_devroom(8_000, 8_000).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tone_48k_in_48k_out() {
+    tone_through_devroom(48_000, 48_000).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_packets_both_ways() {
+    common::init_tracing();
+    let dev = Devroom::start().await;
+    let grant = common::token::Grant {
+        identity: "phone-CA1".into(),
+        name: "Caller".into(),
+        room: "data".into(),
+        kind: "sip".into(),
+        metadata: "meta-1".into(),
+        attributes: vec![("sip.phoneNumber".into(), "+15550001".into())],
+    };
+    let (phone, mut phone_ev) = Room::connect(&dev.url(), &dev.token_with(&grant), RoomOptions::default()).await.expect("phone joins");
+    let me = phone.local_participant();
+    assert_eq!(me.kind, room::ParticipantKind::Sip);
+    assert_eq!(me.name, "Caller");
+    assert_eq!(me.metadata, "meta-1");
+    assert_eq!(me.attributes.get("sip.phoneNumber").map(String::as_str), Some("+15550001"));
+
+    let (agent, mut agent_ev) = Room::connect(&dev.url(), &dev.token("data", "agent"), RoomOptions::default()).await.expect("agent joins");
+    // The phone learns about the agent; the agent already saw the phone in `join`.
+    next_matching(&mut phone_ev, "ParticipantConnected(agent)", |e| matches!(e, RoomEvent::ParticipantConnected(p) if p.identity == "agent")).await;
+    let remote = agent.remote_participants();
+    let p = remote.iter().find(|p| p.identity == "phone-CA1").expect("agent knows the phone");
+    assert_eq!(p.kind, room::ParticipantKind::Sip);
+    assert_eq!(p.attributes.get("sip.phoneNumber").map(String::as_str), Some("+15550001"));
+
+    // phone -> agent, reliable with topic.
+    phone.send_data(DataPacketBuilder::new(b"hello agent".to_vec()).topic("lk.control")).await.expect("send");
+    let ev = next_matching(&mut agent_ev, "DataReceived", |e| matches!(e, RoomEvent::DataReceived(_))).await;
+    let RoomEvent::DataReceived(m) = ev else { unreachable!() };
+    assert_eq!(m.payload, b"hello agent");
+    assert_eq!(m.topic.as_deref(), Some("lk.control"));
+    assert_eq!(m.participant_identity, "phone-CA1");
+    assert_eq!(m.kind, DataKind::Reliable);
+
+    // agent -> phone, reliable, addressed to the phone.
+    agent.send_data(DataPacketBuilder::new(b"hello phone".to_vec()).to(["phone-CA1"])).await.expect("send");
+    let ev = next_matching(&mut phone_ev, "DataReceived", |e| matches!(e, RoomEvent::DataReceived(_))).await;
+    let RoomEvent::DataReceived(m) = ev else { unreachable!() };
+    assert_eq!(m.payload, b"hello phone");
+    assert_eq!(m.participant_identity, "agent");
+
+    // agent -> phone, lossy (send a few: lossy may drop one on a loaded machine).
+    for i in 0..5u8 {
+        agent.send_data(DataPacketBuilder::new(vec![b'L', i]).reliable(false).topic("lossy")).await.expect("send lossy");
+    }
+    let ev = next_matching(&mut phone_ev, "lossy DataReceived", |e| matches!(e, RoomEvent::DataReceived(m) if m.topic.as_deref() == Some("lossy"))).await;
+    let RoomEvent::DataReceived(m) = ev else { unreachable!() };
+    assert_eq!(m.payload[0], b'L');
+    assert_eq!(m.kind, DataKind::Lossy);
+
+    // DTMF phone -> agent.
+    phone.send_dtmf(11, "#", vec![]).await.expect("dtmf");
+    let ev = next_matching(&mut agent_ev, "DtmfReceived", |e| matches!(e, RoomEvent::DtmfReceived(_))).await;
+    let RoomEvent::DtmfReceived(d) = ev else { unreachable!() };
+    assert_eq!((d.code, d.digit.as_str(), d.participant_identity.as_str()), (11, "#", "phone-CA1"));
+
+    // Many reliable packets in a burst arrive complete and in order.
+    for i in 0..200u32 {
+        phone.send_data(DataPacketBuilder::new(i.to_be_bytes().to_vec()).topic("burst")).await.expect("burst");
+    }
+    let mut next = 0u32;
+    while next < 200 {
+        let ev = next_matching(&mut agent_ev, "burst packet", |e| matches!(e, RoomEvent::DataReceived(m) if m.topic.as_deref() == Some("burst"))).await;
+        let RoomEvent::DataReceived(m) = ev else { unreachable!() };
+        assert_eq!(u32::from_be_bytes(m.payload[..4].try_into().unwrap()), next);
+        next += 1;
+    }
+
+    phone.close().await;
+    agent.close().await;
+    assert_eq!(phone.stats().data_malformed, 0);
+}
