@@ -32,6 +32,8 @@ use crate::server::App;
 /// No message from the client for this long (it pings every 5 s) ends the session.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(20);
 const MAX_FRAME: usize = 1 << 20;
+/// A client that does not read for this long (TCP window full) is dropped.
+const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 
 type Params = HashMap<String, String>;
 
@@ -207,8 +209,14 @@ async fn session(socket: WebSocket, mut rx: mpsc::Receiver<Outbound>, mut guard:
         tokio::select! {
             out = rx.recv() => match out {
                 Some(Outbound::Signal(resp)) => {
-                    if sink.send(encode(&resp, json)).await.is_err() {
-                        break;
+                    match tokio::time::timeout(SEND_TIMEOUT, sink.send(encode(&resp, json))).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(_)) => break,
+                        Err(_) => {
+                            tracing::warn!(key, "client is not reading its signal connection: dropping it");
+                            guard.reason = lk::DisconnectReason::SignalClose;
+                            break;
+                        }
                     }
                 }
                 Some(Outbound::Close { code, reason }) => {

@@ -49,3 +49,16 @@ fn python_sdk_audio_and_data() {
     assert_eq!(r["data"]["speaker_got"]["topic"], "reply");
     assert_eq!(r["data"]["bystander_leak"].as_array().map(|a| a.len()), Some(0));
 }
+
+/// Late joiner gets the already-published track; unpublish and republish renegotiate the
+/// subscriber PC (stop m-line, new m-line, new track sid, 880 Hz heard); leave is seen.
+#[test]
+fn python_sdk_late_join_unpublish_republish() {
+    if !python_has("livekit.rtc, numpy", PIP) {
+        return;
+    }
+    let server = Devroom::start("python_reneg", &[]);
+    let r = run_script(&server, "renegotiate.py", &["--room", "py-reneg"]);
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(r["steps"]["republish"]["peak_hz"].as_f64().map(|f| (f - 880.0).abs() < 10.0), Some(true));
+}

@@ -260,3 +260,41 @@ async fn signal_join_offer_ping_track_and_updates() {
     let mut c = connect(&server, &join_token("carol", "flow")).await;
     assert!(matches!(next(&mut c).await, Some(Resp::Join(_))));
 }
+
+/// A participant that stops reading its signal socket is dropped once its bounded queue fills;
+/// the room and the server carry on.
+#[tokio::test]
+async fn slow_signal_reader_is_dropped() {
+    use livekit_api::services::room::{RoomClient, UpdateParticipantOptions};
+    let server = Devroom::start("signal_slow", &["--signal-queue", "8"]);
+    let mut slow = connect(&server, &join_token("slow", "slowroom")).await;
+    assert!(matches!(next(&mut slow).await, Some(Resp::Join(_))));
+    // From here on `slow` never reads again.
+    let client = RoomClient::with_api_key(&server.http_url(), API_KEY, API_SECRET);
+    let big = "x".repeat(60_000);
+    let mut dropped_after = None;
+    for i in 0..600 {
+        let r = client
+            .update_participant(
+                "slowroom",
+                "slow",
+                UpdateParticipantOptions {
+                    metadata: format!("{i}{big}"),
+                    ..Default::default()
+                },
+            )
+            .await;
+        if r.is_err() {
+            dropped_after = Some(i);
+            break;
+        }
+    }
+    let n = dropped_after.expect("slow participant was never dropped");
+    eprintln!("slow participant dropped after {n} updates of 60 kB");
+    let left = client.list_participants("slowroom").await.unwrap();
+    assert!(left.iter().all(|p| p.identity != "slow"));
+    // Others can still join and get served.
+    let mut other = connect(&server, &join_token("fast", "slowroom")).await;
+    assert!(matches!(next(&mut other).await, Some(Resp::Join(_))));
+    drop(slow);
+}
