@@ -294,7 +294,7 @@ pub(crate) async fn drive(
     if cfg.send_status && answered {
         params.retain(|(k, _)| *k != "CallStatus");
         params.push(("CallStatus", "completed".into()));
-        params.push(("CallDuration", stream_time.as_secs_f64().ceil().to_string()));
+        params.push(("CallDuration", stream_time.as_secs_f64().round().to_string()));
         match webhook::post_signed(&http, &cfg.status_url(), &cfg.auth_token, &params).await {
             Ok((status, _)) => report.status_callback_status = Some(status),
             Err(e) => report.warnings.push(e),
@@ -555,6 +555,8 @@ async fn run_stream(
             ClosedBy::Sim
         }
         End::ServerClosed => {
+            // Finish the closing handshake (tungstenite queued our close reply).
+            let _ = tokio::time::timeout(CLOSE_WAIT, s.tx.close()).await;
             report.outcome = Outcome::Completed;
             ClosedBy::Server
         }
