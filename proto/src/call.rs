@@ -73,6 +73,8 @@ pub enum CallOutput {
     Hangup { reason: Option<String> },
     /// The agent asked to transfer (Twilio REST `Twiml=<Dial>`).
     Transfer { to: String },
+    /// A mark came back this long after it was sent (for the mark round-trip metric).
+    MarkEchoed { rtt: Duration },
     End(EndReason),
 }
 
@@ -351,7 +353,12 @@ impl CallSession {
             match o {
                 Output::Media(f) => self.out.push_back(CallOutput::TwilioMedia(f)),
                 Output::Mark(m) => self.out.push_back(CallOutput::TwilioMark(m)),
-                Output::Heard(h) => self.report(h, false, now),
+                Output::Heard(h) => {
+                    if let Some(rtt) = h.mark_rtt {
+                        self.out.push_back(CallOutput::MarkEchoed { rtt });
+                    }
+                    self.report(h, false, now)
+                }
             }
         }
     }

@@ -13,3 +13,4 @@ pub mod control;
 pub mod inbound;
 pub mod call;
 pub mod mixer;
+pub mod stream_token;

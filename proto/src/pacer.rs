@@ -59,6 +59,8 @@ pub struct Heard {
     pub heard_ms: u32,
     /// The whole utterance has been played (its last mark came back).
     pub complete: bool,
+    /// Mark sent to mark echoed, when this report comes from an echo (not from `clear`).
+    pub mark_rtt: Option<Duration>,
 }
 
 /// A mark's name on the wire is `u<utterance>.<seq>`; kept as numbers so no frame allocates.
@@ -123,6 +125,7 @@ struct PendingMark {
     last_of_utterance: bool,
     /// `frames_sent` when this mark went out: on its echo, frames sent since are still to play.
     sent_at_frame: u64,
+    sent_at: Instant,
 }
 
 #[derive(Debug)]
@@ -223,7 +226,7 @@ impl Pacer {
             None => {
                 self.utterances.remove(pos);
                 if heard_ms > 0 {
-                    self.out.push_back(Output::Heard(Heard { utterance: id, heard_ms, complete: true }));
+                    self.out.push_back(Output::Heard(Heard { utterance: id, heard_ms, complete: true, mark_rtt: None }));
                 }
             }
         }
@@ -253,7 +256,12 @@ impl Pacer {
             if let Some(u) = self.utterances.iter_mut().find(|u| u.id == utterance) {
                 u.heard_ms = u.heard_ms.max(m.end_ms);
             }
-            self.out.push_back(Output::Heard(Heard { utterance, heard_ms: m.end_ms, complete: m.last_of_utterance }));
+            self.out.push_back(Output::Heard(Heard {
+                utterance,
+                heard_ms: m.end_ms,
+                complete: m.last_of_utterance,
+                mark_rtt: Some(now.saturating_duration_since(m.sent_at)),
+            }));
             if m.last_of_utterance {
                 self.utterances.retain(|u| u.id != utterance);
             }
@@ -276,7 +284,7 @@ impl Pacer {
             let heard_ms = (u.sent_ms - unplayed_sent).max(u.heard_ms).min(u.sent_ms);
             let never_sent = (u.queue.len() / 8) as u32;
             cleared.unplayed_ms += u.sent_ms - heard_ms + never_sent;
-            cleared.heard.push(Heard { utterance: u.id, heard_ms, complete: false });
+            cleared.heard.push(Heard { utterance: u.id, heard_ms, complete: false, mark_rtt: None });
         }
         cleared.heard.reverse();
         self.utterances.clear();
@@ -373,6 +381,7 @@ impl Pacer {
                     end_ms: u.sent_ms,
                     last_of_utterance: last,
                     sent_at_frame: self.stats.frames_sent,
+                    sent_at: now,
                 });
                 self.stats.marks_sent += 1;
                 self.out.push_back(Output::Mark(id));

@@ -108,6 +108,7 @@ impl Sim {
                 }
                 CallOutput::CallerAudio { pcm, filled } => self.seen.caller_audio.push((pcm, filled)),
                 CallOutput::Control(c) => self.seen.controls.push((self.now, c)),
+                CallOutput::MarkEchoed { .. } => {}
                 o => self.seen.other.push(o),
             }
         }

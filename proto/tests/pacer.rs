@@ -178,7 +178,7 @@ fn clear_returns_heard_position_and_ignores_stale_echoes() {
     let frames_before = tw.frames.len();
     let cleared = p.clear(now);
     // 500 ms played; the pacer had sent 80 ms more that the caller never heard.
-    assert_eq!(cleared.heard, vec![Heard { utterance: UtteranceId(1), heard_ms: 500, complete: false }]);
+    assert_eq!(cleared.heard, vec![Heard { utterance: UtteranceId(1), heard_ms: 500, complete: false, mark_rtt: None }]);
     assert_eq!(cleared.unplayed_ms, 2000 - 500);
     // Twilio echoes the pending marks at once; they must not move anything.
     for name in tw.clear(now) {
@@ -208,8 +208,8 @@ fn clear_across_two_utterances_splits_buffered_audio() {
     run(&mut p, &mut tw, t0, 0, 60, |_, _| {});
     // At 60 ms: utterance 1 heard 60 ms; utterance 2's first 20 ms... not yet played.
     let c = p.clear(t0 + MS * 60);
-    assert_eq!(c.heard[0], Heard { utterance: UtteranceId(1), heard_ms: 60, complete: false });
-    assert_eq!(c.heard[1], Heard { utterance: UtteranceId(2), heard_ms: 0, complete: false });
+    assert_eq!(c.heard[0], Heard { utterance: UtteranceId(1), heard_ms: 60, complete: false, mark_rtt: None });
+    assert_eq!(c.heard[1], Heard { utterance: UtteranceId(2), heard_ms: 0, complete: false, mark_rtt: None });
     assert_eq!(c.unplayed_ms, 40 + 300);
 }
 
@@ -226,7 +226,7 @@ fn underrun_counted_once_per_dry_spell_and_none_between_utterances() {
         let heard = run(&mut p, &mut tw, t0, 500, 900, |_, _| {});
         assert_eq!(p.stats().underruns, 0);
         // Ending after everything played still reports it complete, and frees it.
-        assert_eq!(heard, vec![(500, Heard { utterance: UtteranceId(1), heard_ms: 200, complete: true })]);
+        assert_eq!(heard, vec![(500, Heard { utterance: UtteranceId(1), heard_ms: 200, complete: true, mark_rtt: None })]);
         assert!(!p.is_active());
     }
     // Ending while the last marks are still out makes the newest one final.
@@ -238,7 +238,10 @@ fn underrun_counted_once_per_dry_spell_and_none_between_utterances() {
         run(&mut p, &mut tw, t0, 0, 150, |_, _| {});
         p.end_utterance(UtteranceId(1));
         let heard = run(&mut p, &mut tw, t0, 150, 400, |_, _| {});
-        assert_eq!(heard.last().unwrap(), &(200, Heard { utterance: UtteranceId(1), heard_ms: 200, complete: true }));
+        let (t, last) = heard.last().unwrap();
+        assert_eq!((*t, last.utterance, last.heard_ms, last.complete), (200, UtteranceId(1), 200, true));
+        // The last frame went out at 120 ms and played until 200 ms.
+        assert_eq!(last.mark_rtt, Some(Duration::from_millis(80)));
         assert!(!p.is_active());
     }
     let t0 = Instant::now();
