@@ -397,7 +397,7 @@ impl Session {
         let parsed = match Outbound::parse(text.as_str()) {
             Ok(m) => m,
             Err(e) => {
-                self.invalid(now, format!("{e} (Twilio error 31924/31951)"), report);
+                self.invalid(now, format!("{e} (Twilio error 31924)"), report);
                 return Ok(());
             }
         };
@@ -405,7 +405,7 @@ impl Session {
             Outbound::Media { stream_sid, .. } | Outbound::Mark { stream_sid, .. } | Outbound::Clear { stream_sid } => stream_sid,
         };
         if *sid != self.ids.stream_sid {
-            let reason = format!("streamSid {sid:?} is not this stream's (Twilio error 31951)");
+            let reason = format!("streamSid {sid:?} is not this stream's");
             self.invalid(now, reason, report);
             return Ok(());
         }
@@ -651,6 +651,14 @@ async fn stream_loop(
             }
             tokio::task::yield_now().await;
         } else {
+            // Deadlines first, so a server flooding messages cannot hold the frames back.
+            let now = clock.now();
+            if now >= next {
+                if on_due(now, s, source, &mut frames, &mut actions, total, report).await? {
+                    return Ok(());
+                }
+                continue;
+            }
             let wake = clock.instant_of(next);
             tokio::select! {
                 biased;

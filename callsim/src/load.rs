@@ -45,10 +45,7 @@ pub async fn run_calls(cfg: CallConfig, n: usize) -> anyhow::Result<LoadReport> 
 }
 
 fn failed(error: String) -> Report {
-    let mut r = Report::default();
-    r.outcome = Outcome::Failed;
-    r.error = Some(error);
-    r
+    Report { outcome: Outcome::Failed, error: Some(error), ..Default::default() }
 }
 
 /// `out.wav` → `out-3.wav`.

@@ -141,8 +141,8 @@ pub struct Report {
     pub clears_received: u64,
     /// `start` sent → first outbound `media` received, wall clock.
     pub first_audio_latency_ms: Option<f64>,
-    /// Messages Twilio would reject: binary frames (31950), unknown events, bad JSON,
-    /// missing fields, wrong streamSid (31924 / 31951).
+    /// Messages Twilio would reject: binary frames (warning 31950), events other than
+    /// media/mark/clear (31924), bad JSON, missing fields, bad base64, another stream's SID.
     pub invalid_messages: u64,
     /// The first few distinct reasons.
     pub invalid_reasons: Vec<String>,

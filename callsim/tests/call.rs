@@ -486,3 +486,36 @@ async fn fast_mode_echoes_marks_on_its_own_clock() {
         assert_eq!(report.marks_echoed, 0);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wav_and_mulaw_files_stream_until_they_end() {
+    let dir = std::env::temp_dir().join(format!("callsim-src-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    // 0.5 s of 600 Hz at 16 kHz stereo: resampled to 8 kHz mono, 25 frames.
+    let wav = dir.join("tone16k.wav");
+    let spec = hound::WavSpec { channels: 2, sample_rate: 16_000, bits_per_sample: 16, sample_format: hound::SampleFormat::Int };
+    let mut w = hound::WavWriter::create(&wav, spec).unwrap();
+    for n in 0..8000 {
+        let v = (12_000.0 * (std::f64::consts::TAU * 600.0 * n as f64 / 16_000.0).sin()) as i16;
+        w.write_sample(v).unwrap();
+        w.write_sample(v).unwrap();
+    }
+    w.finalize().unwrap();
+    let raw = dir.join("tone.ulaw");
+    std::fs::write(&raw, tone_mulaw(1200.0, 300)).unwrap();
+
+    let peer = Peer::start(Behavior::default()).await;
+    let r = callsim::run_call(peer.config().audio(callsim::AudioSpec::Wav(wav)).fast().no_status()).await.unwrap();
+    assert_eq!((r.outcome, r.frames_sent), (Outcome::Completed, 25), "{r:?}");
+    let r = callsim::run_call(peer.config().audio(callsim::AudioSpec::Mulaw(raw)).fast().no_status()).await.unwrap();
+    assert_eq!((r.outcome, r.frames_sent), (Outcome::Completed, 15), "{r:?}");
+    peer.wait_closed().await;
+    let pcm = |i: usize| -> Vec<i16> { peer.stream(i).media().iter().flat_map(|m| callsim::audio_source::decode(&m.payload)).collect() };
+    let wav_pcm = pcm(0);
+    assert!(goertzel(&wav_pcm, 600.0) > 50.0 * goertzel(&wav_pcm, 1200.0));
+    let raw_pcm = pcm(1);
+    assert!(goertzel(&raw_pcm, 1200.0) > 50.0 * goertzel(&raw_pcm, 600.0));
+    // An unreadable file is a local error, not a call outcome.
+    assert!(callsim::run_call(peer.config().audio(callsim::AudioSpec::Wav(dir.join("none.wav")))).await.is_err());
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -296,7 +296,7 @@ async fn handle(socket: WebSocket, log: Arc<Mutex<StreamLog>>, script: Vec<Step>
                 continue;
             }
             Step::UntilInboundTs(ts) => {
-                while !log.lock().unwrap().last_ts().is_some_and(|t| t >= ts) {
+                while log.lock().unwrap().last_ts().is_none_or(|t| t < ts) {
                     if changed.changed().await.is_err() || *changed.borrow() == u64::MAX {
                         break;
                     }
