@@ -82,6 +82,8 @@ pub mod events;
 mod peer;
 mod room;
 mod signal;
+#[cfg(test)]
+mod testing;
 
 pub use audio::{
     AudioFrame, AudioSink, AudioStream, AudioTrackOptions, OpusDecoder, OpusEncoder, PushError, RemoteAudioTrack, SinkStats,

@@ -1388,3 +1388,274 @@ impl Engine {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{Ctl, FakeConfig, FakeServer, Req, Resp, Seen};
+
+    async fn next_event(rx: &mut mpsc::Receiver<RoomEvent>, what: &str, mut f: impl FnMut(&RoomEvent) -> bool) -> RoomEvent {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some(e)) if f(&e) => return e,
+                Ok(Some(_)) => {}
+                Ok(None) => panic!("events ended while waiting for {what}"),
+                Err(_) => panic!("timed out waiting for {what}"),
+            }
+        }
+    }
+
+    fn is_req(s: &Seen, f: impl Fn(&Req) -> bool) -> bool {
+        matches!(s, Seen::Request(r) if f(r))
+    }
+
+    fn remote(sid: &str, identity: &str, version: u32) -> proto::ParticipantInfo {
+        proto::ParticipantInfo {
+            sid: sid.into(),
+            identity: identity.into(),
+            state: proto::participant_info::State::Active as i32,
+            version,
+            ..Default::default()
+        }
+    }
+
+    async fn join(cfg: FakeConfig) -> (FakeServer, Room, mpsc::Receiver<RoomEvent>) {
+        let srv = FakeServer::start(cfg).await;
+        let (room, ev) = Room::connect(&srv.url.replace("ws://", "http://"), "tok123", RoomOptions::default()).await.expect("connect");
+        (srv, room, ev)
+    }
+
+    #[tokio::test]
+    async fn join_offer_and_clean_leave() {
+        let (mut srv, room, mut ev) = join(FakeConfig::default()).await;
+        match srv.wait_for("connect", |s| matches!(s, Seen::Connect { .. })).await {
+            Seen::Connect { query, auth } => {
+                assert_eq!(auth.as_deref(), Some("Bearer tok123"));
+                assert_eq!(query["protocol"], "17");
+                assert_eq!(query["auto_subscribe"], "1");
+                assert!(!query.contains_key("reconnect"));
+            }
+            _ => unreachable!(),
+        }
+        srv.wait_for("publisher offer", |s| is_req(s, |r| matches!(r, Req::Offer(o) if o.sdp.contains("webrtc-datachannel")))).await;
+        let me = room.local_participant();
+        assert_eq!((me.identity.as_str(), me.sid.as_str(), me.name.as_str()), ("tester", "PA_test", "Tester"));
+        assert_eq!(me.kind, crate::ParticipantKind::Sip);
+        assert_eq!(me.attributes["a"], "1");
+        assert_eq!(room.name(), "fake");
+
+        room.close().await;
+        srv.wait_for("leave", |s| {
+            is_req(s, |r| matches!(r, Req::Leave(l) if l.reason == proto::DisconnectReason::ClientInitiated as i32))
+        })
+        .await;
+        next_event(&mut ev, "Disconnected", |e| matches!(e, RoomEvent::Disconnected(DisconnectReason::ClientInitiated))).await;
+        assert!(room.send_data(DataPacketBuilder::new(b"x".to_vec())).await.is_err());
+        room.close().await; // idempotent
+    }
+
+    #[tokio::test]
+    async fn keepalive_pings_every_interval() {
+        let (mut srv, room, _ev) = join(FakeConfig { ping_interval: 1, ping_timeout: 3, ..Default::default() }).await;
+        let t0 = Instant::now();
+        for _ in 0..3 {
+            srv.wait_for("ping_req", |s| is_req(s, |r| matches!(r, Req::PingReq(p) if p.timestamp > 0))).await;
+        }
+        assert!(t0.elapsed() >= Duration::from_millis(1500), "pings too fast: {:?}", t0.elapsed());
+        // Pongs keep the link alive past ping_timeout.
+        tokio::time::sleep(Duration::from_millis(3500)).await;
+        assert!(!room.is_closed());
+        assert_eq!(room.stats().resumes, 0);
+        room.close().await;
+    }
+
+    #[tokio::test]
+    async fn ping_timeout_resumes_and_room_keeps_working() {
+        let (mut srv, room, mut ev) = join(FakeConfig { answer_pings: false, ping_interval: 1, ping_timeout: 2, ..Default::default() }).await;
+        next_event(&mut ev, "Reconnecting", |e| matches!(e, RoomEvent::Reconnecting)).await;
+        srv.cfg.lock().unwrap().answer_pings = true;
+        match srv.wait_for("resume dial", |s| matches!(s, Seen::Connect { query, .. } if query.contains_key("reconnect"))).await {
+            Seen::Connect { query, auth } => {
+                assert_eq!(query["reconnect"], "1");
+                assert_eq!(query["sid"], "PA_test");
+                assert_eq!(auth.as_deref(), Some("Bearer tok123"));
+            }
+            _ => unreachable!(),
+        }
+        match srv.wait_for("sync_state", |s| is_req(s, |r| matches!(r, Req::SyncState(_)))).await {
+            Seen::Request(Req::SyncState(s)) => {
+                assert!(s.offer.is_some(), "publisher offer in sync_state");
+                assert_eq!(s.data_channels.len(), 2);
+            }
+            _ => unreachable!(),
+        }
+        next_event(&mut ev, "Reconnected", |e| matches!(e, RoomEvent::Reconnected)).await;
+        assert_eq!(room.stats().resumes, 1);
+        // Signalling works on the new link: publish (add_track → track_published → offer/answer).
+        let sink = tokio::time::timeout(Duration::from_secs(10), room.publish_audio(AudioTrackOptions { sample_rate: 8000, ..Default::default() }))
+            .await
+            .expect("publish in time")
+            .expect("publish");
+        assert!(sink.track_sid().starts_with("TR_audio-"));
+        next_event(&mut ev, "LocalTrackPublished", |e| matches!(e, RoomEvent::LocalTrackPublished(_))).await;
+        room.close().await;
+    }
+
+    #[tokio::test]
+    async fn dropped_websocket_resumes() {
+        let (mut srv, room, mut ev) = join(FakeConfig::default()).await;
+        srv.wait_for("offer", |s| is_req(s, |r| matches!(r, Req::Offer(_)))).await;
+        srv.ctl(Ctl::Drop);
+        next_event(&mut ev, "Reconnecting", |e| matches!(e, RoomEvent::Reconnecting)).await;
+        next_event(&mut ev, "Reconnected", |e| matches!(e, RoomEvent::Reconnected)).await;
+        // And the test hook does the same.
+        room.simulate_signal_drop().await;
+        next_event(&mut ev, "Reconnecting", |e| matches!(e, RoomEvent::Reconnecting)).await;
+        next_event(&mut ev, "Reconnected", |e| matches!(e, RoomEvent::Reconnected)).await;
+        assert_eq!(room.stats().resumes, 2);
+        room.close().await;
+    }
+
+    #[tokio::test]
+    async fn refused_resume_ends_the_room() {
+        let (srv, room, mut ev) = join(FakeConfig { reject_resume_status: Some(401), ..Default::default() }).await;
+        srv.ctl(Ctl::Drop);
+        let e = next_event(&mut ev, "Disconnected", |e| matches!(e, RoomEvent::Disconnected(_))).await;
+        assert!(matches!(e, RoomEvent::Disconnected(DisconnectReason::SignalLost(_))), "{e:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(room.is_closed());
+    }
+
+    #[tokio::test]
+    async fn resume_answered_with_leave_ends_the_room() {
+        let (srv, _room, mut ev) = join(FakeConfig { allow_resume: false, ..Default::default() }).await;
+        srv.ctl(Ctl::Drop);
+        let e = next_event(&mut ev, "Disconnected", |e| matches!(e, RoomEvent::Disconnected(_))).await;
+        assert!(matches!(e, RoomEvent::Disconnected(DisconnectReason::Server(proto::DisconnectReason::StateMismatch))), "{e:?}");
+    }
+
+    #[tokio::test]
+    async fn server_leave_disconnects() {
+        let (srv, room, mut ev) = join(FakeConfig::default()).await;
+        srv.send(Resp::Leave(proto::LeaveRequest {
+            reason: proto::DisconnectReason::ParticipantRemoved as i32,
+            action: proto::leave_request::Action::Disconnect as i32,
+            ..Default::default()
+        }));
+        let e = next_event(&mut ev, "Disconnected", |e| matches!(e, RoomEvent::Disconnected(_))).await;
+        assert!(matches!(e, RoomEvent::Disconnected(DisconnectReason::Server(proto::DisconnectReason::ParticipantRemoved))));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(room.is_closed());
+    }
+
+    #[tokio::test]
+    async fn malformed_frames_are_counted_and_skipped() {
+        let (srv, room, mut ev) = join(FakeConfig::default()).await;
+        use tokio_tungstenite::tungstenite::Message as M;
+        srv.ctl(Ctl::Raw(M::Binary(vec![0x0a, 0xff, 0xff, 0xff, 0xff, 0x0f].into())));
+        srv.ctl(Ctl::Raw(M::Text("{\"join\":{}}".into())));
+        srv.ctl(Ctl::Raw(M::Binary(vec![].into())));
+        // A bad SDP and a bad candidate are logged and counted, not fatal.
+        srv.send(Resp::Offer(proto::SessionDescription { r#type: "offer".into(), sdp: "v=0\r\ngarbage".into(), ..Default::default() }));
+        srv.send(Resp::Trickle(proto::TrickleRequest { candidate_init: "{not json".into(), target: 1, r#final: false }));
+        srv.send(Resp::Answer(proto::SessionDescription { r#type: "answer".into(), sdp: "nonsense".into(), ..Default::default() }));
+        srv.send(Resp::Update(proto::ParticipantUpdate { participants: vec![remote("PA_2", "agent", 1)] }));
+        next_event(&mut ev, "ParticipantConnected", |e| matches!(e, RoomEvent::ParticipantConnected(p) if p.identity == "agent")).await;
+        assert_eq!(room.stats().signal_malformed, 6, "{:?}", room.stats());
+        assert!(!room.is_closed());
+        room.close().await;
+    }
+
+    #[tokio::test]
+    async fn participant_and_attribute_events() {
+        let mut p2 = remote("PA_2", "agent", 1);
+        p2.tracks.push(proto::TrackInfo { sid: "TR_a".into(), r#type: proto::TrackType::Audio as i32, ..Default::default() });
+        let (srv, room, mut ev) = join(FakeConfig { others: vec![p2.clone()], ..Default::default() }).await;
+        // Known from join: no Connected event, but listed.
+        assert_eq!(room.remote_participants().len(), 1);
+
+        let mut p3 = remote("PA_3", "supervisor", 1);
+        p3.attributes.insert("x".into(), "1".into());
+        p3.tracks.push(proto::TrackInfo { sid: "TR_b".into(), r#type: proto::TrackType::Audio as i32, ..Default::default() });
+        srv.send(Resp::Update(proto::ParticipantUpdate { participants: vec![p3.clone()] }));
+        next_event(&mut ev, "ParticipantConnected", |e| matches!(e, RoomEvent::ParticipantConnected(p) if p.identity == "supervisor")).await;
+        next_event(&mut ev, "TrackPublished", |e| matches!(e, RoomEvent::TrackPublished { track, .. } if track.sid == "TR_b")).await;
+
+        let mut p3b = p3.clone();
+        p3b.version = 2;
+        p3b.attributes.insert("x".into(), "2".into());
+        p3b.attributes.insert("y".into(), "3".into());
+        p3b.metadata = "m".into();
+        let stale = p3.clone(); // version 1 again: ignored
+        srv.send(Resp::Update(proto::ParticipantUpdate { participants: vec![p3b.clone(), stale] }));
+        match next_event(&mut ev, "AttributesChanged", |e| matches!(e, RoomEvent::AttributesChanged { .. })).await {
+            RoomEvent::AttributesChanged { participant, changed } => {
+                assert_eq!(participant.identity, "supervisor");
+                assert_eq!(changed.len(), 2);
+                assert_eq!(changed["x"], "2");
+            }
+            _ => unreachable!(),
+        }
+        let snapshot = room.remote_participants().into_iter().find(|p| p.identity == "supervisor").unwrap();
+        assert_eq!(snapshot.attributes["x"], "2", "stale update must not win");
+        assert_eq!(snapshot.metadata, "m");
+
+        // Our own attributes changed by the server (e.g. RoomService UpdateParticipant).
+        let mut me = proto::ParticipantInfo { sid: "PA_test".into(), identity: "tester".into(), version: 5, ..Default::default() };
+        me.attributes.insert("a".into(), "2".into());
+        srv.send(Resp::Update(proto::ParticipantUpdate { participants: vec![me] }));
+        match next_event(&mut ev, "local AttributesChanged", |e| matches!(e, RoomEvent::AttributesChanged { participant, .. } if participant.identity == "tester")).await {
+            RoomEvent::AttributesChanged { changed, .. } => assert_eq!(changed["a"], "2"),
+            _ => unreachable!(),
+        }
+        assert_eq!(room.local_participant().attributes["a"], "2");
+
+        // Track removed, then participant leaves.
+        let mut p3c = p3b.clone();
+        p3c.version = 3;
+        p3c.tracks.clear();
+        srv.send(Resp::Update(proto::ParticipantUpdate { participants: vec![p3c.clone()] }));
+        next_event(&mut ev, "TrackUnpublished", |e| matches!(e, RoomEvent::TrackUnpublished { track, .. } if track.sid == "TR_b")).await;
+        p3c.version = 4;
+        p3c.state = proto::participant_info::State::Disconnected as i32;
+        srv.send(Resp::Update(proto::ParticipantUpdate { participants: vec![p3c] }));
+        next_event(&mut ev, "ParticipantDisconnected", |e| matches!(e, RoomEvent::ParticipantDisconnected(p) if p.identity == "supervisor")).await;
+        assert_eq!(room.remote_participants().len(), 1);
+
+        srv.send(Resp::RoomUpdate(proto::RoomUpdate { room: Some(proto::Room { name: "fake".into(), metadata: "rm".into(), ..Default::default() }) }));
+        next_event(&mut ev, "RoomMetadataChanged", |e| matches!(e, RoomEvent::RoomMetadataChanged(m) if m == "rm")).await;
+        assert_eq!(room.metadata(), "rm");
+        room.close().await;
+    }
+
+    #[tokio::test]
+    async fn slow_event_consumer_loses_events_not_memory() {
+        let srv = FakeServer::start(FakeConfig::default()).await;
+        let opts = RoomOptions { event_capacity: 16, ..Default::default() };
+        let (room, mut ev) = Room::connect(&srv.url, "t", opts).await.unwrap();
+        let many: Vec<_> = (0..100).map(|i| remote(&format!("PA_{i}"), &format!("p{i}"), 1)).collect();
+        srv.send(Resp::Update(proto::ParticipantUpdate { participants: many }));
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while room.remote_participants().len() < 100 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(room.remote_participants().len(), 100);
+        assert!(room.stats().events_dropped >= 84, "{:?}", room.stats());
+        let mut n = 0;
+        while let Ok(e) = ev.try_recv() {
+            assert!(matches!(e, RoomEvent::ParticipantConnected(_)));
+            n += 1;
+        }
+        assert_eq!(n, 16);
+        room.close().await;
+    }
+
+    #[tokio::test]
+    async fn connect_errors() {
+        assert!(matches!(Room::connect("ftp://x", "t", RoomOptions::default()).await, Err(RoomError::InvalidUrl(_))));
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let r = Room::connect(&format!("ws://127.0.0.1:{port}"), "t", RoomOptions::default()).await;
+        assert!(matches!(r, Err(RoomError::Connect(_))), "{r:?}");
+    }
+}

@@ -383,8 +383,11 @@ pub(crate) async fn resume(url: &Url, token: &str) -> Result<(SignalConn, proto:
                 Incoming::Message(Response::Leave(l)) => {
                     return Err(RoomError::Left(proto::DisconnectReason::try_from(l.reason).unwrap_or(proto::DisconnectReason::UnknownReason)))
                 }
-                // Older servers answer a resume with `join`; treat it as success.
-                Incoming::Message(Response::Join(_)) => return Ok(proto::ReconnectResponse::default()),
+                // A server without resume support treats the dial as a fresh join (new sid, new
+                // peer connections): our peers do not match it, so this resume failed.
+                Incoming::Message(Response::Join(_)) => {
+                    return Err(RoomError::Protocol("server answered the resume with a fresh join (no resume support)".into()))
+                }
                 Incoming::Message(other) => {
                     if early.len() < 256 {
                         early.push(other)
