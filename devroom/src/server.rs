@@ -3,6 +3,10 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use axum::extract::Request;
+use axum::http::{header, HeaderValue, Method, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 
@@ -36,7 +40,32 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/rtc/v1", get(signal::v1_not_found))
         .route("/rtc/v1/validate", get(signal::v1_not_found))
         .route("/twirp/livekit.RoomService/{method}", post(twirp::handle))
+        .layer(middleware::from_fn(cors))
         .with_state(app)
+}
+
+/// CORS as livekit-server allows it: any origin. Browsers need it for `/rtc/v1/validate`
+/// (livekit-client fetches it after a failed WebSocket to learn why, e.g. to fall back to v0)
+/// and for Twirp calls made from a page.
+async fn cors(req: Request, next: Next) -> Response {
+    let preflight = req.method() == Method::OPTIONS;
+    let req_headers = req.headers().get(header::ACCESS_CONTROL_REQUEST_HEADERS).cloned();
+    let mut res = if preflight {
+        StatusCode::NO_CONTENT.into_response()
+    } else {
+        next.run(req).await
+    };
+    let h = res.headers_mut();
+    h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
+    if preflight {
+        h.insert(header::ACCESS_CONTROL_ALLOW_METHODS, HeaderValue::from_static("GET, POST, OPTIONS"));
+        h.insert(
+            header::ACCESS_CONTROL_ALLOW_HEADERS,
+            req_headers.unwrap_or_else(|| HeaderValue::from_static("*")),
+        );
+        h.insert(header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("600"));
+    }
+    res
 }
 
 /// Binds the HTTP listener and the RTC socket and starts serving (needs a tokio runtime).
