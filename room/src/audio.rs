@@ -254,7 +254,7 @@ pub struct SinkStats {
 /// [`Room::publish_audio`](crate::Room::publish_audio).
 ///
 /// Push mono `i16` PCM at the track's sample rate, in any chunk size; it is framed to 20 ms.
-/// Push in real time (the sink does not pace).
+/// Push in real time (the sink does not pace). Dropping the sink unpublishes the track.
 pub struct AudioSink {
     pub(crate) track_sid: String,
     pub(crate) cid: Arc<str>,
@@ -264,6 +264,16 @@ pub struct AudioSink {
     pub(crate) in_dtx: bool,
     pub(crate) tx: mpsc::Sender<OutgoingAudio>,
     pub(crate) stats: Arc<SinkStats>,
+    /// Tells the room to unpublish the track when the sink goes away.
+    pub(crate) on_drop: Option<Box<dyn FnOnce() + Send + Sync>>,
+}
+
+impl Drop for AudioSink {
+    fn drop(&mut self) {
+        if let Some(f) = self.on_drop.take() {
+            f();
+        }
+    }
 }
 
 impl std::fmt::Debug for AudioSink {
@@ -290,6 +300,7 @@ impl AudioSink {
             in_dtx: false,
             tx,
             stats: Arc::new(SinkStats::default()),
+            on_drop: None,
         })
     }
 
@@ -307,6 +318,9 @@ impl AudioSink {
     pub fn stats(&self) -> Arc<SinkStats> {
         self.stats.clone()
     }
+
+    /// Unpublish the track (same as dropping the sink).
+    pub fn unpublish(self) {}
 
     /// Frames dropped because the driver queue was full.
     pub fn dropped_frames(&self) -> u64 {

@@ -285,6 +285,7 @@ impl Peer {
     pub(crate) fn create_offer(
         &mut self,
         add_audio: Option<(&str, &str)>,
+        stop: &[Mid],
         ice_restart: bool,
     ) -> Result<(Option<String>, Option<Mid>), RoomError> {
         if self.pending_offer.is_some() {
@@ -311,6 +312,10 @@ impl Peer {
         let mid = add_audio.map(|(stream_id, cid)| {
             api.add_media(MediaKind::Audio, Direction::SendOnly, Some(stream_id.to_string()), Some(cid.to_string()), None)
         });
+        for mid in stop {
+            // Inactive (not port 0): the m-line can be reused and the server sees the track stop.
+            api.set_direction(*mid, Direction::Inactive);
+        }
         if ice_restart {
             api.ice_restart(true);
         }
@@ -559,7 +564,7 @@ m=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\na=mid:1\r\n";
         let mut a = Peer::new(Role::Publisher, a_addr, now).unwrap();
         let mut b = Peer::new(Role::Subscriber, b_addr, now).unwrap();
 
-        let (offer, mid) = a.create_offer(Some(("stream", "cid-1")), false).unwrap();
+        let (offer, mid) = a.create_offer(Some(("stream", "cid-1")), &[], false).unwrap();
         let mid = mid.unwrap();
         let (answer, sections) = b.accept_offer(&offer.unwrap()).unwrap();
         assert!(sections.iter().any(|s| s.track_id.as_deref() == Some("cid-1")));

@@ -165,6 +165,7 @@ enum Command {
         attributes: HashMap<String, String>,
         reply: oneshot::Sender<Result<(), RoomError>>,
     },
+    Unpublish { cid: Arc<str> },
     SimulateSignalDrop,
     Close { reply: oneshot::Sender<()> },
 }
@@ -262,6 +263,7 @@ impl Room {
             done: false,
             negotiation_needed: false,
             pending_media: VecDeque::new(),
+            pending_stop: Vec::new(),
             pending_publish: HashMap::new(),
             local_tracks: HashMap::new(),
             sub_mids: HashMap::new(),
@@ -354,7 +356,18 @@ impl Room {
         crate::audio::OpusEncoder::new(options.sample_rate, options.complexity, options.dtx)?;
         let opts = options.clone();
         let (sid, cid) = self.request(|reply| Command::PublishAudio { opts, reply }).await?;
-        AudioSink::new(sid, cid, &options, self.audio_tx.clone())
+        let mut sink = AudioSink::new(sid, cid.clone(), &options, self.audio_tx.clone())?;
+        let cmd_tx = self.cmd_tx.clone();
+        sink.on_drop = Some(Box::new(move || {
+            if let Err(mpsc::error::TrySendError::Full(c)) = cmd_tx.try_send(Command::Unpublish { cid }) {
+                if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                    rt.spawn(async move {
+                        let _ = cmd_tx.send(c).await;
+                    });
+                }
+            }
+        }));
+        Ok(sink)
     }
 
     /// Send a user data packet. Resolves when it is handed to the data channel (reliable
@@ -463,6 +476,7 @@ struct Engine {
     // publishing
     negotiation_needed: bool,
     pending_media: VecDeque<Arc<str>>,
+    pending_stop: Vec<Mid>,
     pending_publish: HashMap<String, PendingPublish>,
     local_tracks: HashMap<Arc<str>, LocalTrack>,
     // subscribing
@@ -672,6 +686,18 @@ impl Engine {
                 self.send_signal(signal::req_update_metadata(metadata, name, attributes, id));
                 let _ = reply.send(Ok(()));
             }
+            Command::Unpublish { cid } => {
+                if let Some(t) = self.local_tracks.remove(&cid) {
+                    tracing::info!(track = %t.info.sid, "unpublishing");
+                    match t.mid {
+                        Some(mid) => {
+                            self.pending_stop.push(mid);
+                            self.start_negotiation();
+                        }
+                        None => self.pending_media.retain(|c| *c != cid),
+                    }
+                }
+            }
             Command::SimulateSignalDrop => {
                 if let Some(s) = self.signal.take() {
                     s.abort();
@@ -854,7 +880,8 @@ impl Engine {
         // str0m adds one media per offer here; further tracks go in follow-up offers.
         let add = self.pending_media.pop_front();
         let add_args = add.as_ref().map(|cid| (format!("{}-stream", self.local.sid), cid.clone()));
-        let r = self.publisher.create_offer(add_args.as_ref().map(|(s, c)| (s.as_str(), &**c)), ice_restart);
+        let stop = std::mem::take(&mut self.pending_stop);
+        let r = self.publisher.create_offer(add_args.as_ref().map(|(s, c)| (s.as_str(), &**c)), &stop, ice_restart);
         self.negotiation_needed = !self.pending_media.is_empty();
         match r {
             Ok((Some(sdp), mid)) => {

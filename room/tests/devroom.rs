@@ -188,3 +188,36 @@ async fn data_packets_both_ways() {
     agent.close().await;
     assert_eq!(phone.stats().data_malformed, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_the_sink_unpublishes_and_republish_works() {
+    common::init_tracing();
+    let dev = Devroom::start().await;
+    let (alice, _alice_ev) = Room::connect(&dev.url(), &dev.token("unpub", "alice"), RoomOptions::default()).await.expect("alice");
+    let (bob, mut bob_ev) = Room::connect(&dev.url(), &dev.token("unpub", "bob"), RoomOptions::default()).await.expect("bob");
+
+    for round in 0..2 {
+        let mut sink = alice.publish_audio(AudioTrackOptions { sample_rate: 16_000, ..Default::default() }).await.expect("publish");
+        let sid = sink.track_sid().to_string();
+        let ev = next_matching(&mut bob_ev, "TrackSubscribed", |e| matches!(e, RoomEvent::TrackSubscribed { .. })).await;
+        let RoomEvent::TrackSubscribed { track, .. } = ev else { unreachable!() };
+        assert_eq!(track.sid(), sid, "round {round}");
+        let mut stream = track.stream(16_000).unwrap();
+        let pusher = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(20));
+            for f in 0..25 {
+                tick.tick().await;
+                sink.push(&tone(300.0, 16_000, f * 320, 320, 8000.0)).await.unwrap();
+            }
+            sink // dropped below: unpublishes
+        });
+        let first = tokio::time::timeout(Duration::from_secs(5), stream.recv()).await.expect("audio arrives");
+        assert!(first.is_some());
+        drop(pusher.await.unwrap());
+        next_matching(&mut bob_ev, "TrackUnsubscribed", |e| matches!(e, RoomEvent::TrackUnsubscribed { track_sid, .. } if *track_sid == sid)).await;
+        let end = tokio::time::timeout(Duration::from_secs(5), async { while stream.recv().await.is_some() {} }).await;
+        assert!(end.is_ok(), "stream ends after unpublish");
+    }
+    alice.close().await;
+    bob.close().await;
+}
