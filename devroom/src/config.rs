@@ -43,6 +43,11 @@ pub struct Config {
     #[arg(long, env = "DEVROOM_DEPARTURE_TIMEOUT", default_value_t = 20)]
     pub departure_timeout: u32,
 
+    /// Seconds a participant whose signal connection dropped (without `leave`) is kept so the
+    /// client can resume (`/rtc?reconnect=1&sid=…`) without losing its media.
+    #[arg(long, env = "DEVROOM_RESUME_WINDOW", default_value_t = 15)]
+    pub resume_window: u32,
+
     /// Outgoing signal messages queued per participant before it is dropped as too slow.
     #[arg(long, env = "DEVROOM_SIGNAL_QUEUE", default_value_t = 256)]
     pub signal_queue: usize,

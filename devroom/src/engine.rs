@@ -54,9 +54,19 @@ pub enum Outbound {
     Close { code: u16, reason: String },
 }
 
+/// A client redialling `/rtc?reconnect=1&sid=…` after its signal connection dropped.
+pub struct ResumeRequest {
+    pub room: String,
+    pub identity: String,
+    pub sid: String,
+    pub tx: mpsc::Sender<Outbound>,
+}
+
 #[derive(Debug)]
 pub struct Joined {
     pub key: u64,
+    /// Identifies the signal connection; commands from a replaced connection are ignored.
+    pub session: u64,
 }
 
 type Reply<T> = oneshot::Sender<Result<T, ApiError>>;
@@ -77,8 +87,11 @@ pub enum Admin {
 
 pub enum Command {
     Join(JoinRequest, Reply<Joined>),
-    Signal { key: u64, msg: Req },
-    Disconnect { key: u64, reason: lk::DisconnectReason },
+    Resume(ResumeRequest, Reply<Joined>),
+    Signal { key: u64, session: u64, msg: Req },
+    /// The signal connection ended. `SignalClose` (dropped without `leave`) keeps the participant
+    /// for `--resume-window`; any other reason removes it.
+    Disconnect { key: u64, session: u64, reason: lk::DisconnectReason },
     Admin(Admin),
 }
 
@@ -133,6 +146,11 @@ pub(crate) struct Participant {
     pub info: Identity,
     pub tracks: Vec<PublishedTrack>,
     pub tx: mpsc::Sender<Outbound>,
+    pub session: u64,
+    /// When the signal connection dropped without `leave` (resume possible for `--resume-window`).
+    pub signal_lost: Option<Instant>,
+    /// The subscriber offer awaiting an answer, re-sent after a resume.
+    pub last_offer: Option<lk::SessionDescription>,
     pub publisher: Peer,
     pub subscriber: Peer,
     pub down: Vec<DownTrack>,
@@ -161,7 +179,8 @@ impl Participant {
                 self.doom(lk::DisconnectReason::StateMismatch, false);
             }
             Err(mpsc::error::TrySendError::Closed(_)) => {
-                self.doom(lk::DisconnectReason::ClientInitiated, false);
+                // The session ended; its Disconnect command decides what happens next.
+                tracing::trace!(identity = %self.info.identity, "signal connection gone; message dropped");
             }
         }
     }
@@ -206,6 +225,7 @@ pub struct Engine {
     pub(crate) rooms: HashMap<String, Room>,
     pub(crate) parts: HashMap<u64, Participant>,
     pub(crate) next_key: u64,
+    pub(crate) next_session: u64,
     pub(crate) webhooks: Webhooks,
 }
 
@@ -222,6 +242,7 @@ pub async fn start(cfg: Arc<Config>, webhooks: Webhooks) -> anyhow::Result<Engin
         rooms: HashMap::new(),
         parts: HashMap::new(),
         next_key: 1,
+        next_session: 1,
         webhooks,
     };
     tokio::spawn(engine.run(rx));
@@ -325,9 +346,26 @@ impl Engine {
                 let res = self.join(req);
                 let _ = reply.send(res);
             }
-            Command::Signal { key, msg } => self.on_signal(key, msg),
-            Command::Disconnect { key, reason } => {
-                if self.parts.contains_key(&key) {
+            Command::Resume(req, reply) => {
+                let res = self.resume(req);
+                let _ = reply.send(res);
+            }
+            Command::Signal { key, session, msg } => {
+                if self.parts.get(&key).is_some_and(|p| p.session == session) {
+                    self.on_signal(key, msg);
+                }
+            }
+            Command::Disconnect { key, session, reason } => {
+                let Some(p) = self.parts.get_mut(&key) else {
+                    return;
+                };
+                if p.session != session {
+                    return; // a replaced connection
+                }
+                if reason == lk::DisconnectReason::SignalClose && p.doomed.is_none() {
+                    tracing::info!(identity = %p.info.identity, "signal connection lost; participant kept for resume");
+                    p.signal_lost = Some(Instant::now());
+                } else {
                     self.remove_participant(key, reason, false);
                 }
             }
@@ -346,6 +384,13 @@ impl Engine {
         for name in expired {
             tracing::info!(room = %name, "closing empty room");
             self.close_room(&name, lk::DisconnectReason::RoomClosed);
+        }
+        let window = Duration::from_secs(self.cfg.resume_window as u64);
+        for p in self.parts.values_mut() {
+            if p.signal_lost.is_some_and(|t| now.duration_since(t) >= window) {
+                tracing::info!(identity = %p.info.identity, "no resume within the window: removing participant");
+                p.doom(lk::DisconnectReason::SignalClose, false);
+            }
         }
     }
 
@@ -478,12 +523,17 @@ impl Engine {
             version: 1,
         };
         let sid = info.sid.clone();
+        let session = self.next_session;
+        self.next_session += 1;
         let mut p = Participant {
             key,
             room: req.room.clone(),
             info,
             tracks: Vec::new(),
             tx: req.tx,
+            session,
+            signal_lost: None,
+            last_offer: None,
             publisher: Peer::new(Role::Publisher, now, self.local_addr),
             subscriber: Peer::new(Role::Subscriber, now, self.local_addr),
             down: Vec::new(),
@@ -518,13 +568,7 @@ impl Engine {
             subscriber_primary: can_subscribe,
             ping_timeout: PING_TIMEOUT,
             ping_interval: PING_INTERVAL,
-            server_info: Some(lk::ServerInfo {
-                edition: lk::server_info::Edition::Standard as i32,
-                version: SERVER_VERSION.into(),
-                protocol: PROTOCOL_VERSION,
-                node_id: "ND_devroom".into(),
-                ..Default::default()
-            }),
+            server_info: Some(server_info()),
             enabled_publish_codecs: room::enabled_codecs(),
             fast_publish: p.info.permission.can_publish,
             ..Default::default()
@@ -546,7 +590,54 @@ impl Engine {
             p.send(Resp::Join(join));
         }
         self.broadcast_info(key, false);
-        Ok(Joined { key })
+        Ok(Joined { key, session })
+    }
+
+    /// Attaches a new signal connection to a participant whose connection dropped; its peer
+    /// connections (and media) were never interrupted.
+    fn resume(&mut self, req: ResumeRequest) -> Result<Joined, ApiError> {
+        let key = self
+            .find_participant(&req.room, &req.identity)
+            .filter(|k| {
+                self.parts
+                    .get(k)
+                    .is_some_and(|p| p.doomed.is_none() && (req.sid.is_empty() || p.info.sid == req.sid))
+            })
+            .ok_or_else(|| ApiError::not_found("participant to resume not found"))?;
+        let session = self.next_session;
+        self.next_session += 1;
+        let room = self.room_proto(&self.parts[&key].room);
+        let others: Vec<lk::ParticipantInfo> = self
+            .others(key)
+            .iter()
+            .filter_map(|k| self.parts.get(k))
+            .filter(|o| !o.info.permission.hidden)
+            .map(Participant::proto)
+            .collect();
+        let p = self.parts.get_mut(&key).expect("found");
+        tracing::info!(identity = %p.info.identity, "participant resumed");
+        // Dropping the old sender ends the old session (if it is still around).
+        p.tx = req.tx;
+        p.session = session;
+        p.signal_lost = None;
+        p.send(Resp::Reconnect(lk::ReconnectResponse {
+            server_info: Some(server_info()),
+            ..Default::default()
+        }));
+        let mut all = others;
+        all.push(p.proto());
+        p.send(Resp::Update(lk::ParticipantUpdate { participants: all }));
+        if let Some(room) = room {
+            p.send(Resp::RoomUpdate(lk::RoomUpdate { room: Some(room) }));
+        }
+        // An offer in flight may have been lost with the old connection: send it again
+        // (the same SDP, so a client that did apply it just answers again).
+        if p.subscriber.pending.is_some() {
+            if let Some(offer) = p.last_offer.clone() {
+                p.send(Resp::Offer(offer));
+            }
+        }
+        Ok(Joined { key, session })
     }
 
     /// Removes a participant: tells it why (if `notify`), unsubscribes everyone from its
@@ -899,6 +990,16 @@ impl Engine {
                 p.sub_dirty = true;
             }
         }
+    }
+}
+
+fn server_info() -> lk::ServerInfo {
+    lk::ServerInfo {
+        edition: lk::server_info::Edition::Standard as i32,
+        version: SERVER_VERSION.into(),
+        protocol: PROTOCOL_VERSION,
+        node_id: "ND_devroom".into(),
+        ..Default::default()
     }
 }
 

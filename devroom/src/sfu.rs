@@ -367,13 +367,14 @@ impl Engine {
             })
             .collect();
         tracing::debug!(identity = %p.info.identity, adds = change.add.len(), stops = change.stop.len(), "subscriber offer");
-        let id = p.offer_id;
-        p.send(Resp::Offer(lk::SessionDescription {
+        let offer = lk::SessionDescription {
             r#type: "offer".into(),
             sdp,
-            id,
+            id: p.offer_id,
             mid_to_track_id,
-        }));
+        };
+        p.last_offer = Some(offer.clone());
+        p.send(Resp::Offer(offer));
         true
     }
 }

@@ -25,7 +25,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::auth;
-use crate::engine::{Command, EngineHandle, JoinRequest, Outbound};
+use crate::engine::{Command, EngineHandle, JoinRequest, Joined, Outbound, ResumeRequest};
 use crate::room::{self, Permission};
 use crate::server::App;
 
@@ -83,6 +83,8 @@ fn validate(app: &App, headers: &HeaderMap, params: &Params) -> Result<JoinInit,
             agent: video.agent,
         },
         auto_subscribe: truthy(params.get("auto_subscribe"), true),
+        reconnect: truthy(params.get("reconnect"), false),
+        sid: params.get("sid").cloned().unwrap_or_default(),
     })
 }
 
@@ -95,6 +97,9 @@ struct JoinInit {
     attributes: HashMap<String, String>,
     permission: Permission,
     auto_subscribe: bool,
+    /// `reconnect=1&sid=…`: resume an existing participant.
+    reconnect: bool,
+    sid: String,
 }
 
 /// `GET /rtc/validate`: "success" or the reason the join would be refused.
@@ -137,6 +142,22 @@ pub async fn rtc_handler(
         Err(e) => return (StatusCode::BAD_REQUEST, format!("expected a WebSocket upgrade: {e}")).into_response(),
     };
     let (tx, rx) = mpsc::channel(app.cfg.signal_queue.max(8));
+    if init.reconnect {
+        let req = ResumeRequest {
+            room: init.room,
+            identity: init.identity,
+            sid: init.sid,
+            tx,
+        };
+        return match app.engine.call(|r| Command::Resume(req, r)).await {
+            Ok(joined) => upgrade(ws, rx, &app, joined),
+            Err(e) => {
+                // As livekit-server: accept, say `leave` (action RECONNECT: do a full join), close.
+                tracing::info!(error = %e, "resume refused");
+                ws.on_upgrade(refuse_resume)
+            }
+        };
+    }
     let req = JoinRequest {
         room: init.room,
         identity: init.identity,
@@ -148,33 +169,51 @@ pub async fn rtc_handler(
         auto_subscribe: init.auto_subscribe,
         tx,
     };
-    let joined = match app.engine.call(|r| Command::Join(req, r)).await {
-        Ok(j) => j,
-        Err(e) => return (e.status(), e.msg).into_response(),
-    };
+    match app.engine.call(|r| Command::Join(req, r)).await {
+        Ok(joined) => upgrade(ws, rx, &app, joined),
+        Err(e) => (e.status(), e.msg).into_response(),
+    }
+}
+
+fn upgrade(ws: WebSocketUpgrade, rx: mpsc::Receiver<Outbound>, app: &App, joined: Joined) -> Response {
     let guard = LeaveGuard {
         engine: app.engine.clone(),
         key: joined.key,
+        session: joined.session,
         reason: lk::DisconnectReason::SignalClose,
     };
     ws.max_message_size(MAX_FRAME)
         .on_upgrade(move |socket| session(socket, rx, guard))
 }
 
+async fn refuse_resume(mut socket: WebSocket) {
+    let leave = lk::SignalResponse {
+        message: Some(Resp::Leave(lk::LeaveRequest {
+            can_reconnect: true,
+            reason: lk::DisconnectReason::StateMismatch as i32,
+            action: lk::leave_request::Action::Reconnect as i32,
+            ..Default::default()
+        })),
+    };
+    let _ = socket.send(encode(&leave, false)).await;
+    let _ = socket.send(close(1000, String::new())).await;
+}
+
 /// Tells the engine the participant is gone, however the session ends (even if the upgrade fails).
 struct LeaveGuard {
     engine: EngineHandle,
     key: u64,
+    session: u64,
     reason: lk::DisconnectReason,
 }
 
 impl Drop for LeaveGuard {
     fn drop(&mut self) {
         let engine = self.engine.clone();
-        let (key, reason) = (self.key, self.reason);
+        let (key, session, reason) = (self.key, self.session, self.reason);
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
             handle.spawn(async move {
-                let _ = engine.send(Command::Disconnect { key, reason }).await;
+                let _ = engine.send(Command::Disconnect { key, session, reason }).await;
             });
         }
     }
@@ -201,7 +240,7 @@ fn close(code: u16, reason: String) -> Message {
 }
 
 async fn session(socket: WebSocket, mut rx: mpsc::Receiver<Outbound>, mut guard: LeaveGuard) {
-    let key = guard.key;
+    let (key, session) = (guard.key, guard.session);
     let (mut sink, mut stream) = socket.split();
     let mut json = false;
     let mut last_rx = Instant::now();
@@ -276,7 +315,7 @@ async fn session(socket: WebSocket, mut rx: mpsc::Receiver<Outbound>, mut guard:
                         if matches!(other, Req::Leave(_)) {
                             guard.reason = lk::DisconnectReason::ClientInitiated;
                         }
-                        if guard.engine.send(Command::Signal { key, msg: other }).await.is_err() {
+                        if guard.engine.send(Command::Signal { key, session, msg: other }).await.is_err() {
                             break;
                         }
                     }

@@ -298,3 +298,68 @@ async fn slow_signal_reader_is_dropped() {
     assert!(matches!(next(&mut other).await, Some(Resp::Join(_))));
     drop(slow);
 }
+
+/// A signal connection that drops without `leave` can be resumed with `reconnect=1&sid=…`:
+/// same participant, `reconnect` response, the unanswered subscriber offer is sent again.
+/// Without a resume the participant is removed after `--resume-window`; an unknown sid gets
+/// `leave` with action RECONNECT.
+#[tokio::test]
+async fn dropped_signal_connection_can_resume() {
+    use livekit_api::services::room::RoomClient;
+    let server = Devroom::start("signal_resume", &["--resume-window", "2"]);
+    let client = RoomClient::with_api_key(&server.http_url(), API_KEY, API_SECRET);
+    let token = join_token("alice", "resume");
+
+    let mut a = connect(&server, &token).await;
+    let sid = match next(&mut a).await {
+        Some(Resp::Join(j)) => j.participant.unwrap().sid,
+        other => panic!("expected join, got {other:?}"),
+    };
+    let first_offer = wait_for(&mut a, |m| match m {
+        Resp::Offer(o) => Some(o),
+        _ => None,
+    })
+    .await;
+    drop(a); // TCP closed without a WebSocket close or leave
+
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let listed = client.list_participants("resume").await.unwrap();
+    assert_eq!(listed.len(), 1, "kept during the resume window");
+    assert_eq!(listed[0].sid, sid);
+
+    let resume_url = |sid: &str| {
+        let mut req = format!("{}/rtc?reconnect=1&sid={sid}&protocol=16", server.ws_url())
+            .into_client_request()
+            .unwrap();
+        req.headers_mut()
+            .insert("Authorization", format!("Bearer {token}").parse().unwrap());
+        req
+    };
+    let (mut a2, _) = tokio_tungstenite::connect_async(resume_url(&sid)).await.unwrap();
+    assert!(matches!(next(&mut a2).await, Some(Resp::Reconnect(_))), "reconnect response first");
+    let again = wait_for(&mut a2, |m| match m {
+        Resp::Offer(o) => Some(o),
+        _ => None,
+    })
+    .await;
+    assert_eq!(again.sdp, first_offer.sdp, "the unanswered offer is sent again");
+    send(&mut a2, Req::PingReq(lk::Ping { timestamp: 7, rtt: 0 })).await;
+    wait_for(&mut a2, |m| matches!(m, Resp::PongResp(_)).then_some(())).await;
+    tokio::time::sleep(Duration::from_millis(2500)).await; // longer than the window: still here
+    let listed = client.list_participants("resume").await.unwrap();
+    assert_eq!(listed.iter().map(|p| p.sid.clone()).collect::<Vec<_>>(), vec![sid.clone()]);
+
+    // Unknown sid: leave with action RECONNECT.
+    let (mut bad, _) = tokio_tungstenite::connect_async(resume_url("PA_doesnotexist")).await.unwrap();
+    let leave = wait_for(&mut bad, |m| match m {
+        Resp::Leave(l) => Some(l),
+        _ => None,
+    })
+    .await;
+    assert_eq!(leave.action, lk::leave_request::Action::Reconnect as i32);
+
+    // Dropped again and never resumed: gone after the window.
+    drop(a2);
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    assert!(client.list_participants("resume").await.map(|l| l.is_empty()).unwrap_or(true));
+}
