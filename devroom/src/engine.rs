@@ -82,6 +82,7 @@ pub enum Admin {
     UpdateParticipant(lk::UpdateParticipantRequest, Reply<lk::ParticipantInfo>),
     MutePublishedTrack(lk::MuteRoomTrackRequest, Reply<lk::TrackInfo>),
     UpdateRoomMetadata(String, String, Reply<lk::Room>),
+    UpdateSubscriptions(lk::UpdateSubscriptionsRequest, Reply<()>),
     SendData(lk::SendDataRequest, Reply<()>),
 }
 
@@ -955,7 +956,7 @@ impl Engine {
         }
     }
 
-    fn on_subscription(&mut self, key: u64, s: lk::UpdateSubscription) {
+    pub(crate) fn on_subscription(&mut self, key: u64, s: lk::UpdateSubscription) {
         let mut sids: Vec<String> = s.track_sids.clone();
         for pt in &s.participant_tracks {
             sids.extend(pt.track_sids.iter().cloned());

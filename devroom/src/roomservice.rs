@@ -93,6 +93,19 @@ impl Engine {
                 };
                 let _ = reply.send(res);
             }
+            Admin::UpdateSubscriptions(req, reply) => {
+                let res = self.participant_key(&req.room, &req.identity).map(|k| {
+                    self.on_subscription(
+                        k,
+                        lk::UpdateSubscription {
+                            track_sids: req.track_sids,
+                            subscribe: req.subscribe,
+                            participant_tracks: req.participant_tracks,
+                        },
+                    );
+                });
+                let _ = reply.send(res);
+            }
             Admin::SendData(req, reply) => {
                 let _ = reply.send(self.send_data(req));
             }

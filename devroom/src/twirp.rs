@@ -184,6 +184,7 @@ async fn route(app: &App, method: &str, headers: &HeaderMap, body: &[u8]) -> Res
         "UpdateParticipant",
         "MutePublishedTrack",
         "UpdateRoomMetadata",
+        "UpdateSubscriptions",
         "SendData",
     ];
     if !known.contains(&method) {
@@ -264,6 +265,14 @@ async fn route(app: &App, method: &str, headers: &HeaderMap, body: &[u8]) -> Res
                 .call(|r| Command::Admin(Admin::UpdateRoomMetadata(req.room, req.metadata, r)))
                 .await?;
             encode(enc, &room)
+        }
+        "UpdateSubscriptions" => {
+            let req: lk::UpdateSubscriptionsRequest = decode(enc, body)?;
+            ensure_admin(&claims, &req.room)?;
+            engine
+                .call(|r| Command::Admin(Admin::UpdateSubscriptions(req, r)))
+                .await?;
+            encode(enc, &lk::UpdateSubscriptionsResponse {})
         }
         "SendData" => {
             let req: lk::SendDataRequest = decode(enc, body)?;

@@ -62,3 +62,115 @@ fn python_sdk_late_join_unpublish_republish() {
     assert_eq!(r["ok"], true, "{r}");
     assert_eq!(r["steps"]["republish"]["peak_hz"].as_f64().map(|f| (f - 880.0).abs() < 10.0), Some(true));
 }
+
+/// RoomService calls as seen by official Python SDK participants: SendData (broadcast and
+/// targeted), UpdateParticipant (attributes/metadata/name), ListParticipants/GetParticipant,
+/// RemoveParticipant (reason PARTICIPANT_REMOVED), DeleteRoom (reason ROOM_DELETED).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_sdk_sees_room_service_operations() {
+    use livekit_api::services::room::{RoomClient, SendDataOptions, UpdateParticipantOptions};
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+
+    if !python_has("livekit.rtc, numpy", PIP) {
+        return;
+    }
+    let server = Devroom::start("python_admin", &[]);
+    let spawn = |identity: &str| {
+        let mut child = Command::new("python3")
+            .arg(py_script("observe.py"))
+            .args(["--url", &server.ws_url(), "--room", "ops", "--identity", identity, "--timeout", "40"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("python3");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let out = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let first = rx.recv_timeout(Duration::from_secs(30)).expect("observer joined");
+        assert!(first.starts_with("joined PA_"), "{first}");
+        (child, rx)
+    };
+    let (mut obs, obs_rx) = spawn("obs");
+    let (mut other, other_rx) = spawn("other");
+
+    let client = RoomClient::with_api_key(&server.http_url(), common::API_KEY, common::API_SECRET);
+    let listed = client.list_participants("ops").await.unwrap();
+    let mut ids: Vec<_> = listed.iter().map(|p| p.identity.clone()).collect();
+    ids.sort();
+    assert_eq!(ids, vec!["obs", "other"]);
+    let p = client.get_participant("ops", "obs").await.unwrap();
+    assert_eq!(p.attributes.get("initial").map(String::as_str), Some("yes"));
+    tokio::time::sleep(Duration::from_millis(500)).await; // data channels open
+
+    client
+        .send_data("ops", b"to-all".to_vec(), SendDataOptions { topic: Some("server".into()), ..Default::default() })
+        .await
+        .unwrap();
+    client
+        .send_data(
+            "ops",
+            b"to-obs".to_vec(),
+            SendDataOptions {
+                topic: Some("server".into()),
+                destination_identities: vec!["obs".into()],
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let updated = client
+        .update_participant(
+            "ops",
+            "obs",
+            UpdateParticipantOptions {
+                attributes: [("role".to_string(), "agent".to_string())].into(),
+                metadata: "meta-2".into(),
+                name: "Observer".into(),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(updated.attributes.get("role").map(String::as_str), Some("agent"));
+    assert_eq!(updated.metadata, "meta-2");
+    tokio::time::sleep(Duration::from_millis(800)).await;
+
+    client.remove_participant("ops", "obs").await.unwrap();
+    let last_json = |rx: std::sync::mpsc::Receiver<String>| -> serde_json::Value {
+        let mut last = String::new();
+        while let Ok(l) = rx.recv_timeout(Duration::from_secs(20)) {
+            last = l;
+        }
+        serde_json::from_str(&last).unwrap_or(serde_json::Value::Null)
+    };
+    let obs_res = last_json(obs_rx);
+    let _ = obs.wait();
+    client.delete_room("ops").await.unwrap();
+    let other_res = last_json(other_rx);
+    let _ = other.wait();
+    let ctx = format!("obs: {obs_res}\nother: {other_res}\nlog:\n{}", server.log_tail(30));
+
+    let texts = |r: &serde_json::Value| -> Vec<String> {
+        r["data"].as_array().into_iter().flatten().map(|d| d["data"].as_str().unwrap_or("").to_string()).collect()
+    };
+    assert_eq!(texts(&obs_res), vec!["to-all", "to-obs"], "{ctx}");
+    assert_eq!(texts(&other_res), vec!["to-all"], "{ctx}");
+    assert!(obs_res["data"][0]["from"].is_null(), "server data has no sender: {ctx}");
+    assert_eq!(obs_res["data"][0]["topic"], "server", "{ctx}");
+    // obs sees its own attribute change; other sees obs's.
+    let saw_role = |r: &serde_json::Value| {
+        r["attributes"].as_array().into_iter().flatten().any(|a| a["who"] == "obs" && a["changed"]["role"] == "agent")
+    };
+    assert!(saw_role(&obs_res) && saw_role(&other_res), "{ctx}");
+    assert!(
+        other_res["metadata"].as_array().into_iter().flatten().any(|m| m["who"] == "obs" && m["new"] == "meta-2"),
+        "{ctx}"
+    );
+    assert_eq!(obs_res["disconnected"], livekit_protocol::DisconnectReason::ParticipantRemoved as i32, "{ctx}");
+    assert_eq!(other_res["disconnected"], livekit_protocol::DisconnectReason::RoomDeleted as i32, "{ctx}");
+}
