@@ -579,7 +579,7 @@ impl AudioStream {
         if let Some(expected) = self.next_rtp {
             if pkt.rtp_time > expected {
                 let gap = (pkt.rtp_time - expected) / RTP_SAMPLES_PER_FRAME as u64;
-                if gap >= 1 && gap <= MAX_CONCEALED_FRAMES {
+                if (1..=MAX_CONCEALED_FRAMES).contains(&gap) {
                     for i in 0..gap {
                         match self.decoder.conceal() {
                             Ok(samples) => self.ready.push_back(AudioFrame {

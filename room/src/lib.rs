@@ -7,10 +7,10 @@
 //!   v0 "dual PC" layout — the *publisher* (we offer: our audio + the `_reliable` / `_lossy`
 //!   data channels) and the *subscriber* (the server offers: other participants' tracks and its
 //!   data channels).
-//! * **Audio** ([`audio`](crate::audio)): Opus via libopus, encoded from the caller's rate
+//! * **Audio** ([`audio`]): Opus via libopus, encoded from the caller's rate
 //!   (8/16/24/48 kHz in, 48 kHz RTP clock) and decoded straight to the rate a consumer asks
 //!   for.
-//! * **Data** ([`data`](crate::data)): `DataPacket` user packets (topic, destinations) and SIP
+//! * **Data** ([`data`]): `DataPacket` user packets (topic, destinations) and SIP
 //!   DTMF.
 //! * **Driver** (`room.rs`): one tokio task per room owns the WebSocket, both peers and their
 //!   UDP sockets; [`Room`] handles, [`AudioSink`]s and [`AudioStream`]s talk to it through

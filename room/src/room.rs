@@ -156,7 +156,7 @@ impl Shared {
 }
 
 enum Command {
-    PublishAudio { opts: AudioTrackOptions, reply: oneshot::Sender<Result<(String, Arc<str>), RoomError>> },
+    PublishAudio { opts: AudioTrackOptions, reply: PublishReply },
     SendData { packet: DataPacketBuilder, reply: oneshot::Sender<Result<(), RoomError>> },
     SendDtmf { code: u32, digit: String, destinations: Vec<String>, reply: oneshot::Sender<Result<(), RoomError>> },
     UpdateMetadata {
@@ -418,16 +418,19 @@ impl Room {
 // The driver
 // ---------------------------------------------------------------------------------------------
 
+/// Answer to a publish: (track sid, cid).
+type PublishReply = oneshot::Sender<Result<(String, Arc<str>), RoomError>>;
+
 struct LocalTrack {
     cid: Arc<str>,
     info: proto::TrackInfo,
     mid: Option<Mid>,
-    reply: Option<oneshot::Sender<Result<(String, Arc<str>), RoomError>>>,
+    reply: Option<PublishReply>,
 }
 
 struct PendingPublish {
     opts: AudioTrackOptions,
-    reply: oneshot::Sender<Result<(String, Arc<str>), RoomError>>,
+    reply: PublishReply,
     deadline: Instant,
 }
 
@@ -450,7 +453,7 @@ type ResumeResult = Result<(SignalConn, proto::ReconnectResponse, Vec<Response>)
 enum Wake {
     Cmd(Option<Command>),
     Udp(Role, std::io::Result<(usize, SocketAddr)>),
-    Signal(Incoming),
+    Signal(Box<Incoming>),
     Resume(ResumeResult),
     Audio(Option<OutgoingAudio>),
     Timer,
@@ -535,7 +538,7 @@ impl Engine {
                 c = cmd_rx.recv() => Wake::Cmd(c),
                 r = pub_sock.recv_from(&mut pub_buf) => Wake::Udp(Role::Publisher, r),
                 r = sub_sock.recv_from(&mut sub_buf) => Wake::Udp(Role::Subscriber, r),
-                m = recv_signal(&mut self.signal) => Wake::Signal(m),
+                m = recv_signal(&mut self.signal) => Wake::Signal(Box::new(m)),
                 r = join_resume(&mut self.resume_task) => Wake::Resume(r),
                 a = audio_rx.recv() => Wake::Audio(a),
                 _ = tokio::time::sleep_until(deadline.into()) => Wake::Timer,
@@ -552,7 +555,7 @@ impl Engine {
                 Wake::Udp(role, Err(e)) => {
                     tracing::debug!(?role, error = %e, "udp receive error");
                 }
-                Wake::Signal(m) => self.on_signal_incoming(m, now),
+                Wake::Signal(m) => self.on_signal_incoming(*m, now),
                 Wake::Resume(r) => {
                     self.resume_task = None;
                     self.on_resume_result(r, now);
@@ -1225,11 +1228,7 @@ impl Engine {
                     }
                 }
             }
-            Response::RefreshToken(t) => {
-                if !t.is_empty() {
-                    self.token = t;
-                }
-            }
+            Response::RefreshToken(t) if !t.is_empty() => self.token = t,
             Response::PongResp(p) => {
                 self.rtt_ms = (signal::now_ms() - p.last_ping_timestamp).max(0);
                 self.shared.counters.rtt_ms.store(self.rtt_ms as u64, Ordering::Relaxed);

@@ -63,7 +63,7 @@ pub(crate) fn rtc_url(base: &str, p: &JoinParams, resume_sid: Option<&str>) -> R
         "wss" | "https" => "wss",
         other => return Err(RoomError::InvalidUrl(format!("unsupported scheme {other:?}"))),
     };
-    if url.host_str().map_or(true, str::is_empty) {
+    if url.host_str().is_none_or(str::is_empty) {
         return Err(RoomError::InvalidUrl(format!("{base}: missing host")));
     }
     url.set_scheme(scheme).map_err(|_| RoomError::InvalidUrl(base.into()))?;
@@ -225,6 +225,7 @@ pub(crate) fn now_ms() -> i64 {
 
 /// What came off the socket.
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)] // one message at a time, moved straight into the handler
 pub(crate) enum Incoming {
     Message(Response),
     /// A frame we could not use (bad protobuf, text, unknown type): log, count, continue.

@@ -4,6 +4,7 @@
 //! It speaks `/rtc` over tokio-tungstenite, answers the publisher offer with a str0m [`Peer`] on
 //! a real UDP socket (so [`Room::connect`](crate::Room::connect) sees a working connection),
 //! answers `add_track` with `track_published`, and records everything the client sends.
+#![allow(clippy::large_enum_variant, clippy::result_large_err)]
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

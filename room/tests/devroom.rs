@@ -221,3 +221,59 @@ async fn dropping_the_sink_unpublishes_and_republish_works() {
     alice.close().await;
     bob.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attributes_metadata_and_removal() {
+    common::init_tracing();
+    let dev = Devroom::start().await;
+    let grant = common::token::Grant {
+        identity: "phone-CA9".into(),
+        room: "attrs".into(),
+        kind: "sip".into(),
+        attributes: vec![("sip.callStatus".into(), "ringing".into())],
+        ..Default::default()
+    };
+    let (phone, mut phone_ev) = Room::connect(&dev.url(), &dev.token_with(&grant), RoomOptions::default()).await.expect("phone");
+    let (agent, mut agent_ev) = Room::connect(&dev.url(), &dev.token("attrs", "agent"), RoomOptions::default()).await.expect("agent");
+
+    // The phone updates its own attributes over signalling; both sides hear about it.
+    phone.set_attributes([("sip.callStatus".to_string(), "active".to_string())].into_iter().collect()).await.expect("set");
+    let ev = next_matching(&mut agent_ev, "remote AttributesChanged", |e| matches!(e, RoomEvent::AttributesChanged { .. })).await;
+    let RoomEvent::AttributesChanged { participant, changed } = ev else { unreachable!() };
+    assert_eq!(participant.identity, "phone-CA9");
+    assert_eq!(changed.get("sip.callStatus").map(String::as_str), Some("active"));
+    next_matching(&mut phone_ev, "local AttributesChanged", |e| {
+        matches!(e, RoomEvent::AttributesChanged { participant, .. } if participant.identity == "phone-CA9")
+    })
+    .await;
+    assert_eq!(phone.local_participant().attributes["sip.callStatus"], "active");
+
+    phone.set_metadata("hello").await.expect("metadata");
+    let ev = next_matching(&mut agent_ev, "MetadataChanged", |e| matches!(e, RoomEvent::MetadataChanged { .. })).await;
+    let RoomEvent::MetadataChanged { participant, old_metadata } = ev else { unreachable!() };
+    assert_eq!((participant.metadata.as_str(), old_metadata.as_str()), ("hello", ""));
+
+    // The server API changes the agent's attributes.
+    let (status, body) = dev
+        .room_service("attrs", "UpdateParticipant", serde_json::json!({"room": "attrs", "identity": "agent", "attributes": {"role": "assistant"}}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let ev = next_matching(&mut phone_ev, "agent AttributesChanged", |e| {
+        matches!(e, RoomEvent::AttributesChanged { participant, .. } if participant.identity == "agent")
+    })
+    .await;
+    let RoomEvent::AttributesChanged { changed, .. } = ev else { unreachable!() };
+    assert_eq!(changed["role"], "assistant");
+
+    // The server API removes the phone: it gets Disconnected(ParticipantRemoved), the agent sees it go.
+    let (status, body) = dev.room_service("attrs", "RemoveParticipant", serde_json::json!({"room": "attrs", "identity": "phone-CA9"})).await;
+    assert_eq!(status, 200, "{body}");
+    let ev = next_matching(&mut phone_ev, "Disconnected", |e| matches!(e, RoomEvent::Disconnected(_))).await;
+    assert!(
+        matches!(ev, RoomEvent::Disconnected(DisconnectReason::Server(room::proto::DisconnectReason::ParticipantRemoved))),
+        "{ev:?}"
+    );
+    next_matching(&mut agent_ev, "ParticipantDisconnected", |e| matches!(e, RoomEvent::ParticipantDisconnected(p) if p.identity == "phone-CA9")).await;
+    assert!(agent.remote_participants().is_empty());
+    agent.close().await;
+}

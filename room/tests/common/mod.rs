@@ -29,6 +29,27 @@ impl Devroom {
         token::join_token(API_KEY, API_SECRET, &token::Grant { identity: identity.into(), room: room.into(), ..Default::default() })
     }
 
+    /// POST a Twirp RoomService call (JSON) with an admin token for `room`; returns (status, body).
+    pub async fn room_service(&self, room: &str, method: &str, body: serde_json::Value) -> (u16, String) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let body = body.to_string();
+        let jwt = token::admin_token(API_KEY, API_SECRET, room);
+        let req = format!(
+            "POST /twirp/livekit.RoomService/{method} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nAuthorization: Bearer {jwt}\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            self.port,
+            body.len()
+        );
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await.unwrap();
+        s.write_all(req.as_bytes()).await.unwrap();
+        let mut out = Vec::new();
+        s.read_to_end(&mut out).await.unwrap();
+        let text = String::from_utf8_lossy(&out).to_string();
+        let status = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+        let body = text.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+        (status, body)
+    }
+
     pub fn token_with(&self, grant: &token::Grant) -> String {
         token::join_token(API_KEY, API_SECRET, grant)
     }
@@ -159,6 +180,7 @@ pub fn snr_db(s: &[i16], rate: u32, freq: f64) -> f64 {
     10.0 * (sig / res.max(1e-9)).log10()
 }
 
+#[allow(clippy::needless_range_loop)]
 fn solve3(mut m: [[f64; 3]; 3], mut v: [f64; 3]) -> [f64; 3] {
     for col in 0..3 {
         let piv = (col..3).max_by(|&a, &b| m[a][col].abs().partial_cmp(&m[b][col].abs()).unwrap()).unwrap();
