@@ -94,6 +94,8 @@ pub enum Command {
     /// for `--resume-window`; any other reason removes it.
     Disconnect { key: u64, session: u64, reason: lk::DisconnectReason },
     Admin(Admin),
+    /// Close every room (participants get `leave` SERVER_SHUTDOWN), then reply.
+    Shutdown(oneshot::Sender<()>),
 }
 
 /// Cloneable handle used by the HTTP side.
@@ -371,6 +373,13 @@ impl Engine {
                 }
             }
             Command::Admin(a) => self.on_admin(a),
+            Command::Shutdown(reply) => {
+                let names: Vec<String> = self.rooms.keys().cloned().collect();
+                for name in names {
+                    self.close_room(&name, lk::DisconnectReason::ServerShutdown);
+                }
+                let _ = reply.send(());
+            }
         }
     }
 

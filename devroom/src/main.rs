@@ -13,16 +13,20 @@ async fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    let running = devroom::start(cfg.clone()).await?;
+    let mut running = devroom::start(cfg.clone()).await?;
     // Tests and scripts wait for this line (and read the bound ports from it).
     println!(
         "devroom listening http={} rtc={} api_key={}",
         running.http_addr, running.rtc_addr, cfg.api_key
     );
     std::io::stdout().flush()?;
-    tokio::select! {
-        r = running.server => { r??; }
-        _ = shutdown_signal() => { tracing::info!("shutting down"); }
+    let stop = tokio::select! {
+        r = &mut running.server => { r??; false }
+        _ = shutdown_signal() => true,
+    };
+    if stop {
+        tracing::info!("shutting down");
+        running.shutdown().await;
     }
     Ok(())
 }

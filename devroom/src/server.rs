@@ -30,6 +30,22 @@ pub struct Running {
     /// Address advertised in ICE candidates (the one UDP socket).
     pub rtc_addr: SocketAddr,
     pub server: tokio::task::JoinHandle<std::io::Result<()>>,
+    engine: EngineHandle,
+    webhooks: Webhooks,
+}
+
+impl Running {
+    /// Graceful stop: every participant gets `leave` (SERVER_SHUTDOWN), rooms finish (webhooks
+    /// `room_finished` are given a moment to go out).
+    pub async fn shutdown(&self) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if self.engine.send(engine::Command::Shutdown(tx)).await.is_ok() {
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(2), rx).await;
+        }
+        // let the signal sessions flush their `leave`
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        self.webhooks.drain(std::time::Duration::from_secs(3)).await;
+    }
 }
 
 pub fn router(app: Arc<App>) -> Router {
@@ -72,12 +88,12 @@ async fn cors(req: Request, next: Next) -> Response {
 pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     let cfg = Arc::new(cfg);
     let webhooks = Webhooks::start(&cfg.webhook_urls, &cfg.api_key, &cfg.api_secret)?;
-    let engine = engine::start(cfg.clone(), webhooks).await?;
+    let engine = engine::start(cfg.clone(), webhooks.clone()).await?;
     let rtc_addr = engine.rtc_addr;
     let app = Arc::new(App {
         keys: Keys::single(&cfg.api_key, &cfg.api_secret),
         cfg: cfg.clone(),
-        engine,
+        engine: engine.clone(),
     });
     let listener = tokio::net::TcpListener::bind(cfg.listen).await?;
     let http_addr = listener.local_addr()?;
@@ -86,5 +102,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         http_addr,
         rtc_addr,
         server,
+        engine,
+        webhooks,
     })
 }

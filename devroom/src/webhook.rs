@@ -40,6 +40,16 @@ impl Webhooks {
         Ok(Webhooks { queues })
     }
 
+    /// Waits (up to `max`) until every queue is empty, e.g. before exiting.
+    pub async fn drain(&self, max: Duration) {
+        let deadline = tokio::time::Instant::now() + max;
+        while tokio::time::Instant::now() < deadline
+            && self.queues.iter().any(|q| q.capacity() < q.max_capacity())
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Queues an event for every URL. Never blocks.
     pub fn emit(
         &self,

@@ -363,3 +363,19 @@ async fn dropped_signal_connection_can_resume() {
     tokio::time::sleep(Duration::from_millis(3500)).await;
     assert!(client.list_participants("resume").await.map(|l| l.is_empty()).unwrap_or(true));
 }
+
+/// SIGTERM: every participant gets `leave` SERVER_SHUTDOWN and devroom exits 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_sends_leave_and_exits_cleanly() {
+    let mut server = Devroom::start("signal_sigterm", &[]);
+    let mut a = connect(&server, &join_token("alice", "bye")).await;
+    assert!(matches!(next(&mut a).await, Some(Resp::Join(_))));
+    let status = tokio::task::block_in_place(|| server.terminate());
+    assert!(status.map(|s| s.success()).unwrap_or(false), "exit status {status:?}");
+    let leave = wait_for(&mut a, |m| match m {
+        Resp::Leave(l) => Some(l),
+        _ => None,
+    })
+    .await;
+    assert_eq!(leave.reason, lk::DisconnectReason::ServerShutdown as i32);
+}
