@@ -271,7 +271,8 @@ pub fn parse_media_sections(sdp: &str) -> Vec<MediaSection> {
             continue;
         };
         if let Some(mid) = line.strip_prefix("a=mid:") {
-            s.mid = mid.trim().to_string();
+            // as str0m normalises it (ASCII alphanumerics, at most 16 characters)
+            s.mid = Mid::from(mid.trim()).to_string();
         } else if let Some(msid) = line.strip_prefix("a=msid:") {
             let mut parts = msid.split_whitespace();
             let _stream = parts.next();

@@ -379,3 +379,65 @@ async fn sigterm_sends_leave_and_exits_cleanly() {
     .await;
     assert_eq!(leave.reason, lk::DisconnectReason::ServerShutdown as i32);
 }
+
+/// Odd but decodable requests (unknown sids, garbage candidates, silly enum values, requests
+/// without permission, empty messages) are logged and ignored; the session and server carry on.
+#[tokio::test]
+async fn odd_requests_are_ignored_without_breaking_anything() {
+    let mut server = Devroom::start("signal_odd", &[]);
+    let mut a = connect(&server, &join_token("alice", "odd")).await;
+    assert!(matches!(next(&mut a).await, Some(Resp::Join(_))));
+    let odd = vec![
+        Req::Trickle(lk::TrickleRequest { candidate_init: "not json".into(), target: 0, ..Default::default() }),
+        Req::Trickle(lk::TrickleRequest {
+            candidate_init: r#"{"candidate":"candidate:garbage"}"#.into(),
+            target: 1,
+            ..Default::default()
+        }),
+        Req::Trickle(lk::TrickleRequest {
+            candidate_init: r#"{"candidate":"candidate:1 1 udp 1 abc.local 9 typ host"}"#.into(),
+            target: 77,
+            ..Default::default()
+        }),
+        Req::AddTrack(lk::AddTrackRequest { cid: "x".repeat(10_000), r#type: 99, source: 99, ..Default::default() }),
+        Req::Mute(lk::MuteTrackRequest { sid: "TR_nope".into(), muted: true }),
+        Req::Subscription(lk::UpdateSubscription { track_sids: vec!["TR_nope".into()], subscribe: true, ..Default::default() }),
+        Req::Subscription(lk::UpdateSubscription { track_sids: vec!["TR_nope".into()], subscribe: false, ..Default::default() }),
+        Req::TrackSetting(Default::default()),
+        Req::SyncState(Default::default()),
+        Req::Simulate(Default::default()),
+        Req::SubscriptionPermission(Default::default()),
+        Req::UpdateMetadata(lk::UpdateParticipantMetadata { metadata: "m".into(), request_id: 5, ..Default::default() }),
+    ];
+    for m in odd {
+        send(&mut a, m).await;
+    }
+    a.send(Message::Binary(lk::SignalRequest { message: None }.encode_to_vec().into())).await.unwrap();
+    // No permission to update own metadata: a RequestResponse says so.
+    let rr = wait_for(&mut a, |m| match m {
+        Resp::RequestResponse(r) => Some(r),
+        _ => None,
+    })
+    .await;
+    assert_eq!(rr.request_id, 5);
+    assert_eq!(rr.reason, lk::request_response::Reason::NotAllowed as i32);
+    send(&mut a, Req::PingReq(lk::Ping { timestamp: 42, rtt: 0 })).await;
+    let pong = wait_for(&mut a, |m| match m {
+        Resp::PongResp(p) => Some(p),
+        _ => None,
+    })
+    .await;
+    assert_eq!(pong.last_ping_timestamp, 42);
+
+    // An offer that parses but has no m-lines: leave + close with the reason.
+    send(
+        &mut a,
+        Req::Offer(lk::SessionDescription { r#type: "offer".into(), sdp: "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\n".into(), ..Default::default() }),
+    )
+    .await;
+    let (code, reason) = close_frame(&mut a).await;
+    assert_eq!(code, 1007, "{reason}");
+    assert!(server.is_running());
+    let mut b = connect(&server, &join_token("bob", "odd")).await;
+    assert!(matches!(next(&mut b).await, Some(Resp::Join(_))));
+}
