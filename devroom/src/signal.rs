@@ -299,6 +299,7 @@ async fn session(socket: WebSocket, mut rx: mpsc::Receiver<Outbound>, mut guard:
                     }
                 };
                 let Some(msg) = req.message else { continue };
+                tracing::debug!(key, request = request_name(&msg), "signal request");
                 match msg {
                     Req::PingReq(ping) => {
                         let pong = lk::SignalResponse { message: Some(Resp::PongResp(lk::Pong {
@@ -330,4 +331,27 @@ async fn session(socket: WebSocket, mut rx: mpsc::Receiver<Outbound>, mut guard:
         }
     }
     // `guard` drops here and removes the participant (a no-op if the engine already did).
+}
+
+fn request_name(m: &Req) -> &'static str {
+    match m {
+        Req::Offer(_) => "offer",
+        Req::Answer(_) => "answer",
+        Req::Trickle(_) => "trickle",
+        Req::AddTrack(_) => "add_track",
+        Req::Mute(_) => "mute",
+        Req::Subscription(_) => "subscription",
+        Req::TrackSetting(_) => "track_setting",
+        Req::Leave(_) => "leave",
+        Req::UpdateLayers(_) => "update_layers",
+        Req::SubscriptionPermission(_) => "subscription_permission",
+        Req::SyncState(_) => "sync_state",
+        Req::Simulate(_) => "simulate",
+        Req::Ping(_) => "ping",
+        Req::UpdateMetadata(_) => "update_metadata",
+        Req::PingReq(_) => "ping_req",
+        Req::UpdateAudioTrack(_) => "update_audio_track",
+        Req::UpdateVideoTrack(_) => "update_video_track",
+        _ => "other",
+    }
 }
