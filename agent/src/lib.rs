@@ -1,3 +1,25 @@
-//! The callbridge voice agent (see `providers` for the vendor interfaces).
+//! The callbridge voice agent: joins call rooms (directly with `--room`, or through LiveKit agent
+//! dispatch), finds the phone participant (kind `sip`) and holds the conversation:
+//! VAD → streaming STT → streaming LLM → sentence-by-sentence streaming TTS, with barge-in,
+//! form filling from the agent file, transcripts on the room's data channel, a SQLite call
+//! record and per-turn latency metrics.
+//!
+//! * [`config`]: command line / environment and the agent file format.
+//! * [`worker`]: joining rooms (`--room`, and the `/agent` dispatch protocol).
+//! * [`session`]: one call's conversation loop.
+//! * [`vad`], [`turn`]: voice activity; what the caller heard and barge-in trimming.
+//! * [`dialog`]: the rule-based dialog behind the offline LLM.
+//! * [`record`], [`metrics`]: call records and Prometheus metrics.
+//! * [`providers`]: STT/LLM/TTS interfaces, vendor clients and the offline stack.
 
+pub mod config;
+pub mod dialog;
+pub mod metrics;
 pub mod providers;
+pub mod record;
+pub mod session;
+pub mod stack;
+pub mod token;
+pub mod turn;
+pub mod vad;
+pub mod worker;

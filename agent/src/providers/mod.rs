@@ -159,3 +159,8 @@ pub trait TtsProvider: Send + Sync {
 
 /// Extracted form fields, by name.
 pub type Fields = BTreeMap<String, String>;
+
+// offline stack (no keys needed)
+pub mod offline_stt;
+pub mod offline_tts;
+pub mod rules_llm;

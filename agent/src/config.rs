@@ -1,0 +1,380 @@
+//! Configuration: the command line / environment ([`Cli`]) and the agent file ([`AgentSpec`],
+//! one TOML file per agent, e.g. `agent/agents/incident.toml`).
+//!
+//! Everything a script needs is an environment variable, so `agent` can be started with no
+//! flags at all: `LIVEKIT_URL`, `LIVEKIT_API_KEY`, `LIVEKIT_API_SECRET`, and optionally
+//! `AGENT_ROOM` (join one room), `AGENT_NAME` (explicit dispatch), `AGENT_CONFIG`, `CALL_DB`,
+//! `AGENT_METRICS_LISTEN`.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+/// The seed agent, compiled in so the binary runs without its source tree.
+pub const DEFAULT_AGENT_TOML: &str = include_str!("../agents/incident.toml");
+
+#[derive(Debug, Clone, clap::Parser)]
+#[command(
+    name = "agent",
+    version,
+    about = "callbridge voice agent: joins call rooms and answers the phone participant (VAD → STT → LLM → TTS)"
+)]
+pub struct Cli {
+    /// Join this one room directly (e.g. `call-CA…`) instead of registering as a worker.
+    #[arg(long, env = "AGENT_ROOM")]
+    pub room: Option<String>,
+    /// LiveKit server URL (ws://, wss://, http:// or https://).
+    #[arg(long, env = "LIVEKIT_URL")]
+    pub livekit_url: String,
+    #[arg(long, env = "LIVEKIT_API_KEY")]
+    pub livekit_api_key: String,
+    #[arg(long, env = "LIVEKIT_API_SECRET", hide_env_values = true)]
+    pub livekit_api_secret: String,
+    /// Worker mode: register under this name for explicit dispatch. Empty: automatic dispatch
+    /// (a job for every new room).
+    #[arg(long, env = "AGENT_NAME", default_value = "")]
+    pub agent_name: String,
+    /// Participant identity in `--room` mode (default `agent-<room>`).
+    #[arg(long, env = "AGENT_IDENTITY")]
+    pub identity: Option<String>,
+    /// Agent file (TOML). Default: the built-in incident-intake agent.
+    #[arg(long, env = "AGENT_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// SQLite file for call records.
+    #[arg(long, env = "CALL_DB", default_value = "callbridge-calls.db")]
+    pub db: PathBuf,
+    /// Serve Prometheus metrics on this address (`GET /metrics`).
+    #[arg(long, env = "AGENT_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+    /// Worker mode: most calls at once (beyond it the worker reports itself full).
+    #[arg(long, env = "AGENT_MAX_JOBS", default_value_t = 8)]
+    pub max_jobs: u32,
+    /// Speech recogniser: `auto` (a cloud one when its key is set, else offline) or `offline`.
+    #[arg(long, env = "AGENT_STT", default_value = "auto")]
+    pub stt: String,
+    /// Language model: `auto` or `rules` (the offline rule-based dialog).
+    #[arg(long, env = "AGENT_LLM", default_value = "auto")]
+    pub llm: String,
+    /// Speech synthesiser: `auto` or `offline` (espeak-ng).
+    #[arg(long, env = "AGENT_TTS", default_value = "auto")]
+    pub tts: String,
+    /// How long to wait for the phone participant after joining, in seconds.
+    #[arg(long, env = "AGENT_PHONE_WAIT_SECS", default_value_t = 60)]
+    pub phone_wait_secs: u64,
+}
+
+/// One agent: who it is, what it says, what it collects. See `agents/incident.toml`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentSpec {
+    pub name: String,
+    /// System prompt for a cloud LLM (the rules dialog does not need it).
+    pub persona: String,
+    /// First thing said when the caller is there.
+    pub greeting: String,
+    /// Said when the form is complete, before hanging up.
+    pub closing: String,
+    /// Number `transfer` goes to when the caller asks for a person.
+    #[serde(default)]
+    pub transfer_number: Option<String>,
+    /// Said before a transfer.
+    #[serde(default = "default_transfer_line")]
+    pub transfer_line: String,
+    /// Said when the rules dialog did not understand.
+    #[serde(default = "default_reprompt")]
+    pub reprompt: String,
+    #[serde(default)]
+    pub voice: VoiceSpec,
+    #[serde(default)]
+    pub turn: TurnSpec,
+    #[serde(default)]
+    pub intents: IntentSpec,
+    #[serde(default)]
+    pub stt: SttSpec,
+    /// The form, asked in this order.
+    pub fields: Vec<FieldSpec>,
+}
+
+fn default_transfer_line() -> String {
+    "Please hold while I transfer you.".into()
+}
+fn default_reprompt() -> String {
+    "Sorry, I did not catch that.".into()
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VoiceSpec {
+    /// espeak-ng voice name.
+    #[serde(default = "default_voice")]
+    pub espeak_voice: String,
+    /// Words per minute for espeak-ng.
+    #[serde(default = "default_wpm")]
+    pub espeak_wpm: u32,
+}
+
+fn default_voice() -> String {
+    "en-us".into()
+}
+fn default_wpm() -> u32 {
+    165
+}
+
+impl Default for VoiceSpec {
+    fn default() -> Self {
+        VoiceSpec {
+            espeak_voice: default_voice(),
+            espeak_wpm: default_wpm(),
+        }
+    }
+}
+
+/// Turn-taking: voice activity, end of turn and barge-in.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TurnSpec {
+    /// Caller speech while the agent talks must last this long to interrupt it.
+    pub min_interrupt_ms: u32,
+    /// Silence after speech that ends the caller's turn (VAD hangover).
+    pub end_of_speech_ms: u32,
+    /// Speech shorter than this is a click or a cough, not a turn.
+    pub min_speech_ms: u32,
+    /// Frames louder than the noise floor by this many dB are speech (floor adapts).
+    pub vad_margin_db: f32,
+    /// Frames below this level (dBFS) are never speech.
+    pub vad_min_dbfs: f32,
+    /// Quiet between two agent replies so the bridge cuts them into separate utterances
+    /// (its gap is 200 ms).
+    pub reply_gap_ms: u32,
+    /// After the STT is told to finalize, how long to wait for its end of turn.
+    pub stt_final_timeout_ms: u32,
+}
+
+impl Default for TurnSpec {
+    fn default() -> Self {
+        TurnSpec {
+            min_interrupt_ms: 300,
+            end_of_speech_ms: 600,
+            min_speech_ms: 120,
+            vad_margin_db: 12.0,
+            vad_min_dbfs: -50.0,
+            reply_gap_ms: 300,
+            stt_final_timeout_ms: 1500,
+        }
+    }
+}
+
+/// Phrases that mean something whatever field is being asked.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IntentSpec {
+    pub repeat: Vec<String>,
+    pub transfer: Vec<String>,
+    pub goodbye: Vec<String>,
+}
+
+impl Default for IntentSpec {
+    fn default() -> Self {
+        let v = |a: &[&str]| a.iter().map(|s| s.to_string()).collect();
+        IntentSpec {
+            repeat: v(&[
+                "repeat that",
+                "say that again",
+                "pardon",
+                "what did you say",
+            ]),
+            transfer: v(&[
+                "operator",
+                "real person",
+                "a human",
+                "transfer me",
+                "speak to someone",
+            ]),
+            goodbye: v(&["goodbye", "bye bye", "hang up"]),
+        }
+    }
+}
+
+/// The offline recogniser's language model is built from these plus every field's examples.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct SttSpec {
+    /// `phrases` (default): a small language model made from the agent's expected phrases;
+    /// `general`: pocketsphinx's general en-us model.
+    pub model: Option<String>,
+    /// More sentences callers might say.
+    pub phrases: Vec<String>,
+    /// More single words (names, places).
+    pub vocabulary: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FieldKind {
+    /// A person's name: a few words, title-cased.
+    Name,
+    /// Free text (a place, a description).
+    Text,
+    /// One of `choices`.
+    Choice,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FieldSpec {
+    pub name: String,
+    /// What the agent asks.
+    pub question: String,
+    pub kind: FieldKind,
+    /// Human description (tool schema for a cloud LLM).
+    #[serde(default)]
+    pub description: String,
+    /// Extraction hint: the value follows one of these phrases ("my name is", "it happened at").
+    #[serde(default)]
+    pub after: Vec<String>,
+    /// Extraction hint: only when one of these words is said is the field taken without being
+    /// asked (for choice fields; `after` phrases always count).
+    #[serde(default)]
+    pub cues: Vec<String>,
+    /// Choice fields: value → words that mean it.
+    #[serde(default)]
+    pub choices: BTreeMap<String, Vec<String>>,
+    /// Longest value in words.
+    #[serde(default = "default_max_words")]
+    pub max_words: usize,
+    /// Sentences a caller might answer with (for the offline recogniser).
+    #[serde(default)]
+    pub examples: Vec<String>,
+    /// Words the answer may contain (names, places) for the offline recogniser.
+    #[serde(default)]
+    pub vocabulary: Vec<String>,
+    /// Acknowledgement before the next question; `{value}` is replaced.
+    #[serde(default)]
+    pub ack: Option<String>,
+}
+
+fn default_max_words() -> usize {
+    12
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read agent file {path}: {err}")]
+    Read { path: String, err: std::io::Error },
+    #[error("agent file {path}: {err}")]
+    Parse { path: String, err: String },
+    #[error("agent file {path}: {msg}")]
+    Invalid { path: String, msg: String },
+}
+
+impl AgentSpec {
+    pub fn from_toml(text: &str, path: &str) -> Result<AgentSpec, ConfigError> {
+        let spec: AgentSpec = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.into(),
+            err: e.to_string(),
+        })?;
+        spec.validate().map_err(|msg| ConfigError::Invalid {
+            path: path.into(),
+            msg,
+        })?;
+        Ok(spec)
+    }
+
+    pub fn load(path: Option<&std::path::Path>) -> Result<AgentSpec, ConfigError> {
+        match path {
+            None => AgentSpec::from_toml(DEFAULT_AGENT_TOML, "<built-in incident.toml>"),
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|err| ConfigError::Read {
+                    path: p.display().to_string(),
+                    err,
+                })?;
+                AgentSpec::from_toml(&text, &p.display().to_string())
+            }
+        }
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if self.fields.is_empty() {
+            return Err("the form has no fields".into());
+        }
+        let mut seen = std::collections::HashSet::new();
+        for f in &self.fields {
+            if f.name.is_empty() || !seen.insert(f.name.as_str()) {
+                return Err(format!("field name {:?} is empty or repeated", f.name));
+            }
+            if f.kind == FieldKind::Choice && f.choices.is_empty() {
+                return Err(format!("choice field {:?} has no choices", f.name));
+            }
+            if f.max_words == 0 {
+                return Err(format!("field {:?}: max_words must be at least 1", f.name));
+            }
+        }
+        if self.turn.min_interrupt_ms > 5_000 || self.turn.end_of_speech_ms < 100 {
+            return Err("turn: min_interrupt_ms must be ≤ 5000 and end_of_speech_ms ≥ 100".into());
+        }
+        Ok(())
+    }
+
+    pub fn field(&self, name: &str) -> Option<&FieldSpec> {
+        self.fields.iter().find(|f| f.name == name)
+    }
+
+    /// Every sentence the caller is expected to say (offline recogniser corpus).
+    pub fn expected_phrases(&self) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for f in &self.fields {
+            out.extend(f.examples.iter().cloned());
+            for words in f.choices.values() {
+                out.extend(words.iter().cloned());
+            }
+        }
+        out.extend(self.stt.phrases.iter().cloned());
+        out.extend(self.intents.repeat.iter().cloned());
+        out.extend(self.intents.transfer.iter().cloned());
+        out.extend(self.intents.goodbye.iter().cloned());
+        out
+    }
+
+    /// Extra words for the offline recogniser (unigrams).
+    pub fn expected_words(&self) -> Vec<String> {
+        let mut out: Vec<String> = self.stt.vocabulary.clone();
+        for f in &self.fields {
+            out.extend(f.vocabulary.iter().cloned());
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builtin_incident_agent_parses() {
+        let a = AgentSpec::load(None).unwrap();
+        assert_eq!(a.name, "incident");
+        let names: Vec<_> = a.fields.iter().map(|f| f.name.as_str()).collect();
+        assert_eq!(names, ["name", "location", "what_happened", "severity"]);
+        assert_eq!(a.turn.min_interrupt_ms, 300);
+        assert!(!a.expected_phrases().is_empty());
+    }
+
+    #[test]
+    fn bad_files_are_clear_errors() {
+        assert!(matches!(
+            AgentSpec::from_toml("name = 1", "x"),
+            Err(ConfigError::Parse { .. })
+        ));
+        let t = r#"name="a"
+persona="p"
+greeting="g"
+closing="c"
+fields=[]"#;
+        assert!(matches!(
+            AgentSpec::from_toml(t, "x"),
+            Err(ConfigError::Invalid { .. })
+        ));
+    }
+}

@@ -1,0 +1,325 @@
+//! Joining calls.
+//!
+//! * `--room NAME`: join that room directly with a token we mint (identity `agent-<room>`,
+//!   kind `agent`) and hold its conversation ([`run_room`]).
+//! * Worker mode (no `--room`): LiveKit agent dispatch ([`run_worker`]), the protocol of
+//!   `livekit_agent.proto` as the official `livekit-agents` worker speaks it:
+//!   1. WebSocket to `<LIVEKIT_URL>/agent` with `Authorization: Bearer <token with video.agent>`;
+//!   2. `WorkerMessage{register{type: JT_ROOM, agent_name, version, allowed_permissions}}`;
+//!      the first server message must be `register` (our worker id);
+//!   3. `availability{job}` → `WorkerMessage{availability{job_id, available, participant_identity,
+//!      participant_name}}` (declined when `--max-jobs` calls are running);
+//!   4. `assignment{job, url?, token}` → join the room with that token (at `url` when given) and
+//!      run the call; `update_job{JS_RUNNING}`, then `JS_SUCCESS`/`JS_FAILED` when it ends;
+//!   5. `termination{job_id}` → leave that room;
+//!   6. every 2.5 s `update_worker{status: WS_AVAILABLE|WS_FULL, load, job_count}`.
+//!
+//!   An empty agent name is automatic dispatch (a job for every new room); `--agent-name` makes
+//!   it explicit (rooms or tokens name the agent). A lost connection is retried with back-off;
+//!   running calls go on meanwhile.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use livekit_protocol as lk;
+use prost::Message as _;
+use room::{Room, RoomOptions};
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+
+use crate::session::{self, Outcome, SessionParams};
+
+/// Where a worker registers: `ws(s)://host[/path]/agent`.
+pub fn agent_url(livekit_url: &str) -> Result<String, String> {
+    let mut u =
+        url::Url::parse(livekit_url).map_err(|e| format!("LIVEKIT_URL {livekit_url:?}: {e}"))?;
+    let scheme = match u.scheme() {
+        "http" | "ws" => "ws",
+        "https" | "wss" => "wss",
+        s => {
+            return Err(format!(
+                "LIVEKIT_URL scheme {s:?} is not ws, wss, http or https"
+            ))
+        }
+    };
+    u.set_scheme(scheme).map_err(|_| "bad scheme".to_string())?;
+    let path = u.path().trim_end_matches('/').to_string();
+    u.set_path(&format!("{path}/agent"));
+    u.set_query(None);
+    Ok(u.to_string())
+}
+
+/// Join `room_name` directly and hold its call.
+pub async fn run_room(
+    url: &str,
+    key: &str,
+    secret: &str,
+    room_name: &str,
+    identity: Option<&str>,
+    params: SessionParams,
+) -> anyhow::Result<Outcome> {
+    let identity = identity
+        .map(str::to_string)
+        .unwrap_or_else(|| format!("agent-{room_name}"));
+    let token =
+        crate::token::agent_join_token(key, secret, room_name, &identity, &params.spec.name);
+    let (room, events) = Room::connect(url, &token, RoomOptions::default()).await?;
+    tracing::info!(room = %room_name, %identity, "joined");
+    Ok(session::run(room, events, params).await)
+}
+
+pub struct WorkerOptions {
+    pub url: String,
+    pub api_key: String,
+    pub api_secret: String,
+    pub agent_name: String,
+    pub max_jobs: u32,
+    /// Give up after this many consecutive failed connections (None: never).
+    pub max_retries: Option<u32>,
+}
+
+fn encode(m: lk::worker_message::Message) -> WsMessage {
+    WsMessage::Binary(
+        lk::WorkerMessage { message: Some(m) }
+            .encode_to_vec()
+            .into(),
+    )
+}
+
+/// Run as a dispatch worker until the process ends (or `max_retries` connections fail).
+pub async fn run_worker(opts: WorkerOptions, params: SessionParams) -> anyhow::Result<()> {
+    let active = Arc::new(AtomicU32::new(0));
+    let jobs: Arc<tokio::sync::Mutex<HashMap<String, tokio::task::AbortHandle>>> =
+        Default::default();
+    // Job status updates outlive a connection: they queue here and go out on the next one.
+    let (status_tx, mut status_rx) = mpsc::channel::<lk::worker_message::Message>(256);
+    let mut failures = 0u32;
+    loop {
+        match connect_and_serve(&opts, &params, &active, &jobs, &status_tx, &mut status_rx).await {
+            Ok(()) => failures = 0,
+            Err(e) => {
+                failures += 1;
+                tracing::warn!(error = %e, attempt = failures, "worker connection failed");
+                if opts.max_retries.is_some_and(|m| failures > m) {
+                    return Err(e);
+                }
+            }
+        }
+        let delay = Duration::from_secs((2 * failures.saturating_sub(1)).min(10) as u64);
+        tokio::time::sleep(delay.max(Duration::from_millis(500))).await;
+    }
+}
+
+async fn connect_and_serve(
+    opts: &WorkerOptions,
+    params: &SessionParams,
+    active: &Arc<AtomicU32>,
+    jobs: &Arc<tokio::sync::Mutex<HashMap<String, tokio::task::AbortHandle>>>,
+    status_tx: &mpsc::Sender<lk::worker_message::Message>,
+    status_rx: &mut mpsc::Receiver<lk::worker_message::Message>,
+) -> anyhow::Result<()> {
+    let url = agent_url(&opts.url).map_err(anyhow::Error::msg)?;
+    let token = crate::token::worker_token(&opts.api_key, &opts.api_secret);
+    let mut req = url.as_str().into_client_request()?;
+    req.headers_mut()
+        .insert("Authorization", format!("Bearer {token}").parse()?);
+    let (ws, _) = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio_tungstenite::connect_async(req),
+    )
+    .await
+    .map_err(|_| anyhow::anyhow!("timed out connecting to {url}"))??;
+    let (mut tx, mut rx) = ws.split();
+    tx.send(encode(lk::worker_message::Message::Register(
+        lk::RegisterWorkerRequest {
+            r#type: lk::JobType::JtRoom as i32,
+            agent_name: opts.agent_name.clone(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            #[allow(deprecated)]
+            allowed_permissions: Some(lk::ParticipantPermission {
+                can_subscribe: true,
+                can_publish: true,
+                can_publish_data: true,
+                can_update_metadata: true,
+                agent: true,
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+    )))
+    .await?;
+    // The first message must be the registration answer.
+    let worker_id = loop {
+        let m = tokio::time::timeout(Duration::from_secs(10), rx.next())
+            .await
+            .map_err(|_| anyhow::anyhow!("no register response"))?;
+        match m {
+            Some(Ok(WsMessage::Binary(b))) => match lk::ServerMessage::decode(b.as_ref()) {
+                Ok(lk::ServerMessage {
+                    message: Some(lk::server_message::Message::Register(r)),
+                }) => break r.worker_id,
+                Ok(other) => anyhow::bail!("expected register response first, got {other:?}"),
+                Err(e) => anyhow::bail!("malformed server message: {e}"),
+            },
+            Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_))) => continue,
+            Some(Ok(other)) => {
+                anyhow::bail!("unexpected websocket message before registration: {other:?}")
+            }
+            Some(Err(e)) => return Err(e.into()),
+            None => anyhow::bail!("connection closed before registration"),
+        }
+    };
+    tracing::info!(%worker_id, agent_name = %opts.agent_name, "worker registered");
+    let mut load_tick = tokio::time::interval(Duration::from_millis(2500));
+    // Assignments we said yes to, waiting for the server.
+    let mut accepted: HashMap<String, tokio::time::Instant> = HashMap::new();
+    loop {
+        tokio::select! {
+            _ = load_tick.tick() => {
+                let n = active.load(Ordering::Relaxed);
+                let full = n >= opts.max_jobs;
+                let status = if full { lk::WorkerStatus::WsFull } else { lk::WorkerStatus::WsAvailable };
+                tx.send(encode(lk::worker_message::Message::UpdateWorker(lk::UpdateWorkerStatus {
+                    status: Some(status as i32),
+                    load: n as f32 / opts.max_jobs.max(1) as f32,
+                    job_count: n,
+                    ..Default::default()
+                }))).await?;
+                // Assignments that never came (7.5 s, as livekit-agents) free their slot.
+                accepted.retain(|_, t| t.elapsed() < Duration::from_millis(7500));
+            }
+            st = status_rx.recv() => {
+                if let Some(m) = st {
+                    tx.send(encode(m)).await?;
+                }
+            }
+            m = rx.next() => {
+                let m = match m {
+                    Some(Ok(m)) => m,
+                    Some(Err(e)) => return Err(e.into()),
+                    None => anyhow::bail!("worker connection closed"),
+                };
+                let bytes = match m {
+                    WsMessage::Binary(b) => b,
+                    WsMessage::Close(_) => anyhow::bail!("server closed the worker connection"),
+                    _ => continue,
+                };
+                let msg = match lk::ServerMessage::decode(bytes.as_ref()) {
+                    Ok(m) => m,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "malformed server message ignored");
+                        continue;
+                    }
+                };
+                match msg.message {
+                    Some(lk::server_message::Message::Availability(req)) => {
+                        let Some(job) = req.job else { continue };
+                        let room_name = job.room.as_ref().map(|r| r.name.clone()).unwrap_or_default();
+                        let busy = active.load(Ordering::Relaxed) + accepted.len() as u32;
+                        let available = busy < opts.max_jobs && !room_name.is_empty();
+                        if available {
+                            params.metrics.jobs_accepted.fetch_add(1, Ordering::Relaxed);
+                            accepted.insert(job.id.clone(), tokio::time::Instant::now());
+                        } else {
+                            params.metrics.jobs_declined.fetch_add(1, Ordering::Relaxed);
+                        }
+                        tracing::info!(job = %job.id, room = %room_name, available, "job offered");
+                        tx.send(encode(lk::worker_message::Message::Availability(lk::AvailabilityResponse {
+                            job_id: job.id.clone(),
+                            available,
+                            participant_identity: if available { format!("agent-{room_name}") } else { String::new() },
+                            participant_name: if available { params.spec.name.clone() } else { String::new() },
+                            ..Default::default()
+                        }))).await?;
+                    }
+                    Some(lk::server_message::Message::Assignment(a)) => {
+                        let Some(job) = a.job else { continue };
+                        if accepted.remove(&job.id).is_none() {
+                            tracing::warn!(job = %job.id, "assignment for a job we did not accept; ignored");
+                            continue;
+                        }
+                        let url = a.url.filter(|u| !u.is_empty()).unwrap_or_else(|| opts.url.clone());
+                        let job_id = job.id.clone();
+                        let room_name = job.room.as_ref().map(|r| r.name.clone()).unwrap_or_default();
+                        active.fetch_add(1, Ordering::Relaxed);
+                        let (params, active2, status_tx, jobs2) = (params.clone(), active.clone(), status_tx.clone(), jobs.clone());
+                        let token = a.token;
+                        let jid = job_id.clone();
+                        // Hold the map while spawning so a job that ends at once still finds
+                        // itself in it (and gives its slot back).
+                        let mut map = jobs.lock().await;
+                        let handle = tokio::spawn(async move {
+                            let status = |s: lk::JobStatus, error: String| lk::worker_message::Message::UpdateJob(lk::UpdateJobStatus { job_id: jid.clone(), status: s as i32, error });
+                            let result = match Room::connect(&url, &token, RoomOptions::default()).await {
+                                Ok((room, events)) => {
+                                    tracing::info!(job = %jid, room = %room_name, "job running");
+                                    let _ = status_tx.send(status(lk::JobStatus::JsRunning, String::new())).await;
+                                    let out = session::run(room, events, params).await;
+                                    if out.outcome.starts_with("error") { Err(out.outcome) } else { Ok(out) }
+                                }
+                                Err(e) => Err(format!("join {room_name}: {e}")),
+                            };
+                            let m = match &result {
+                                Ok(_) => status(lk::JobStatus::JsSuccess, String::new()),
+                                Err(e) => {
+                                    tracing::warn!(job = %jid, error = %e, "job failed");
+                                    status(lk::JobStatus::JsFailed, e.clone())
+                                }
+                            };
+                            let _ = status_tx.send(m).await;
+                            // Whoever takes the job out of the map gives its slot back.
+                            if jobs2.lock().await.remove(&jid).is_some() {
+                                active2.fetch_sub(1, Ordering::Relaxed);
+                            }
+                        });
+                        map.insert(job_id, handle.abort_handle());
+                        drop(map);
+                    }
+                    Some(lk::server_message::Message::Termination(t)) => {
+                        if let Some(h) = jobs.lock().await.remove(&t.job_id) {
+                            tracing::info!(job = %t.job_id, "job terminated by the server");
+                            h.abort();
+                            active.fetch_sub(1, Ordering::Relaxed);
+                            let _ = status_tx.try_send(lk::worker_message::Message::UpdateJob(lk::UpdateJobStatus {
+                                job_id: t.job_id,
+                                status: lk::JobStatus::JsSuccess as i32,
+                                error: String::new(),
+                            }));
+                        }
+                    }
+                    Some(lk::server_message::Message::Register(_)) | Some(lk::server_message::Message::Pong(_)) => {}
+                    Some(lk::server_message::Message::GoAway(g)) => {
+                        anyhow::bail!("server is draining this connection: {}", g.reason);
+                    }
+                    None => {}
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn agent_urls() {
+        assert_eq!(
+            agent_url("http://127.0.0.1:7880").unwrap(),
+            "ws://127.0.0.1:7880/agent"
+        );
+        assert_eq!(
+            agent_url("wss://x.livekit.cloud/").unwrap(),
+            "wss://x.livekit.cloud/agent"
+        );
+        assert_eq!(
+            agent_url("https://h/base?x=1").unwrap(),
+            "wss://h/base/agent"
+        );
+        assert!(agent_url("ftp://h").is_err());
+    }
+}

@@ -1,0 +1,431 @@
+//! End to end in a real `devroom`: a `room` participant plays the phone (kind `sip`, identity
+//! `phone-…`, LiveKit SIP attributes) and speaks espeak-ng speech; the `agent` binary joins with
+//! `--room` on the offline stack, greets, recognises the caller, fills the form, publishes
+//! transcripts and fields, hangs up, and writes the call record.
+//!
+//! Needs `target/debug/devroom` (`cargo build -p devroom`); the test fails with that hint if it
+//! is missing.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use agent::providers::offline_tts::OfflineTts;
+use agent::vad::level_dbfs;
+use proto::control::{Control, CONTROL_TOPIC, TRANSCRIPT_TOPIC};
+use room::{AudioTrackOptions, Room, RoomEvent, RoomOptions};
+use tokio::sync::mpsc;
+
+struct Kill(Child);
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn devroom_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("DEVROOM_BIN") {
+        return PathBuf::from(p);
+    }
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("..")
+                .join("target")
+        });
+    target.join("debug").join("devroom")
+}
+
+async fn start_devroom() -> (Kill, u16) {
+    let bin = devroom_bin();
+    assert!(
+        bin.exists(),
+        "devroom binary not found at {} — build it first: cargo build -p devroom",
+        bin.display()
+    );
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = Command::new(&bin)
+        .args(["--listen", &format!("127.0.0.1:{port}"), "--rtc-port", "0"])
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("spawn devroom");
+    let k = Kill(child);
+    let t0 = Instant::now();
+    while tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .is_err()
+    {
+        assert!(
+            t0.elapsed() < Duration::from_secs(15),
+            "devroom did not listen"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    (k, port)
+}
+
+/// What the phone side has seen so far.
+#[derive(Default)]
+struct Seen {
+    /// Agent audio level per 20 ms frame, with arrival time.
+    frames: Vec<(Instant, f32)>,
+    transcripts: Vec<(
+        String,
+        String,
+        bool,
+        std::collections::BTreeMap<String, String>,
+    )>,
+    controls: Vec<Control>,
+}
+
+enum Obs {
+    Frame(Instant, f32),
+    Data(Option<String>, Vec<u8>),
+}
+
+/// Wait until the agent has been quiet for `quiet` after speaking (returns when its speech ended).
+async fn wait_agent_done(
+    obs: &mut mpsc::Receiver<Obs>,
+    seen: &mut Seen,
+    quiet: Duration,
+    limit: Duration,
+) -> bool {
+    let deadline = Instant::now() + limit;
+    let mut spoke = false;
+    let mut last_loud: Option<Instant> = None;
+    while Instant::now() < deadline {
+        match tokio::time::timeout(Duration::from_millis(100), obs.recv()).await {
+            Ok(Some(o)) => absorb(seen, o, &mut spoke, &mut last_loud),
+            Ok(None) => return false,
+            Err(_) => {}
+        }
+        if spoke && last_loud.is_some_and(|t| t.elapsed() >= quiet) {
+            return true;
+        }
+    }
+    false
+}
+
+fn absorb(seen: &mut Seen, o: Obs, spoke: &mut bool, last_loud: &mut Option<Instant>) {
+    match o {
+        Obs::Frame(t, l) => {
+            if l > -40.0 {
+                *spoke = true;
+                *last_loud = Some(t);
+            }
+            seen.frames.push((t, l));
+        }
+        Obs::Data(topic, payload) => {
+            if let Ok(c) = Control::parse(&payload) {
+                match (&c, topic.as_deref()) {
+                    (
+                        Control::Transcript {
+                            role,
+                            text,
+                            is_final,
+                            fields,
+                        },
+                        Some(TRANSCRIPT_TOPIC),
+                    ) => {
+                        seen.transcripts.push((
+                            role.clone(),
+                            text.clone(),
+                            *is_final,
+                            fields.clone(),
+                        ));
+                    }
+                    (_, Some(CONTROL_TOPIC)) => seen.controls.push(c),
+                    _ => {}
+                }
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_answers_a_phone_participant_in_devroom() {
+    let (_devroom, port) = start_devroom().await;
+    let url = format!("ws://127.0.0.1:{port}");
+    let room_name = "call-CAe2e0000000000000000000000000001";
+    let phone_id = "phone-CAe2e0000000000000000000000000001";
+    let token = agent::token::sign(
+        "devkey",
+        "secret",
+        serde_json::json!({
+            "sub": phone_id, "name": "Phone", "kind": "sip",
+            "attributes": {"sip.phoneNumber": "+15551230001", "sip.trunkPhoneNumber": "+15559870002", "sip.callStatus": "active",
+                           "sip.twilio.callSid": "CAe2e0000000000000000000000000001"},
+            "video": {"roomJoin": true, "room": room_name, "canPublish": true, "canSubscribe": true, "canPublishData": true}
+        }),
+        3600,
+    );
+    let (phone, mut events) = Room::connect(&url, &token, RoomOptions::default())
+        .await
+        .expect("phone joins");
+    let mut sink = phone
+        .publish_audio(AudioTrackOptions {
+            name: "caller".into(),
+            sample_rate: 16_000,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+
+    // What the caller says, made now with espeak-ng.
+    let tts = OfflineTts::new("en-us+m3", 140, 16_000);
+    let lines = [
+        "my name is john",
+        "it happened in the warehouse",
+        "there was a fire",
+        "it is critical",
+    ];
+    let mut speech = Vec::new();
+    for l in lines {
+        speech.push(tts.synthesize(l).await.unwrap());
+    }
+
+    // The caller's microphone: 20 ms frames in real time, silence unless a line is queued.
+    let (say_tx, mut say_rx) = mpsc::channel::<Vec<i16>>(8);
+    let mic = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(20));
+        let mut queue: std::collections::VecDeque<i16> = Default::default();
+        loop {
+            tick.tick().await;
+            while let Ok(s) = say_rx.try_recv() {
+                queue.extend(s);
+            }
+            let mut f: Vec<i16> = queue.drain(..queue.len().min(320)).collect();
+            f.resize(320, 0);
+            if sink.push(&f).await.is_err() {
+                return;
+            }
+        }
+    });
+
+    // The agent, as a script would start it: env vars only, plus --room.
+    let db_dir = tempfile::tempdir().unwrap();
+    let db = db_dir.path().join("calls.db");
+    let agent_child = Command::new(env!("CARGO_BIN_EXE_agent"))
+        .env("LIVEKIT_URL", &url)
+        .env("LIVEKIT_API_KEY", "devkey")
+        .env("LIVEKIT_API_SECRET", "secret")
+        .env("AGENT_ROOM", room_name)
+        .env("CALL_DB", &db)
+        .env(
+            "RUST_LOG",
+            std::env::var("AGENT_LOG").unwrap_or_else(|_| "info".into()),
+        )
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn agent");
+    let mut agent_proc = Kill(agent_child);
+
+    // Agent's track → levels; data → observations.
+    let (obs_tx, mut obs) = mpsc::channel::<Obs>(4096);
+    let obs_tx2 = obs_tx.clone();
+    tokio::spawn(async move {
+        while let Some(ev) = events.recv().await {
+            match ev {
+                RoomEvent::TrackSubscribed { track, participant } => {
+                    assert_eq!(participant.identity, format!("agent-{room_name}"));
+                    assert_eq!(participant.kind, room::ParticipantKind::Agent);
+                    let mut st = track.stream(16_000).unwrap();
+                    let tx = obs_tx2.clone();
+                    tokio::spawn(async move {
+                        while let Some(f) = st.recv().await {
+                            if tx
+                                .send(Obs::Frame(Instant::now(), level_dbfs(&f.samples)))
+                                .await
+                                .is_err()
+                            {
+                                return;
+                            }
+                        }
+                    });
+                }
+                RoomEvent::DataReceived(m) => {
+                    let _ = obs_tx2.send(Obs::Data(m.topic, m.payload)).await;
+                }
+                _ => {}
+            }
+        }
+    });
+    drop(obs_tx);
+
+    let mut seen = Seen::default();
+    // The greeting: non-silent agent audio.
+    assert!(
+        wait_agent_done(
+            &mut obs,
+            &mut seen,
+            Duration::from_millis(1200),
+            Duration::from_secs(60)
+        )
+        .await,
+        "no greeting heard"
+    );
+    let loud = seen.frames.iter().filter(|(_, l)| *l > -40.0).count();
+    assert!(loud > 50, "greeting: only {loud} loud frames");
+    assert!(
+        seen.transcripts
+            .iter()
+            .any(|(r, t, _, _)| r == "assistant" && t.contains("incident line")),
+        "{:?}",
+        seen.transcripts
+    );
+
+    let mut turn_latency = Vec::new();
+    for (i, pcm) in speech.into_iter().enumerate() {
+        let spoken_for = Duration::from_millis(pcm.len() as u64 / 16);
+        let frames_before = seen.frames.len();
+        say_tx.send(pcm).await.unwrap();
+        let said_at = Instant::now();
+        let replied = wait_agent_done(
+            &mut obs,
+            &mut seen,
+            Duration::from_millis(1200),
+            Duration::from_secs(40),
+        )
+        .await;
+        assert!(
+            replied,
+            "no reply to line {i} ({:?}); transcripts {:?}",
+            lines[i], seen.transcripts
+        );
+        // Latency: end of the caller's speech → first loud agent frame after it.
+        let end_of_speech = said_at + spoken_for;
+        if let Some((t, _)) = seen.frames[frames_before..]
+            .iter()
+            .find(|(t, l)| *t > end_of_speech && *l > -40.0)
+        {
+            turn_latency.push(t.duration_since(end_of_speech));
+        }
+    }
+    eprintln!("caller end of speech → first agent audio at the phone: {turn_latency:?}");
+
+    // The recognised words came back as transcripts, fields filled.
+    let user: Vec<&str> = seen
+        .transcripts
+        .iter()
+        .filter(|(r, _, f, _)| r == "user" && *f)
+        .map(|(_, t, _, _)| t.as_str())
+        .collect();
+    assert!(
+        user.iter()
+            .any(|t| t.contains("name") && t.contains("john")),
+        "user transcripts {user:?}"
+    );
+    let fields = seen
+        .transcripts
+        .iter()
+        .rev()
+        .map(|(_, _, _, f)| f.clone())
+        .find(|f| !f.is_empty())
+        .unwrap_or_default();
+    assert_eq!(
+        fields.get("name").map(String::as_str),
+        Some("John"),
+        "{fields:?}"
+    );
+    assert!(
+        fields
+            .get("location")
+            .is_some_and(|l| l.contains("warehouse")),
+        "{fields:?}"
+    );
+    assert!(
+        fields
+            .get("what_happened")
+            .is_some_and(|l| l.contains("fire")),
+        "{fields:?}"
+    );
+    assert_eq!(
+        fields.get("severity").map(String::as_str),
+        Some("critical"),
+        "{fields:?}"
+    );
+
+    // The closing line was said, then `hangup` went to the bridge.
+    let t0 = Instant::now();
+    while !seen
+        .controls
+        .iter()
+        .any(|c| matches!(c, Control::Hangup { .. }))
+        && t0.elapsed() < Duration::from_secs(20)
+    {
+        if let Ok(Some(o)) = tokio::time::timeout(Duration::from_millis(200), obs.recv()).await {
+            let (mut a, mut b) = (false, None);
+            absorb(&mut seen, o, &mut a, &mut b);
+        }
+    }
+    assert!(
+        seen.controls
+            .iter()
+            .any(|c| matches!(c, Control::Hangup { .. })),
+        "no hangup; controls {:?}",
+        seen.controls
+    );
+    assert!(seen
+        .transcripts
+        .iter()
+        .any(|(r, t, _, _)| r == "assistant" && t.contains("Goodbye")));
+
+    // The agent exits by itself and prints the outcome.
+    let t0 = Instant::now();
+    let status = loop {
+        if let Some(s) = agent_proc.0.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(15),
+            "agent did not exit after hanging up"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(status.success());
+    let mut out = String::new();
+    std::io::Read::read_to_string(agent_proc.0.stdout.as_mut().unwrap(), &mut out).unwrap();
+    let v: serde_json::Value =
+        serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert_eq!(v["outcome"], "completed");
+
+    // The call record.
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let (caller, called, outcome): (String, String, String) = conn
+        .query_row("SELECT caller, called, outcome FROM calls", [], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })
+        .unwrap();
+    assert_eq!(
+        (caller.as_str(), called.as_str(), outcome.as_str()),
+        ("+15551230001", "+15559870002", "completed")
+    );
+    let users: i64 = conn
+        .query_row("SELECT count(*) FROM turns WHERE role = 'user'", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(users, 4);
+    let timed: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM turns WHERE role = 'assistant' AND eos_to_push_ms IS NOT NULL",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(timed >= 3, "assistant turns with latency: {timed}");
+    let nfields: i64 = conn
+        .query_row("SELECT count(*) FROM fields", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(nfields, 4);
+    mic.abort();
+    phone.close().await;
+}
