@@ -121,6 +121,11 @@ pub struct CallSession {
     stats: CallStats,
 }
 
+/// `MZ` + 32 hex digits and the like.
+fn is_sid(s: &str, prefix: &str) -> bool {
+    s.len() == 34 && s.starts_with(prefix) && s[2..].bytes().all(|b| b.is_ascii_hexdigit())
+}
+
 impl CallSession {
     pub fn new(cfg: CallConfig) -> CallSession {
         CallSession {
@@ -196,6 +201,11 @@ impl CallSession {
                     let f = &start.media_format;
                     let why = format!("{} {} Hz x{}", f.encoding, f.sample_rate, f.channels);
                     self.end(EndReason::BadStart(why));
+                    return;
+                }
+                // It is echoed into every message we send: accept only what Twilio issues.
+                if !is_sid(&stream_sid, "MZ") {
+                    self.end(EndReason::BadStart(format!("streamSid {stream_sid:?} is not a Twilio stream SID")));
                     return;
                 }
                 self.stream_sid = stream_sid;

@@ -1,0 +1,230 @@
+//! HTTP endpoints: the Twilio webhooks, the Media Streams upgrade, health and metrics.
+
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use axum::body::Bytes;
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use proto::twiml::{self, ConnectStream, DialSip};
+use rand::RngCore;
+
+use crate::config::{Config, Mode};
+use crate::livekit::{room_name, LiveKit};
+use crate::metrics::Metrics;
+use crate::registry::{CallInfo, Refusal, Registry};
+use crate::twilio_rest::TwilioRest;
+
+/// How long a stream reservation (and its token) lives between `/incoming-call` and `start`.
+pub const STREAM_TOKEN_TTL_SECS: u64 = 30;
+/// Twilio sends 20 ms frames of ~300 bytes; anything near this is not Twilio.
+const MAX_WS_MESSAGE: usize = 64 * 1024;
+
+pub struct App {
+    pub cfg: Config,
+    pub registry: Registry,
+    pub metrics: Metrics,
+    pub livekit: LiveKit,
+    pub twilio: TwilioRest,
+    /// Signs stream tokens; random per process (a restart invalidates only pending calls).
+    pub stream_secret: [u8; 32],
+}
+
+impl App {
+    pub fn new(cfg: Config) -> Arc<App> {
+        let mut stream_secret = [0u8; 32];
+        rand::thread_rng().fill_bytes(&mut stream_secret);
+        Arc::new(App {
+            registry: Registry::new(cfg.max_calls, std::time::Duration::from_secs(STREAM_TOKEN_TTL_SECS)),
+            metrics: Metrics::new(),
+            livekit: LiveKit::new(&cfg),
+            twilio: TwilioRest::new(
+                &cfg.twilio_api_base,
+                &cfg.twilio_account_sid,
+                cfg.twilio_auth_token.as_deref().unwrap_or(""),
+            ),
+            stream_secret,
+            cfg,
+        })
+    }
+
+    /// Checks `X-Twilio-Signature` on a form POST against `PUBLIC_URL` + the request path.
+    fn form_signed(&self, uri: &Uri, headers: &HeaderMap, params: &[(String, String)]) -> bool {
+        let Some(token) = &self.cfg.twilio_auth_token else { return self.cfg.insecure_no_signature };
+        let url = self.cfg.http_url(uri.path_and_query().map(|p| p.as_str()).unwrap_or(uri.path()));
+        let sig = headers.get("x-twilio-signature").and_then(|v| v.to_str().ok()).unwrap_or("");
+        proto::signature::validate_form(token, &url, params, sig)
+    }
+
+    fn ws_signed(&self, headers: &HeaderMap) -> bool {
+        let Some(token) = &self.cfg.twilio_auth_token else { return self.cfg.insecure_no_signature };
+        let sig = headers.get("x-twilio-signature").and_then(|v| v.to_str().ok()).unwrap_or("");
+        proto::signature::validate_websocket(token, &self.cfg.stream_url(), sig)
+    }
+}
+
+pub fn router(app: Arc<App>) -> Router {
+    Router::new()
+        .route("/incoming-call", post(incoming_call))
+        .route("/call-status", post(call_status))
+        .route("/media-stream", get(media_stream))
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
+        .with_state(app)
+}
+
+pub fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+fn xml(body: String) -> Response {
+    ([(header::CONTENT_TYPE, "text/xml")], body).into_response()
+}
+
+fn param<'a>(params: &'a [(String, String)], name: &str) -> &'a str {
+    params.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str()).unwrap_or("")
+}
+
+fn is_sid(s: &str, prefix: &str) -> bool {
+    s.len() == 34 && s.starts_with(prefix) && s[2..].bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+async fn incoming_call(State(app): State<Arc<App>>, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
+    let Ok(params) = serde_urlencoded::from_bytes::<Vec<(String, String)>>(&body) else {
+        app.metrics.error("bad_request");
+        return (StatusCode::BAD_REQUEST, "body is not form-encoded").into_response();
+    };
+    if !app.form_signed(&uri, &headers, &params) {
+        app.metrics.error("signature_invalid");
+        tracing::warn!(path = "/incoming-call", "refused: bad X-Twilio-Signature");
+        return (StatusCode::FORBIDDEN, "invalid X-Twilio-Signature").into_response();
+    }
+    let info = CallInfo {
+        call_sid: param(&params, "CallSid").to_owned(),
+        account_sid: param(&params, "AccountSid").to_owned(),
+        from: param(&params, "From").to_owned(),
+        to: param(&params, "To").to_owned(),
+    };
+    if !is_sid(&info.call_sid, "CA") {
+        app.metrics.error("bad_request");
+        return (StatusCode::BAD_REQUEST, "CallSid missing or malformed").into_response();
+    }
+    let span = tracing::info_span!("call", call_sid = %info.call_sid);
+    let _g = span.enter();
+
+    if app.cfg.mode == Mode::Sip {
+        return sip_answer(&app.cfg, &info);
+    }
+
+    let mut nonce_bytes = [0u8; 16];
+    rand::thread_rng().fill_bytes(&mut nonce_bytes);
+    let nonce: String = nonce_bytes.iter().map(|b| format!("{b:02x}")).collect();
+    match app.registry.admit(info.clone(), nonce.clone(), Instant::now()) {
+        Ok(()) => {}
+        Err(why) => {
+            let outcome = if why == Refusal::Full { "busy" } else { "draining" };
+            app.metrics.calls.with_label_values(&[outcome]).inc();
+            tracing::info!(outcome, from = %info.from, "call refused");
+            return xml(twiml::busy(&app.cfg.busy_message));
+        }
+    }
+    drop(_g);
+    if let Err(e) = app.livekit.create_call_room(&info).await {
+        app.registry.release(&info.call_sid);
+        app.metrics.error("room_create_failed");
+        app.metrics.calls.with_label_values(&["room_failed"]).inc();
+        tracing::error!(call_sid = %info.call_sid, error = %e, "could not create the call's room");
+        return xml(twiml::busy("We cannot take your call right now. Please try again later."));
+    }
+    let token = proto::stream_token::mint(
+        &app.stream_secret,
+        &info.call_sid,
+        unix_now() + STREAM_TOKEN_TTL_SECS,
+        &nonce,
+    );
+    let answer = ConnectStream {
+        url: app.cfg.stream_url(),
+        name: Some(room_name(&info.call_sid)),
+        status_callback: None,
+        parameters: vec![
+            ("callSid".into(), info.call_sid.clone()),
+            ("from".into(), info.from.clone()),
+            ("to".into(), info.to.clone()),
+            ("token".into(), token),
+        ],
+    };
+    match answer.to_twiml() {
+        Ok(x) => {
+            tracing::info!(call_sid = %info.call_sid, from = %info.from, to = %info.to, "call admitted");
+            xml(x)
+        }
+        Err(e) => {
+            app.registry.release(&info.call_sid);
+            app.metrics.error("config");
+            tracing::error!(error = %e, "PUBLIC_URL gives an unusable stream URL");
+            (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response()
+        }
+    }
+}
+
+/// SIP mode: send the call to LiveKit SIP; LiveKit's dispatch rule puts it in `call-…`.
+fn sip_answer(cfg: &Config, info: &CallInfo) -> Response {
+    let dial = DialSip {
+        uri: format!("sip:{}@{};transport={}", info.to, cfg.sip_host, cfg.sip_transport),
+        username: (!cfg.sip_username.is_empty()).then(|| cfg.sip_username.clone()),
+        password: (!cfg.sip_password.is_empty()).then(|| cfg.sip_password.clone()),
+        headers: vec![("X-CallSid".into(), info.call_sid.clone()), ("X-From".into(), info.from.clone())],
+        action: None,
+    };
+    match dial.to_twiml() {
+        Ok(x) => xml(x),
+        Err(e) => {
+            tracing::error!(error = %e, "SIP mode misconfigured");
+            xml(twiml::busy("We cannot take your call right now. Please try again later."))
+        }
+    }
+}
+
+async fn call_status(State(app): State<Arc<App>>, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
+    let Ok(params) = serde_urlencoded::from_bytes::<Vec<(String, String)>>(&body) else {
+        app.metrics.error("bad_request");
+        return (StatusCode::BAD_REQUEST, "body is not form-encoded").into_response();
+    };
+    if !app.form_signed(&uri, &headers, &params) {
+        app.metrics.error("signature_invalid");
+        return (StatusCode::FORBIDDEN, "invalid X-Twilio-Signature").into_response();
+    }
+    let status = param(&params, "CallStatus");
+    let known = ["completed", "busy", "failed", "no-answer", "canceled", "in-progress", "ringing", "queued"];
+    let label = if known.contains(&status) { status } else { "other" };
+    app.metrics.calls.with_label_values(&[&format!("status_{label}")]).inc();
+    tracing::info!(call_sid = %param(&params, "CallSid"), status, duration = %param(&params, "CallDuration"), "call status");
+    StatusCode::NO_CONTENT.into_response()
+}
+
+async fn media_stream(State(app): State<Arc<App>>, headers: HeaderMap, ws: WebSocketUpgrade) -> Response {
+    if !app.ws_signed(&headers) {
+        app.metrics.error("signature_invalid");
+        tracing::warn!(path = "/media-stream", "refused: bad X-Twilio-Signature");
+        return (StatusCode::FORBIDDEN, "invalid X-Twilio-Signature").into_response();
+    }
+    if !app.registry.accepts_streams() {
+        app.metrics.error("stream_refused_full");
+        return (StatusCode::SERVICE_UNAVAILABLE, "not accepting calls").into_response();
+    }
+    ws.max_message_size(MAX_WS_MESSAGE)
+        .max_frame_size(MAX_WS_MESSAGE)
+        .on_upgrade(move |socket| crate::call_task::run(app, socket))
+}
+
+async fn health(State(app): State<Arc<App>>) -> Response {
+    axum::Json(serde_json::json!({"status": "ok", "active_calls": app.registry.active_count()})).into_response()
+}
+
+async fn metrics(State(app): State<Arc<App>>) -> Response {
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], app.metrics.render()).into_response()
+}

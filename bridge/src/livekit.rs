@@ -1,0 +1,112 @@
+//! The LiveKit side of a call that is not media: the room (RoomService), agent dispatch, and the
+//! phone participant's join token.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use livekit_api::access_token::{AccessToken, VideoGrants};
+use livekit_api::services::agent_dispatch::AgentDispatchClient;
+use livekit_api::services::room::{CreateRoomOptions, RoomClient};
+
+use crate::config::Config;
+use crate::registry::CallInfo;
+
+pub fn room_name(call_sid: &str) -> String {
+    format!("call-{call_sid}")
+}
+
+pub fn phone_identity(call_sid: &str) -> String {
+    format!("phone-{call_sid}")
+}
+
+/// The attributes LiveKit SIP sets on a phone participant, so an agent treats both paths alike.
+pub fn phone_attributes(info: &CallInfo, call_status: &str) -> HashMap<String, String> {
+    HashMap::from([
+        ("sip.phoneNumber".to_owned(), info.from.clone()),
+        ("sip.trunkPhoneNumber".to_owned(), info.to.clone()),
+        ("sip.callStatus".to_owned(), call_status.to_owned()),
+        ("sip.twilio.callSid".to_owned(), info.call_sid.clone()),
+        ("sip.twilio.accountSid".to_owned(), info.account_sid.clone()),
+    ])
+}
+
+pub struct LiveKit {
+    rooms: RoomClient,
+    dispatch: AgentDispatchClient,
+    api_key: String,
+    api_secret: String,
+    url: String,
+    empty_timeout: u32,
+    agent_name: String,
+}
+
+impl LiveKit {
+    pub fn new(cfg: &Config) -> LiveKit {
+        let host = cfg.livekit_http();
+        LiveKit {
+            rooms: RoomClient::with_api_key(&host, &cfg.livekit_api_key, &cfg.livekit_api_secret)
+                .with_request_timeout(Duration::from_secs(5)),
+            dispatch: AgentDispatchClient::with_api_key(&host, &cfg.livekit_api_key, &cfg.livekit_api_secret),
+            api_key: cfg.livekit_api_key.clone(),
+            api_secret: cfg.livekit_api_secret.clone(),
+            url: cfg.livekit_url.clone(),
+            empty_timeout: cfg.room_empty_timeout,
+            agent_name: cfg.agent_name.clone(),
+        }
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Creates `call-<CallSid>` with the call in its metadata, and dispatches the named agent.
+    pub async fn create_call_room(&self, info: &CallInfo) -> anyhow::Result<()> {
+        let metadata = serde_json::json!({
+            "callSid": info.call_sid, "accountSid": info.account_sid, "from": info.from, "to": info.to,
+        })
+        .to_string();
+        let name = room_name(&info.call_sid);
+        self.rooms
+            .create_room(
+                &name,
+                CreateRoomOptions { empty_timeout: self.empty_timeout, metadata: metadata.clone(), ..Default::default() },
+            )
+            .await?;
+        if !self.agent_name.is_empty() {
+            self.dispatch
+                .create_dispatch(livekit_protocol::CreateAgentDispatchRequest {
+                    agent_name: self.agent_name.clone(),
+                    room: name,
+                    metadata,
+                    ..Default::default()
+                })
+                .await?;
+        }
+        Ok(())
+    }
+
+    pub async fn delete_room(&self, call_sid: &str) -> anyhow::Result<()> {
+        self.rooms.delete_room(&room_name(call_sid)).await?;
+        Ok(())
+    }
+
+    /// A token that can join only this call's room, as the phone (kind `sip`).
+    pub fn phone_token(&self, info: &CallInfo) -> anyhow::Result<String> {
+        let grants = VideoGrants {
+            room_join: true,
+            room: room_name(&info.call_sid),
+            can_publish: Some(true),
+            can_subscribe: Some(true),
+            can_publish_data: Some(true),
+            ..Default::default()
+        };
+        Ok(AccessToken::with_api_key(&self.api_key, &self.api_secret)
+            .with_identity(&phone_identity(&info.call_sid))
+            .with_name(&info.from)
+            .with_kind("sip")
+            .with_attributes(phone_attributes(info, "active"))
+            .with_grants(grants)
+            .with_ttl(Duration::from_secs(4 * 3600))
+            .to_jwt()?)
+    }
+}

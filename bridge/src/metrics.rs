@@ -1,0 +1,82 @@
+//! Prometheus metrics: the only global besides the call registry.
+
+use prometheus::{
+    exponential_buckets, Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
+};
+
+pub struct Metrics {
+    registry: Registry,
+    pub active_calls: IntGauge,
+    pub calls: IntCounterVec,
+    pub setup_seconds: Histogram,
+    pub frames_in: IntCounter,
+    pub frames_out: IntCounter,
+    pub inbound_gap_frames: IntCounter,
+    pub outbound_underruns: IntCounter,
+    pub mark_rtt_seconds: Histogram,
+    pub interrupt_to_clear_seconds: Histogram,
+    pub errors: IntCounterVec,
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        let ms_buckets = || exponential_buckets(0.0001, 2.0, 16).expect("static buckets");
+        let m = Metrics {
+            active_calls: IntGauge::new("bridge_active_calls", "Calls in progress").unwrap(),
+            calls: IntCounterVec::new(Opts::new("bridge_calls_total", "Calls by outcome"), &["outcome"]).unwrap(),
+            setup_seconds: Histogram::with_opts(
+                HistogramOpts::new("bridge_call_setup_seconds", "Media Streams start to joined room")
+                    .buckets(exponential_buckets(0.005, 2.0, 12).unwrap()),
+            )
+            .unwrap(),
+            frames_in: IntCounter::new("bridge_frames_in_total", "20 ms frames from callers").unwrap(),
+            frames_out: IntCounter::new("bridge_frames_out_total", "20 ms frames sent to callers").unwrap(),
+            inbound_gap_frames: IntCounter::new("bridge_inbound_gap_frames_total", "Caller frames lost and filled with silence")
+                .unwrap(),
+            outbound_underruns: IntCounter::new("bridge_outbound_underruns_total", "Caller playback ran dry mid-utterance")
+                .unwrap(),
+            mark_rtt_seconds: Histogram::with_opts(
+                HistogramOpts::new("bridge_mark_rtt_seconds", "Mark sent to mark echoed (includes playback lead)")
+                    .buckets(exponential_buckets(0.005, 2.0, 12).unwrap()),
+            )
+            .unwrap(),
+            interrupt_to_clear_seconds: Histogram::with_opts(
+                HistogramOpts::new("bridge_interrupt_to_clear_seconds", "Interrupt received to Twilio clear sent")
+                    .buckets(ms_buckets()),
+            )
+            .unwrap(),
+            errors: IntCounterVec::new(Opts::new("bridge_errors_total", "Errors by kind"), &["kind"]).unwrap(),
+            registry,
+        };
+        let r = &m.registry;
+        r.register(Box::new(m.active_calls.clone())).unwrap();
+        r.register(Box::new(m.calls.clone())).unwrap();
+        r.register(Box::new(m.setup_seconds.clone())).unwrap();
+        r.register(Box::new(m.frames_in.clone())).unwrap();
+        r.register(Box::new(m.frames_out.clone())).unwrap();
+        r.register(Box::new(m.inbound_gap_frames.clone())).unwrap();
+        r.register(Box::new(m.outbound_underruns.clone())).unwrap();
+        r.register(Box::new(m.mark_rtt_seconds.clone())).unwrap();
+        r.register(Box::new(m.interrupt_to_clear_seconds.clone())).unwrap();
+        r.register(Box::new(m.errors.clone())).unwrap();
+        m
+    }
+
+    pub fn error(&self, kind: &str) {
+        self.errors.with_label_values(&[kind]).inc();
+    }
+
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
