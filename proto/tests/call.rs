@@ -294,7 +294,7 @@ fn malformed_and_early_messages_are_counted_and_harmless() {
 fn stream_sid_that_is_not_twilios_ends_the_call() {
     let t0 = Instant::now();
     let mut call = CallSession::new(CallConfig::default());
-    let bad = start_msg().replace("MZ00000000000000000000000000000001", "MZ\"injected");
+    let bad = start_msg().replace("MZ00000000000000000000000000000001", r#"MZ\"injected"#);
     call.handle_twilio(&bad, t0).unwrap();
     assert!(matches!(call.poll_output(t0), Some(CallOutput::End(EndReason::BadStart(_)))));
 }
