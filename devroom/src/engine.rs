@@ -49,7 +49,7 @@ pub struct JoinRequest {
 /// What the engine queues for a signal session.
 #[derive(Debug)]
 pub enum Outbound {
-    Signal(lk::SignalResponse),
+    Signal(Box<lk::SignalResponse>),
     /// Close the WebSocket with this code and reason (after the queued messages).
     Close { code: u16, reason: String },
 }
@@ -71,7 +71,8 @@ pub struct Joined {
 
 type Reply<T> = oneshot::Sender<Result<T, ApiError>>;
 
-/// RoomService operations (see `twirp.rs`).
+/// RoomService operations (see `twirp.rs`). Transient: one per API call.
+#[allow(clippy::large_enum_variant)]
 pub enum Admin {
     CreateRoom(lk::CreateRoomRequest, Reply<lk::Room>),
     DeleteRoom(String, Reply<()>),
@@ -86,6 +87,7 @@ pub enum Admin {
     SendData(lk::SendDataRequest, Reply<()>),
 }
 
+#[allow(clippy::large_enum_variant)]
 pub enum Command {
     Join(JoinRequest, Reply<Joined>),
     Resume(ResumeRequest, Reply<Joined>),
@@ -175,7 +177,7 @@ impl Participant {
         if self.doomed.is_some() && !matches!(msg, Resp::Leave(_)) {
             return;
         }
-        match self.tx.try_send(Outbound::Signal(lk::SignalResponse { message: Some(msg) })) {
+        match self.tx.try_send(Outbound::Signal(Box::new(lk::SignalResponse { message: Some(msg) }))) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(_)) => {
                 tracing::warn!(identity = %self.info.identity, "signal queue full: dropping slow participant");

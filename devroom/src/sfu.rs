@@ -59,11 +59,7 @@ impl Engine {
                     }
                 }
             }
-            Event::MediaData(data) => {
-                if role == Role::Publisher {
-                    self.forward_media(key, data);
-                }
-            }
+            Event::MediaData(data) if role == Role::Publisher => self.forward_media(key, data),
             Event::ChannelOpen(id, label) => {
                 let Some(p) = self.parts.get_mut(&key) else {
                     return;

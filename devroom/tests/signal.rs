@@ -174,7 +174,7 @@ async fn signal_join_offer_ping_track_and_updates() {
     assert_eq!(offer.r#type, "offer");
     assert!(offer.sdp.contains("m=application"), "{}", offer.sdp);
     assert!(offer.sdp.contains("a=ice-lite"), "{}", offer.sdp);
-    assert!(offer.sdp.contains(&format!("a=candidate:")), "{}", offer.sdp);
+    assert!(offer.sdp.contains("a=candidate:"), "{}", offer.sdp);
 
     send(&mut a, Req::PingReq(lk::Ping { timestamp: 1234, rtt: 0 })).await;
     let pong = wait_for(&mut a, |m| match m {
