@@ -160,6 +160,13 @@ pub trait TtsProvider: Send + Sync {
 /// Extracted form fields, by name.
 pub type Fields = BTreeMap<String, String>;
 
+pub mod cartesia;
+pub mod deepgram;
+pub mod elevenlabs;
+pub mod http_util;
+pub mod openai_chat;
+pub mod openai_realtime;
+
 // offline stack (no keys needed)
 pub mod offline_stt;
 pub mod offline_tts;
