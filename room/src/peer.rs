@@ -354,6 +354,7 @@ impl Peer {
 
     /// Subscriber: answer the server's offer. Returns the answer SDP and the offer's m-sections.
     pub(crate) fn accept_offer(&mut self, sdp: &str) -> Result<(String, Vec<SdpMedia>), RoomError> {
+        tracing::trace!(role = ?self.role, %sdp, "remote offer");
         let offer = SdpOffer::from_sdp_string(sdp).map_err(|e| RoomError::Protocol(format!("bad offer SDP: {e}")))?;
         let sections = sdp_media_sections(sdp);
         let answer = self.rtc.sdp_api().accept_offer(offer).map_err(|e| RoomError::Rtc(format!("accept offer: {e}")));
@@ -496,6 +497,9 @@ impl Peer {
                     return;
                 }
                 self.counters.audio_frames_in += 1;
+                if self.counters.audio_frames_in <= 3 {
+                    tracing::debug!(role = ?self.role, pt = ?d.params.pt(), len = d.data.len(), "first audio frames");
+                }
                 let rtp_time = d.time.rebase(str0m::media::Frequency::FORTY_EIGHT_KHZ).numer();
                 self.push_event(PeerEvent::Audio { mid: d.mid, rtp_time, payload: d.data });
             }
