@@ -232,6 +232,8 @@ pub struct Engine {
     pub(crate) next_key: u64,
     pub(crate) next_session: u64,
     pub(crate) webhooks: Webhooks,
+    /// Demultiplexing cache: remote address → peer (checked with `accepts` before use).
+    pub(crate) by_addr: HashMap<SocketAddr, (u64, Role)>,
 }
 
 /// Binds the RTC socket and starts the engine task.
@@ -249,6 +251,7 @@ pub async fn start(cfg: Arc<Config>, webhooks: Webhooks) -> anyhow::Result<Engin
         next_key: 1,
         next_session: 1,
         webhooks,
+        by_addr: HashMap::new(),
     };
     tokio::spawn(engine.run(rx));
     Ok(EngineHandle {
@@ -307,14 +310,30 @@ impl Engine {
                 contents,
             },
         );
-        let target = self.parts.values().find_map(|p| {
-            if p.publisher.accepts(&input) {
-                Some((p.key, Role::Publisher))
-            } else if p.subscriber.accepts(&input) {
-                Some((p.key, Role::Subscriber))
-            } else {
-                None
+        let cached = self.by_addr.get(&source).copied().filter(|(k, role)| {
+            self.parts.get(k).is_some_and(|p| match role {
+                Role::Publisher => p.publisher.accepts(&input),
+                Role::Subscriber => p.subscriber.accepts(&input),
+            })
+        });
+        let target = cached.or_else(|| {
+            let found = self.parts.values().find_map(|p| {
+                if p.publisher.accepts(&input) {
+                    Some((p.key, Role::Publisher))
+                } else if p.subscriber.accepts(&input) {
+                    Some((p.key, Role::Subscriber))
+                } else {
+                    None
+                }
+            });
+            if let Some(t) = found {
+                if self.by_addr.len() > 4 * self.parts.len() + 64 {
+                    let parts = &self.parts;
+                    self.by_addr.retain(|_, (k, _)| parts.contains_key(k));
+                }
+                self.by_addr.insert(source, t);
             }
+            found
         });
         let Some((key, role)) = target else {
             tracing::trace!(%source, "no peer accepts datagram");
@@ -329,6 +348,7 @@ impl Engine {
                 tracing::warn!(identity = %p.info.identity, ?role, error = %e, "peer failed");
                 peer.rtc.disconnect();
             }
+            peer.dirty = true;
         }
     }
 
@@ -336,6 +356,7 @@ impl Engine {
         for p in self.parts.values_mut() {
             for peer in [&mut p.publisher, &mut p.subscriber] {
                 if peer.next_timeout <= now && peer.rtc.is_alive() {
+                    peer.dirty = true;
                     if let Err(e) = peer.rtc.handle_input(Input::Timeout(now)) {
                         tracing::warn!(identity = %p.info.identity, error = %e, "peer timeout handling failed");
                         peer.rtc.disconnect();
@@ -346,6 +367,21 @@ impl Engine {
     }
 
     fn on_command(&mut self, cmd: Command) {
+        // Commands may call into any peer (answers, candidates, offers, data): poll them next.
+        match &cmd {
+            Command::Signal { key, .. } => {
+                if let Some(p) = self.parts.get_mut(key) {
+                    p.publisher.dirty = true;
+                    p.subscriber.dirty = true;
+                }
+            }
+            _ => {
+                for p in self.parts.values_mut() {
+                    p.publisher.dirty = true;
+                    p.subscriber.dirty = true;
+                }
+            }
+        }
         match cmd {
             Command::Join(req, reply) => {
                 let res = self.join(req);

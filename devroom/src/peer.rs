@@ -63,6 +63,9 @@ pub struct Peer {
     pub role: Role,
     /// Earliest time this peer wants an `Input::Timeout`.
     pub next_timeout: Instant,
+    /// Input was given or an API call made since the last poll: poll it (only such peers and
+    /// those whose timeout passed are polled, so idle peers cost nothing per packet).
+    pub dirty: bool,
     /// Subscriber only: the offer we sent and wait an answer for.
     pub pending: Option<SdpPendingOffer>,
     /// Data channel ids by kind: for the publisher those the client opened,
@@ -88,6 +91,7 @@ impl Peer {
             rtc,
             role,
             next_timeout: now,
+            dirty: true,
             pending: None,
             channels: HashMap::new(),
             open_channels: HashMap::new(),

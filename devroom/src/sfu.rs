@@ -23,9 +23,13 @@ impl Engine {
     pub(crate) fn drive(&mut self) {
         for _ in 0..MAX_ROUNDS {
             let mut events = Vec::new();
+            let now = Instant::now();
             for p in self.parts.values_mut() {
-                poll_peer(&self.socket, &mut p.publisher, p.key, &mut events);
-                poll_peer(&self.socket, &mut p.subscriber, p.key, &mut events);
+                for peer in [&mut p.publisher, &mut p.subscriber] {
+                    if peer.dirty || peer.next_timeout <= now {
+                        poll_peer(&self.socket, peer, p.key, &mut events);
+                    }
+                }
             }
             let negotiated = self.negotiate_all();
             if events.is_empty() && !negotiated {
@@ -39,6 +43,8 @@ impl Engine {
         let now = Instant::now();
         for p in self.parts.values_mut() {
             p.publisher.next_timeout = now;
+            p.publisher.dirty = true;
+            p.subscriber.dirty = true;
         }
     }
 
@@ -112,6 +118,7 @@ impl Engine {
                     if let Some(mut w) = p.publisher.rtc.writer(src.1) {
                         let _ = w.request_keyframe(None, req.kind);
                     }
+                    p.publisher.dirty = true;
                 }
             }
             _ => {}
@@ -158,6 +165,7 @@ impl Engine {
                 if let Some(mut w) = p.publisher.rtc.writer(data.mid) {
                     let _ = w.request_keyframe(data.rid, KeyframeRequestKind::Pli);
                 }
+                p.publisher.dirty = true;
             }
         }
         for other in self.others(key) {
@@ -170,6 +178,7 @@ impl Engine {
             }) else {
                 continue;
             };
+            o.subscriber.dirty = true;
             let Some(w) = o.subscriber.rtc.writer(out_mid) else {
                 continue;
             };
@@ -343,6 +352,7 @@ impl Engine {
         if change.add.is_empty() && change.stop.is_empty() && !change.data_channels {
             return false;
         }
+        p.subscriber.dirty = true;
         let Some((sdp, mids)) = p.subscriber.create_subscriber_offer(&change) else {
             return false;
         };
@@ -404,6 +414,7 @@ pub(crate) fn deliver_data(p: &mut Participant, kind: DataKind, encoded: &Arc<[u
         }
         return;
     };
+    p.subscriber.dirty = true;
     let Some(mut ch) = p.subscriber.rtc.channel(id) else {
         return;
     };
@@ -422,6 +433,7 @@ fn poll_peer(socket: &UdpSocket, peer: &mut Peer, key: u64, events: &mut Vec<(u6
     let far = Instant::now() + Duration::from_secs(3600);
     if !peer.rtc.is_alive() {
         peer.next_timeout = far;
+        peer.dirty = false;
         return;
     }
     loop {
@@ -433,6 +445,7 @@ fn poll_peer(socket: &UdpSocket, peer: &mut Peer, key: u64, events: &mut Vec<(u6
             }
             Ok(Output::Timeout(t)) => {
                 peer.next_timeout = t;
+                peer.dirty = false;
                 return;
             }
             Ok(Output::Event(e)) => events.push((key, peer.role, e)),
@@ -440,6 +453,7 @@ fn poll_peer(socket: &UdpSocket, peer: &mut Peer, key: u64, events: &mut Vec<(u6
                 tracing::warn!(role = ?peer.role, error = %e, "peer failed; disconnecting it");
                 peer.rtc.disconnect();
                 peer.next_timeout = far;
+                peer.dirty = false;
                 return;
             }
         }
