@@ -624,7 +624,8 @@ impl Engine {
 
         // Subscribe to what is already published.
         if p.auto_subscribe && can_subscribe {
-            for o in others.iter().filter_map(|k| self.parts.get(k)) {
+            // Hidden participants are invisible to others, so are their tracks.
+            for o in others.iter().filter_map(|k| self.parts.get(k)).filter(|o| !o.info.permission.hidden) {
                 for t in o.tracks.iter().filter(|t| t.published()) {
                     p.down.push(DownTrack::new(o, t));
                 }
@@ -749,7 +750,10 @@ impl Engine {
                 Some(t.to_proto()),
             );
         }
-        self.webhooks.emit("participant_left", room_proto, Some(info), None);
+        // Paired with participant_joined (sent when it became ACTIVE).
+        if p.joined_webhook_sent {
+            self.webhooks.emit("participant_left", room_proto, Some(info), None);
+        }
         // Dropping `p` drops its signal sender: the session closes the WebSocket.
     }
 
@@ -934,13 +938,14 @@ impl Engine {
         };
         tracing::info!(identity = %p.info.identity, sid = %t.sid, mime = %t.mime_type, "track published");
         let info = p.proto();
+        let hidden = p.info.permission.hidden;
         // Participant updates go out before the subscriber offers that carry the track.
         self.broadcast_info(key, false);
         let pub_snapshot = DownTrackSource {
             key,
             sid: info.sid.clone(),
         };
-        for other in self.others(key) {
+        for other in self.others(key).into_iter().filter(|_| !hidden) {
             if let Some(o) = self.parts.get_mut(&other) {
                 if o.auto_subscribe && o.info.permission.can_subscribe {
                     o.down.push(DownTrack::from_parts(&pub_snapshot, &t));
