@@ -166,12 +166,13 @@ enum Command {
         reply: oneshot::Sender<Result<(), RoomError>>,
     },
     Unpublish { cid: Arc<str> },
+    Subscribe { track_sids: Vec<String>, subscribe: bool, reply: oneshot::Sender<Result<(), RoomError>> },
     SimulateSignalDrop,
     Close { reply: oneshot::Sender<()> },
 }
 
 /// A joined LiveKit room. Cheap to clone; the room ends on [`Room::close`], when the server
-/// says so, or when every handle is dropped.
+/// says so, or when every handle and every [`AudioSink`] is dropped.
 #[derive(Clone)]
 pub struct Room {
     cmd_tx: mpsc::Sender<Command>,
@@ -269,6 +270,7 @@ impl Room {
             sub_mids: HashMap::new(),
             subscribed: HashMap::new(),
             remotes: HashMap::new(),
+            wanted_subscriptions: HashSet::new(),
             data_queue: VecDeque::new(),
             reliable_seq: 1,
             ping_interval,
@@ -282,7 +284,18 @@ impl Room {
         engine.on_join_participants(join.other_participants.clone());
         engine.start_negotiation();
 
-        tokio::spawn(engine.run(pub_sock, sub_sock, cmd_rx, audio_rx));
+        // The driver should never panic (str0m promises not to on any input, and we never
+        // unwrap untrusted data); if it does anyway, the application still gets `Disconnected`.
+        let watch_tx = engine.events_tx.clone();
+        let driver = tokio::spawn(engine.run(pub_sock, sub_sock, cmd_rx, audio_rx));
+        tokio::spawn(async move {
+            if let Err(e) = driver.await {
+                if e.is_panic() {
+                    tracing::error!("room driver panicked");
+                    let _ = watch_tx.try_send(RoomEvent::Disconnected(DisconnectReason::PeerConnectionFailed("internal error".into())));
+                }
+            }
+        });
 
         let handle = Room { cmd_tx, audio_tx, shared };
         match tokio::time::timeout(options.connect_timeout, ready_rx).await {
@@ -394,6 +407,13 @@ impl Room {
         self.request(|reply| Command::UpdateMetadata { metadata, name: None, attributes: HashMap::new(), reply }).await
     }
 
+    /// Subscribe to (or unsubscribe from) remote tracks by sid — for rooms joined with
+    /// `auto_subscribe: false`, or to stop receiving a track. Subscriptions show up as
+    /// [`RoomEvent::TrackSubscribed`] / [`RoomEvent::TrackUnsubscribed`].
+    pub async fn set_subscribed(&self, track_sids: Vec<String>, subscribe: bool) -> Result<(), RoomError> {
+        self.request(|reply| Command::Subscribe { track_sids, subscribe, reply }).await
+    }
+
     /// Leave the room cleanly (`leave`, DTLS close) and stop the driver. Idempotent.
     pub async fn close(&self) {
         let (tx, rx) = oneshot::channel();
@@ -486,6 +506,8 @@ struct Engine {
     sub_mids: HashMap<String, SdpMedia>,
     subscribed: HashMap<String, Subscribed>,
     remotes: HashMap<String, proto::ParticipantInfo>,
+    /// Tracks subscribed explicitly (re-sent in `sync_state` after a resume).
+    wanted_subscriptions: HashSet<String>,
     // data
     data_queue: VecDeque<QueuedData>,
     reliable_seq: u32,
@@ -700,6 +722,21 @@ impl Engine {
                         None => self.pending_media.retain(|c| *c != cid),
                     }
                 }
+            }
+            Command::Subscribe { track_sids, subscribe, reply } => {
+                if self.signal.is_none() {
+                    let _ = reply.send(Err(RoomError::Connect("signalling down".into())));
+                    return;
+                }
+                if subscribe {
+                    self.wanted_subscriptions.extend(track_sids.iter().cloned());
+                } else {
+                    for t in &track_sids {
+                        self.wanted_subscriptions.remove(t);
+                    }
+                }
+                self.send_signal(Request::Subscription(proto::UpdateSubscription { track_sids, subscribe, participant_tracks: vec![] }));
+                let _ = reply.send(Ok(()));
             }
             Command::SimulateSignalDrop => {
                 if let Some(s) = self.signal.take() {
@@ -1362,7 +1399,9 @@ impl Engine {
     fn send_sync_state(&mut self) {
         let answer = self.subscriber.last_local_sdp.clone().map(|(t, sdp)| proto::SessionDescription { r#type: t, sdp, ..Default::default() });
         let offer = self.publisher.last_local_sdp.clone().map(|(t, sdp)| proto::SessionDescription { r#type: t, sdp, ..Default::default() });
-        let track_sids: Vec<String> = self.subscribed.keys().cloned().collect();
+        let mut track_sids: HashSet<String> = self.subscribed.keys().cloned().collect();
+        track_sids.extend(self.wanted_subscriptions.iter().cloned());
+        let track_sids: Vec<String> = track_sids.into_iter().collect();
         let publish_tracks = self
             .local_tracks
             .values()

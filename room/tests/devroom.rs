@@ -277,3 +277,37 @@ async fn attributes_metadata_and_removal() {
     assert!(agent.remote_participants().is_empty());
     agent.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn manual_subscription() {
+    common::init_tracing();
+    let dev = Devroom::start().await;
+    let (alice, _a) = Room::connect(&dev.url(), &dev.token("manual", "alice"), RoomOptions::default()).await.expect("alice");
+    let opts = RoomOptions { auto_subscribe: false, ..Default::default() };
+    let (bob, mut bob_ev) = Room::connect(&dev.url(), &dev.token("manual", "bob"), opts).await.expect("bob");
+    let mut sink = alice.publish_audio(AudioTrackOptions { sample_rate: 8_000, ..Default::default() }).await.expect("publish");
+    let sid = sink.track_sid().to_string();
+    let pusher = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(20));
+        for f in 0..300 {
+            tick.tick().await;
+            let _ = sink.push(&tone(440.0, 8_000, f * 160, 160, 8000.0)).await;
+        }
+    });
+    next_matching(&mut bob_ev, "TrackPublished", |e| matches!(e, RoomEvent::TrackPublished { track, .. } if track.sid == sid)).await;
+    // Not subscribed: nothing arrives for a while.
+    let quiet = tokio::time::timeout(Duration::from_millis(1500), next_matching(&mut bob_ev, "", |e| matches!(e, RoomEvent::TrackSubscribed { .. }))).await;
+    assert!(quiet.is_err(), "subscribed without asking");
+
+    bob.set_subscribed(vec![sid.clone()], true).await.unwrap();
+    let ev = next_matching(&mut bob_ev, "TrackSubscribed", |e| matches!(e, RoomEvent::TrackSubscribed { .. })).await;
+    let RoomEvent::TrackSubscribed { track, .. } = ev else { unreachable!() };
+    let mut stream = track.stream(8_000).unwrap();
+    assert!(tokio::time::timeout(Duration::from_secs(5), stream.recv()).await.expect("audio").is_some());
+
+    bob.set_subscribed(vec![sid.clone()], false).await.unwrap();
+    next_matching(&mut bob_ev, "TrackUnsubscribed", |e| matches!(e, RoomEvent::TrackUnsubscribed { track_sid, .. } if *track_sid == sid)).await;
+    pusher.abort();
+    alice.close().await;
+    bob.close().await;
+}
