@@ -610,7 +610,6 @@ async fn reply_task(
             }
         }
     }
-    drop(send_sentence);
     drop(sent_tx);
     let ok = speaker.await.unwrap_or(false);
     let _ = player.send(PlayerCmd::End { reply }).await;
@@ -706,6 +705,7 @@ impl Session {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn record_turn(
         &mut self,
         role: &str,
@@ -1255,10 +1255,10 @@ async fn converse(
                     RoomEvent::ParticipantDisconnected(pp) if pp.identity == phone_id => {
                         s.outcome = Some("caller_hung_up".into());
                     }
-                    RoomEvent::AttributesChanged { participant, changed } if participant.identity == phone_id => {
-                        if changed.get("sip.callStatus").is_some_and(|v| v == "hangup") {
-                            s.outcome = Some("caller_hung_up".into());
-                        }
+                    RoomEvent::AttributesChanged { participant, changed }
+                        if participant.identity == phone_id && changed.get("sip.callStatus").is_some_and(|v| v == "hangup") =>
+                    {
+                        s.outcome = Some("caller_hung_up".into());
                     }
                     RoomEvent::Disconnected(r) => {
                         tracing::info!(reason = ?r, "room disconnected");

@@ -4,6 +4,7 @@ use agent::metrics::TurnTimings;
 use agent::record::{CallInfo, Recorder, TurnRow};
 
 #[test]
+#[allow(clippy::type_complexity)]
 fn call_record_is_written_per_turn() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("calls.db");

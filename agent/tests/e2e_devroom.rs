@@ -283,30 +283,48 @@ async fn agent_answers_a_phone_participant_in_devroom() {
     );
 
     let mut turn_latency = Vec::new();
+    let mut repeats = 0;
     for (i, pcm) in speech.into_iter().enumerate() {
-        let spoken_for = Duration::from_millis(pcm.len() as u64 / 16);
-        let frames_before = seen.frames.len();
-        say_tx.send(pcm).await.unwrap();
-        let said_at = Instant::now();
-        let replied = wait_agent_done(
-            &mut obs,
-            &mut seen,
-            Duration::from_millis(1200),
-            Duration::from_secs(40),
-        )
-        .await;
-        assert!(
-            replied,
-            "no reply to line {i} ({:?}); transcripts {:?}",
-            lines[i], seen.transcripts
-        );
-        // Latency: end of the caller's speech → first loud agent frame after it.
-        let end_of_speech = said_at + spoken_for;
-        if let Some((t, _)) = seen.frames[frames_before..]
-            .iter()
-            .find(|(t, l)| *t > end_of_speech && *l > -40.0)
-        {
-            turn_latency.push(t.duration_since(end_of_speech));
+        // Like a real caller, say it again when the agent did not catch it (the offline
+        // recogniser is not perfect on synthetic speech); at most twice per call.
+        for attempt in 0..3 {
+            let spoken_for = Duration::from_millis(pcm.len() as u64 / 16);
+            let frames_before = seen.frames.len();
+            let transcripts_before = seen.transcripts.len();
+            say_tx.send(pcm.clone()).await.unwrap();
+            let said_at = Instant::now();
+            let replied = wait_agent_done(
+                &mut obs,
+                &mut seen,
+                Duration::from_millis(1200),
+                Duration::from_secs(40),
+            )
+            .await;
+            assert!(
+                replied,
+                "no reply to line {i} ({:?}); transcripts {:?}",
+                lines[i], seen.transcripts
+            );
+            // Latency: end of the caller's speech → first loud agent frame after it.
+            let end_of_speech = said_at + spoken_for;
+            if let Some((t, _)) = seen.frames[frames_before..]
+                .iter()
+                .find(|(t, l)| *t > end_of_speech && *l > -40.0)
+            {
+                turn_latency.push(t.duration_since(end_of_speech));
+            }
+            let misheard = seen.transcripts[transcripts_before..]
+                .iter()
+                .any(|(r, t, _, _)| r == "assistant" && t.contains("did not catch"));
+            if !misheard {
+                break;
+            }
+            repeats += 1;
+            assert!(
+                attempt < 2 && repeats <= 2,
+                "misheard too often; transcripts {:?}",
+                seen.transcripts
+            );
         }
     }
     eprintln!("caller end of speech → first agent audio at the phone: {turn_latency:?}");
@@ -413,7 +431,7 @@ async fn agent_answers_a_phone_participant_in_devroom() {
             r.get(0)
         })
         .unwrap();
-    assert_eq!(users, 4);
+    assert_eq!(users, 4 + repeats);
     let timed: i64 = conn
         .query_row(
             "SELECT count(*) FROM turns WHERE role = 'assistant' AND eos_to_push_ms IS NOT NULL",
@@ -422,6 +440,18 @@ async fn agent_answers_a_phone_participant_in_devroom() {
         )
         .unwrap();
     assert!(timed >= 3, "assistant turns with latency: {timed}");
+    // Per-turn latency as the agent measured it (printed for the record; run with --nocapture).
+    let mut st = conn
+        .prepare("SELECT seq, eos_to_stt_ms, stt_to_llm_ms, llm_to_tts_ms, tts_to_push_ms, eos_to_push_ms FROM turns WHERE role = 'assistant' AND eos_to_push_ms IS NOT NULL ORDER BY seq")
+        .unwrap();
+    let rows: Vec<Vec<Option<i64>>> = st
+        .query_map([], |r| (0..6).map(|i| r.get::<_, Option<i64>>(i)).collect())
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    for r in &rows {
+        eprintln!("turn {:?}: eos→stt {:?} ms, stt→llm {:?} ms, llm→tts {:?} ms, tts→push {:?} ms, eos→push {:?} ms", r[0], r[1], r[2], r[3], r[4], r[5]);
+    }
     let nfields: i64 = conn
         .query_row("SELECT count(*) FROM fields", [], |r| r.get(0))
         .unwrap();

@@ -34,6 +34,7 @@ fn job(id: &str, room: &str) -> lk::Job {
 }
 
 #[tokio::test]
+#[allow(deprecated, clippy::result_large_err)]
 async fn worker_registers_accepts_jobs_and_reports_status() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
