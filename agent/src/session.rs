@@ -1255,6 +1255,17 @@ async fn converse(
                     RoomEvent::ParticipantDisconnected(pp) if pp.identity == phone_id => {
                         s.outcome = Some("caller_hung_up".into());
                     }
+                    RoomEvent::TrackSubscribed { track, participant } if participant.identity == phone_id => {
+                        // The caller's track was republished (e.g. the bridge reconnected).
+                        match track.stream(stt_rate) {
+                            Ok(a) => {
+                                tracing::info!(track = %track.sid(), "caller audio track (re)subscribed");
+                                audio = a;
+                                audio_open = true;
+                            }
+                            Err(e) => tracing::warn!(error = %e, "cannot decode the caller's new track"),
+                        }
+                    }
                     RoomEvent::AttributesChanged { participant, changed }
                         if participant.identity == phone_id && changed.get("sip.callStatus").is_some_and(|v| v == "hangup") =>
                     {
