@@ -51,13 +51,16 @@ pub struct Cli {
     /// Worker mode: most calls at once (beyond it the worker reports itself full).
     #[arg(long, env = "AGENT_MAX_JOBS", default_value_t = 8)]
     pub max_jobs: u32,
-    /// Speech recogniser: `auto` (a cloud one when its key is set, else offline) or `offline`.
+    /// Speech recogniser: `auto` (Deepgram when DEEPGRAM_API_KEY is set, else offline),
+    /// `offline` (pocketsphinx) or `deepgram`.
     #[arg(long, env = "AGENT_STT", default_value = "auto")]
     pub stt: String,
-    /// Language model: `auto` or `rules` (the offline rule-based dialog).
+    /// Language model: `auto` (OpenAI, then Groq, by key; else rules), `rules` (the offline
+    /// rule-based dialog), `openai` or `groq`.
     #[arg(long, env = "AGENT_LLM", default_value = "auto")]
     pub llm: String,
-    /// Speech synthesiser: `auto` or `offline` (espeak-ng).
+    /// Speech synthesiser: `auto` (Cartesia with CARTESIA_API_KEY + CARTESIA_VOICE_ID, then
+    /// ElevenLabs, by key; else offline), `offline` (espeak-ng), `cartesia` or `elevenlabs`.
     #[arg(long, env = "AGENT_TTS", default_value = "auto")]
     pub tts: String,
     /// How long to wait for the phone participant after joining, in seconds.

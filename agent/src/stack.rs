@@ -1,17 +1,36 @@
-//! Which STT / LLM / TTS a call uses. With no vendor keys in the environment everything is
-//! offline: pocketsphinx, the rule-based dialog, espeak-ng.
+//! Which STT / LLM / TTS a call uses.
+//!
+//! `--stt/--llm/--tts auto` (the default) picks a cloud provider when its key is in the
+//! environment and the offline one otherwise, so with no keys at all everything is offline:
+//! pocketsphinx, the rule-based dialog, espeak-ng.
+//!
+//! | choice | needs | optional |
+//! |---|---|---|
+//! | stt `deepgram` | `DEEPGRAM_API_KEY` | `DEEPGRAM_BASE_URL` |
+//! | llm `openai` | `OPENAI_API_KEY` | `OPENAI_MODEL` (gpt-4o-mini), `OPENAI_BASE_URL` |
+//! | llm `groq` | `GROQ_API_KEY` | `GROQ_MODEL` (llama-3.3-70b-versatile), `GROQ_BASE_URL` |
+//! | tts `cartesia` | `CARTESIA_API_KEY`, `CARTESIA_VOICE_ID` | `CARTESIA_BASE_URL` |
+//! | tts `elevenlabs` | `ELEVENLABS_API_KEY` | `ELEVENLABS_VOICE_ID`, `ELEVENLABS_BASE_URL` |
+//!
+//! `auto` prefers, in order: deepgram; openai, groq; cartesia, elevenlabs.
 
 use std::sync::Arc;
 
 use crate::config::{AgentSpec, Cli};
+use crate::providers::cartesia::{CartesiaConfig, CartesiaTts};
+use crate::providers::deepgram::{DeepgramConfig, DeepgramStt};
+use crate::providers::elevenlabs::{ElevenLabsConfig, ElevenLabsTts};
 use crate::providers::offline_stt::OfflineStt;
 use crate::providers::offline_tts::OfflineTts;
+use crate::providers::openai_chat::{ChatConfig, OpenAiChat};
 use crate::providers::rules_llm::RulesLlm;
 use crate::providers::{LlmProvider, SttProvider, TtsProvider};
 use crate::vad::VadConfig;
 
 /// Output rate of the offline TTS (espeak's 22 050 Hz resampled): wideband, cheap for Opus.
 pub const OFFLINE_TTS_RATE: u32 = 16_000;
+/// ElevenLabs' premade "Rachel" voice, used when `ELEVENLABS_VOICE_ID` is not set.
+pub const ELEVENLABS_DEFAULT_VOICE: &str = "21m00Tcm4TlvDq8ikWAM";
 
 #[derive(Clone)]
 pub struct Stack {
@@ -20,47 +39,272 @@ pub struct Stack {
     pub tts: Arc<dyn TtsProvider>,
 }
 
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Choice {
+    pub stt: &'static str,
+    pub llm: &'static str,
+    pub tts: &'static str,
+}
+
+/// Decide the providers from the three flags and the environment (`env(name)` → value).
+pub fn choose(
+    stt: &str,
+    llm: &str,
+    tts: &str,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<Choice, String> {
+    let has = |k: &str| env(k).is_some_and(|v| !v.trim().is_empty());
+    let need = |what: &str, keys: &[&str]| -> Result<(), String> {
+        match keys.iter().find(|k| !has(k)) {
+            Some(k) => Err(format!("{what} needs {k}")),
+            None => Ok(()),
+        }
+    };
+    let stt = match stt {
+        "auto" => {
+            if has("DEEPGRAM_API_KEY") {
+                "deepgram"
+            } else {
+                "offline"
+            }
+        }
+        "offline" | "pocketsphinx" => "offline",
+        "deepgram" => {
+            need("--stt deepgram", &["DEEPGRAM_API_KEY"])?;
+            "deepgram"
+        }
+        other => return Err(format!("--stt {other:?}: use auto, offline or deepgram")),
+    };
+    let llm = match llm {
+        "auto" => {
+            if has("OPENAI_API_KEY") {
+                "openai"
+            } else if has("GROQ_API_KEY") {
+                "groq"
+            } else {
+                "rules"
+            }
+        }
+        "rules" | "offline" => "rules",
+        "openai" => {
+            need("--llm openai", &["OPENAI_API_KEY"])?;
+            "openai"
+        }
+        "groq" => {
+            need("--llm groq", &["GROQ_API_KEY"])?;
+            "groq"
+        }
+        other => return Err(format!("--llm {other:?}: use auto, rules, openai or groq")),
+    };
+    let tts = match tts {
+        "auto" => {
+            if has("CARTESIA_API_KEY") && has("CARTESIA_VOICE_ID") {
+                "cartesia"
+            } else if has("ELEVENLABS_API_KEY") {
+                "elevenlabs"
+            } else {
+                "offline"
+            }
+        }
+        "offline" | "espeak" | "espeak-ng" => "offline",
+        "cartesia" => {
+            need("--tts cartesia", &["CARTESIA_API_KEY", "CARTESIA_VOICE_ID"])?;
+            "cartesia"
+        }
+        "elevenlabs" => {
+            need("--tts elevenlabs", &["ELEVENLABS_API_KEY"])?;
+            "elevenlabs"
+        }
+        other => {
+            return Err(format!(
+                "--tts {other:?}: use auto, offline, cartesia or elevenlabs"
+            ))
+        }
+    };
+    Ok(Choice { stt, llm, tts })
+}
+
 impl Stack {
     /// The offline stack for `spec`.
     pub fn offline(spec: &Arc<AgentSpec>) -> anyhow::Result<Stack> {
-        let model = OfflineStt::model_for(spec)?;
-        Ok(Stack {
-            stt: Arc::new(OfflineStt::new(model, VadConfig::from_turn(&spec.turn))),
-            llm: Arc::new(RulesLlm::new(spec.clone())),
-            tts: Arc::new(OfflineTts::new(
+        let c = Choice {
+            stt: "offline",
+            llm: "rules",
+            tts: "offline",
+        };
+        Stack::build(&c, spec, |_| None)
+    }
+
+    /// What the command line / environment asks for.
+    pub fn from_cli(cli: &Cli, spec: &Arc<AgentSpec>) -> anyhow::Result<Stack> {
+        let env = |k: &str| std::env::var(k).ok();
+        let c = choose(&cli.stt, &cli.llm, &cli.tts, env).map_err(anyhow::Error::msg)?;
+        Stack::build(&c, spec, env)
+    }
+
+    pub fn build(
+        c: &Choice,
+        spec: &Arc<AgentSpec>,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> anyhow::Result<Stack> {
+        let get = |k: &str| env(k).filter(|v| !v.trim().is_empty());
+        let key = |k: &str| get(k).unwrap_or_default();
+        let stt: Arc<dyn SttProvider> = match c.stt {
+            "deepgram" => {
+                let mut cfg = DeepgramConfig::new(key("DEEPGRAM_API_KEY"));
+                if let Some(b) = get("DEEPGRAM_BASE_URL") {
+                    cfg.base_url = b;
+                }
+                Arc::new(DeepgramStt::new(cfg))
+            }
+            _ => Arc::new(OfflineStt::new(
+                OfflineStt::model_for(spec)?,
+                VadConfig::from_turn(&spec.turn),
+            )),
+        };
+        let llm: Arc<dyn LlmProvider> = match c.llm {
+            "openai" => {
+                let mut cfg = ChatConfig::openai(
+                    key("OPENAI_API_KEY"),
+                    get("OPENAI_MODEL").unwrap_or_else(|| "gpt-4o-mini".into()),
+                );
+                if let Some(b) = get("OPENAI_BASE_URL") {
+                    cfg.base_url = b;
+                }
+                Arc::new(OpenAiChat::new(cfg))
+            }
+            "groq" => {
+                let mut cfg = ChatConfig::groq(
+                    key("GROQ_API_KEY"),
+                    get("GROQ_MODEL").unwrap_or_else(|| "llama-3.3-70b-versatile".into()),
+                );
+                if let Some(b) = get("GROQ_BASE_URL") {
+                    cfg.base_url = b;
+                }
+                Arc::new(OpenAiChat::new(cfg))
+            }
+            _ => Arc::new(RulesLlm::new(spec.clone())),
+        };
+        let tts: Arc<dyn TtsProvider> = match c.tts {
+            "cartesia" => {
+                let mut cfg =
+                    CartesiaConfig::new(key("CARTESIA_API_KEY"), key("CARTESIA_VOICE_ID"));
+                if let Some(b) = get("CARTESIA_BASE_URL") {
+                    cfg.base_url = b;
+                }
+                Arc::new(CartesiaTts::new(cfg))
+            }
+            "elevenlabs" => {
+                let voice =
+                    get("ELEVENLABS_VOICE_ID").unwrap_or_else(|| ELEVENLABS_DEFAULT_VOICE.into());
+                let mut cfg = ElevenLabsConfig::new(key("ELEVENLABS_API_KEY"), voice);
+                if let Some(b) = get("ELEVENLABS_BASE_URL") {
+                    cfg.base_url = b;
+                }
+                Arc::new(ElevenLabsTts::new(cfg))
+            }
+            _ => Arc::new(OfflineTts::new(
                 &spec.voice.espeak_voice,
                 spec.voice.espeak_wpm,
                 OFFLINE_TTS_RATE,
             )),
-        })
+        };
+        Ok(Stack { stt, llm, tts })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let m: std::collections::HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |k| m.get(k).cloned()
     }
 
-    /// What the command line / environment asks for. Cloud providers are chosen when their
-    /// keys are set and `auto` is asked; until they are wired in here, `auto` is offline.
-    pub fn from_cli(cli: &Cli, spec: &Arc<AgentSpec>) -> anyhow::Result<Stack> {
-        for (what, v) in [("stt", &cli.stt), ("llm", &cli.llm), ("tts", &cli.tts)] {
-            let ok = match what {
-                "stt" => ["auto", "offline", "pocketsphinx"].contains(&v.as_str()),
-                "llm" => ["auto", "rules", "offline"].contains(&v.as_str()),
-                _ => ["auto", "offline", "espeak", "espeak-ng"].contains(&v.as_str()),
-            };
-            if !ok {
-                anyhow::bail!("--{what} {v:?}: this build offers auto or offline");
+    #[test]
+    fn no_keys_means_offline() {
+        let c = choose("auto", "auto", "auto", env(&[])).unwrap();
+        assert_eq!(
+            c,
+            Choice {
+                stt: "offline",
+                llm: "rules",
+                tts: "offline"
             }
-        }
-        let keys: Vec<&str> = [
-            "DEEPGRAM_API_KEY",
-            "OPENAI_API_KEY",
-            "GROQ_API_KEY",
-            "CARTESIA_API_KEY",
-            "ELEVENLABS_API_KEY",
-        ]
-        .into_iter()
-        .filter(|k| std::env::var(k).is_ok_and(|v| !v.is_empty()))
-        .collect();
-        if !keys.is_empty() {
-            tracing::warn!(?keys, "vendor keys are set but the cloud stack is not wired into `agent` yet; using the offline stack");
-        }
-        Stack::offline(spec)
+        );
+    }
+
+    #[test]
+    fn keys_pick_cloud_providers() {
+        let e = env(&[
+            ("DEEPGRAM_API_KEY", "d"),
+            ("GROQ_API_KEY", "g"),
+            ("ELEVENLABS_API_KEY", "e"),
+            ("CARTESIA_API_KEY", "c"),
+        ]);
+        // Cartesia without a voice id is not chosen automatically.
+        assert_eq!(
+            choose("auto", "auto", "auto", &e).unwrap(),
+            Choice {
+                stt: "deepgram",
+                llm: "groq",
+                tts: "elevenlabs"
+            }
+        );
+        let e2 = env(&[
+            ("OPENAI_API_KEY", "o"),
+            ("GROQ_API_KEY", "g"),
+            ("CARTESIA_API_KEY", "c"),
+            ("CARTESIA_VOICE_ID", "v"),
+        ]);
+        assert_eq!(
+            choose("auto", "auto", "auto", &e2).unwrap(),
+            Choice {
+                stt: "offline",
+                llm: "openai",
+                tts: "cartesia"
+            }
+        );
+        // Forced offline despite keys.
+        assert_eq!(
+            choose("offline", "rules", "offline", &e2).unwrap(),
+            Choice {
+                stt: "offline",
+                llm: "rules",
+                tts: "offline"
+            }
+        );
+        assert!(choose("deepgram", "auto", "auto", env(&[]))
+            .unwrap_err()
+            .contains("DEEPGRAM_API_KEY"));
+        assert!(choose(
+            "auto",
+            "auto",
+            "cartesia",
+            env(&[("CARTESIA_API_KEY", "c")])
+        )
+        .unwrap_err()
+        .contains("CARTESIA_VOICE_ID"));
+        assert!(choose("whisper", "auto", "auto", env(&[])).is_err());
+    }
+
+    #[test]
+    fn cloud_stack_builds_with_base_urls() {
+        let spec = Arc::new(AgentSpec::load(None).unwrap());
+        let e = env(&[
+            ("DEEPGRAM_API_KEY", "d"),
+            ("OPENAI_API_KEY", "o"),
+            ("ELEVENLABS_API_KEY", "e"),
+            ("OPENAI_BASE_URL", "http://127.0.0.1:1/v1"),
+        ]);
+        let c = choose("auto", "auto", "auto", &e).unwrap();
+        let s = Stack::build(&c, &spec, &e).unwrap();
+        assert_eq!((s.stt.name(), s.stt.input_rate()), ("deepgram", 8000));
+        assert_eq!(s.llm.name(), "openai");
+        assert_eq!(s.tts.name(), "elevenlabs");
     }
 }
