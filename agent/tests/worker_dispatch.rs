@@ -217,3 +217,192 @@ async fn recv_any(
         }
     }
 }
+
+/// Worker mode end to end: the fake `/agent` server dispatches a job for a real `devroom` room;
+/// the worker joins with the assignment's token, greets the phone participant, and reports the
+/// job running and then finished when the caller leaves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[allow(deprecated)]
+async fn dispatched_job_joins_the_room_and_talks() {
+    let devroom_bin = std::env::var("DEVROOM_BIN")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| {
+            std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("..")
+                .join("target")
+                .join("debug")
+                .join("devroom")
+        });
+    assert!(
+        devroom_bin.exists(),
+        "devroom binary not found at {} — cargo build -p devroom",
+        devroom_bin.display()
+    );
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _devroom = Kill(
+        std::process::Command::new(&devroom_bin)
+            .args(["--listen", &format!("127.0.0.1:{port}"), "--rtc-port", "0"])
+            .env("RUST_LOG", "warn")
+            .spawn()
+            .unwrap(),
+    );
+    let t0 = std::time::Instant::now();
+    while tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .is_err()
+    {
+        assert!(t0.elapsed() < Duration::from_secs(15));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let lk_url = format!("ws://127.0.0.1:{port}");
+    let room_name = "call-CAdispatch00000000000000000000000001";
+    let phone_token = agent::token::sign(
+        "devkey",
+        "secret",
+        serde_json::json!({"sub": "phone-CAdispatch00000000000000000000000001", "kind": "sip",
+            "video": {"roomJoin": true, "room": room_name, "canPublish": true, "canSubscribe": true, "canPublishData": true}}),
+        3600,
+    );
+    let (phone, mut events) =
+        room::Room::connect(&lk_url, &phone_token, room::RoomOptions::default())
+            .await
+            .unwrap();
+    let mut sink = phone
+        .publish_audio(room::AudioTrackOptions {
+            sample_rate: 16_000,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mic = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(20));
+        loop {
+            tick.tick().await;
+            if sink.push(&[0i16; 320]).await.is_err() {
+                return;
+            }
+        }
+    });
+
+    // The fake /agent server.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let agent_addr = listener.local_addr().unwrap();
+    let spec = Arc::new(AgentSpec::load(None).unwrap());
+    let stack = Stack::offline(&spec).unwrap();
+    let params = SessionParams {
+        spec,
+        stack,
+        recorder: None,
+        metrics: agent::metrics::global().clone(),
+        phone_wait: Duration::from_secs(20),
+    };
+    let opts = WorkerOptions {
+        url: format!("http://{agent_addr}"),
+        api_key: "devkey".into(),
+        api_secret: "secret".into(),
+        agent_name: String::new(),
+        max_jobs: 2,
+        max_retries: Some(0),
+    };
+    let worker = tokio::spawn(run_worker(opts, params));
+    let (tcp, _) = tokio::time::timeout(Duration::from_secs(10), listener.accept())
+        .await
+        .unwrap()
+        .unwrap();
+    let mut ws = tokio_tungstenite::accept_async(tcp).await.unwrap();
+    let lk::worker_message::Message::Register(reg) = recv_any(&mut ws).await else {
+        panic!("register first")
+    };
+    assert_eq!(reg.agent_name, "", "automatic dispatch");
+    ws.send(server_msg(lk::server_message::Message::Register(
+        lk::RegisterWorkerResponse {
+            worker_id: "AW_1".into(),
+            ..Default::default()
+        },
+    )))
+    .await
+    .unwrap();
+    ws.send(server_msg(lk::server_message::Message::Availability(
+        lk::AvailabilityRequest {
+            job: Some(job("AJ_live", room_name)),
+            resuming: false,
+        },
+    )))
+    .await
+    .unwrap();
+    let lk::worker_message::Message::Availability(av) = recv_non_status(&mut ws).await else {
+        panic!()
+    };
+    assert!(av.available);
+    // The server mints the agent's token with the identity the worker asked for.
+    let agent_token = agent::token::sign(
+        "devkey",
+        "secret",
+        serde_json::json!({"sub": av.participant_identity, "name": av.participant_name, "kind": "agent",
+            "video": {"roomJoin": true, "room": room_name, "canPublish": true, "canSubscribe": true, "canPublishData": true, "agent": true}}),
+        3600,
+    );
+    ws.send(server_msg(lk::server_message::Message::Assignment(
+        lk::JobAssignment {
+            job: Some(job("AJ_live", room_name)),
+            url: Some(lk_url.clone()),
+            token: agent_token,
+        },
+    )))
+    .await
+    .unwrap();
+    let lk::worker_message::Message::UpdateJob(u) = recv_non_status(&mut ws).await else {
+        panic!()
+    };
+    assert_eq!(
+        (u.job_id.as_str(), u.status),
+        ("AJ_live", lk::JobStatus::JsRunning as i32)
+    );
+
+    // The phone hears the agent's greeting.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let mut loud = 0;
+    while loud < 25 {
+        let ev = tokio::time::timeout_at(deadline, events.recv())
+            .await
+            .expect("agent audio")
+            .unwrap();
+        if let room::RoomEvent::TrackSubscribed { track, participant } = ev {
+            assert_eq!(participant.identity, format!("agent-{room_name}"));
+            let mut st = track.stream(16_000).unwrap();
+            while loud < 25 {
+                let f = tokio::time::timeout_at(deadline, st.recv())
+                    .await
+                    .expect("agent audio")
+                    .unwrap();
+                if agent::vad::level_dbfs(&f.samples) > -40.0 {
+                    loud += 1;
+                }
+            }
+        }
+    }
+
+    // The caller leaves: the job ends and is reported done.
+    mic.abort();
+    phone.close().await;
+    let lk::worker_message::Message::UpdateJob(u) = recv_non_status(&mut ws).await else {
+        panic!()
+    };
+    assert_eq!(
+        (u.job_id.as_str(), u.status),
+        ("AJ_live", lk::JobStatus::JsSuccess as i32)
+    );
+    drop(ws);
+    let _ = tokio::time::timeout(Duration::from_secs(10), worker).await;
+}
