@@ -219,9 +219,13 @@ async fn player(
     gap: Duration,
     metrics: Arc<Metrics>,
     mut rx: mpsc::Receiver<PlayerCmd>,
+    mut ctl_rx: mpsc::Receiver<PlayerCmd>,
     tx: mpsc::Sender<PlayerEvent>,
 ) {
     const FRAME: Duration = Duration::from_millis(20);
+    // At most this much audio waits here; beyond it the TTS is held back (bounded memory),
+    // while cancels still come through on their own channel.
+    let max_queue = rate as usize * 60;
     let n = (rate / 50) as usize;
     let mut queue: VecDeque<i16> = VecDeque::new();
     // Where each segment starts, in samples of the reply.
@@ -247,8 +251,15 @@ async fn player(
     };
     loop {
         let active = current.is_some() && (!queue.is_empty() || started);
+        let full = queue.len() >= max_queue;
         tokio::select! {
-            cmd = rx.recv() => {
+            cmd = async {
+                tokio::select! {
+                    biased;
+                    c = ctl_rx.recv() => c,
+                    c = rx.recv(), if !full => c,
+                }
+            } => {
                 let Some(cmd) = cmd else { return };
                 match cmd {
                     PlayerCmd::Audio { reply, seg, pcm } => {
@@ -663,6 +674,8 @@ struct Session {
     /// The reply whose audio is being pushed.
     speaking: Option<u64>,
     player_tx: mpsc::Sender<PlayerCmd>,
+    /// Cancels go to the player on their own channel, ahead of queued audio.
+    player_ctl: mpsc::Sender<PlayerCmd>,
     seq: u32,
     turns: u32,
     /// Replies finished whose end action waits for the bridge to report them played.
@@ -897,7 +910,7 @@ impl Session {
             .map(|k| self.utterances.label(k));
         tracing::info!(reply = speaking, utterance = ?label, "barge-in");
         let _ = self
-            .player_tx
+            .player_ctl
             .send(PlayerCmd::Cancel { reply: speaking })
             .await;
         self.send_control(&Control::Interrupt {
@@ -1116,6 +1129,7 @@ async fn converse(
     let (stt_ev_tx, mut stt_ev_rx) = mpsc::channel::<SttEvent>(64);
     let stt_task_h = tokio::spawn(stt_task(stt, stt_in_rx, stt_ev_tx));
     let (player_tx, player_rx) = mpsc::channel::<PlayerCmd>(512);
+    let (player_ctl, player_ctl_rx) = mpsc::channel::<PlayerCmd>(16);
     let (player_ev_tx, mut player_ev_rx) = mpsc::channel::<PlayerEvent>(256);
     let gap = Duration::from_millis(spec.turn.reply_gap_ms as u64);
     let player_h = tokio::spawn(player(
@@ -1124,6 +1138,7 @@ async fn converse(
         gap,
         p.metrics.clone(),
         player_rx,
+        player_ctl_rx,
         player_ev_tx,
     ));
     let (reply_tx, mut reply_rx) = mpsc::channel::<ReplyEvent>(256);
@@ -1140,6 +1155,7 @@ async fn converse(
         active: None,
         speaking: None,
         player_tx,
+        player_ctl,
         seq: 0,
         turns: 0,
         pending_end: None,
@@ -1301,7 +1317,7 @@ async fn converse(
     }
     // Wind down: stop talking, let the last control messages out.
     if let Some(id) = s.speaking.take() {
-        let _ = s.player_tx.send(PlayerCmd::Cancel { reply: id }).await;
+        let _ = s.player_ctl.send(PlayerCmd::Cancel { reply: id }).await;
     }
     s.commit_reply(s.outcome.as_deref() != Some("completed"));
     drop(stt_in_tx);
@@ -1489,7 +1505,7 @@ async fn on_player_event(s: &mut Session, ev: PlayerEvent) {
     match ev {
         PlayerEvent::Started { reply, at } => {
             if s.active.as_ref().is_none_or(|a| a.id != reply) {
-                let _ = s.player_tx.send(PlayerCmd::Cancel { reply }).await;
+                let _ = s.player_ctl.send(PlayerCmd::Cancel { reply }).await;
             } else {
                 s.speaking = Some(reply);
                 let k = s.utterances.started(reply);
