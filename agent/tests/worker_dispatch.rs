@@ -227,9 +227,9 @@ async fn dispatched_job_joins_the_room_and_talks() {
     let devroom_bin = std::env::var("DEVROOM_BIN")
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|_| {
-            std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-                .join("..")
-                .join("target")
+            std::env::var("CARGO_TARGET_DIR")
+                .map(std::path::PathBuf::from)
+                .unwrap_or_else(|_| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").join("target"))
                 .join("debug")
                 .join("devroom")
         });
