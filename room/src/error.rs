@@ -26,6 +26,10 @@ pub enum RoomError {
     /// The server asked us to leave while joining.
     #[error("server sent leave: {0:?}")]
     Left(livekit_protocol::DisconnectReason),
+    /// The server answered a resume with a fresh `join`: it does not keep sessions across a
+    /// signalling drop.
+    #[error("server does not support resuming this session")]
+    ResumeUnsupported,
     /// WebRTC (str0m) failure.
     #[error("webrtc error: {0}")]
     Rtc(String),

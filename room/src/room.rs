@@ -1382,7 +1382,7 @@ impl Engine {
             }
             Err(e) => {
                 tracing::warn!(error = %e, attempt = self.resume_attempt, "resume failed");
-                let fatal = matches!(e, RoomError::Left(_) | RoomError::Rejected { status: 401 | 403 | 404, .. });
+                let fatal = matches!(e, RoomError::Left(_) | RoomError::ResumeUnsupported | RoomError::Rejected { status: 401 | 403 | 404, .. });
                 if fatal || self.resume_attempt >= self.opts.resume_attempts {
                     let cause = match e {
                         RoomError::Left(r) => DisconnectReason::Server(r),
@@ -1598,6 +1598,22 @@ mod tests {
         srv.ctl(Ctl::Drop);
         let e = next_event(&mut ev, "Disconnected", |e| matches!(e, RoomEvent::Disconnected(_))).await;
         assert!(matches!(e, RoomEvent::Disconnected(DisconnectReason::Server(proto::DisconnectReason::StateMismatch))), "{e:?}");
+    }
+
+    #[tokio::test]
+    async fn resume_answered_with_join_gives_up_at_once() {
+        let (mut srv, _room, mut ev) = join(FakeConfig { resume_with_join: true, ..Default::default() }).await;
+        srv.ctl(Ctl::Drop);
+        let e = next_event(&mut ev, "Disconnected", |e| matches!(e, RoomEvent::Disconnected(_))).await;
+        assert!(matches!(e, RoomEvent::Disconnected(DisconnectReason::SignalLost(_))), "{e:?}");
+        // Exactly one resume dial: no retry storm of fresh joins.
+        let mut dials = 0;
+        while let Ok(s) = srv.seen.try_recv() {
+            if matches!(s, Seen::Connect { ref query, .. } if query.contains_key("reconnect")) {
+                dials += 1;
+            }
+        }
+        assert_eq!(dials, 1);
     }
 
     #[tokio::test]

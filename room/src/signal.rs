@@ -386,9 +386,7 @@ pub(crate) async fn resume(url: &Url, token: &str) -> Result<(SignalConn, proto:
                 }
                 // A server without resume support treats the dial as a fresh join (new sid, new
                 // peer connections): our peers do not match it, so this resume failed.
-                Incoming::Message(Response::Join(_)) => {
-                    return Err(RoomError::Protocol("server answered the resume with a fresh join (no resume support)".into()))
-                }
+                Incoming::Message(Response::Join(_)) => return Err(RoomError::ResumeUnsupported),
                 Incoming::Message(other) => {
                     if early.len() < 256 {
                         early.push(other)

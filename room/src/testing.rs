@@ -45,6 +45,8 @@ pub(crate) enum Ctl {
 pub(crate) struct FakeConfig {
     pub answer_pings: bool,
     pub allow_resume: bool,
+    /// Answer resumes with a fresh `join` (a server without resume support).
+    pub resume_with_join: bool,
     /// Refuse resume attempts with this HTTP status.
     pub reject_resume_status: Option<u16>,
     pub ping_interval: i32,
@@ -54,7 +56,7 @@ pub(crate) struct FakeConfig {
 
 impl Default for FakeConfig {
     fn default() -> Self {
-        Self { answer_pings: true, allow_resume: true, reject_resume_status: None, ping_interval: 1, ping_timeout: 3, others: vec![] }
+        Self { answer_pings: true, allow_resume: true, resume_with_join: false, reject_resume_status: None, ping_interval: 1, ping_timeout: 3, others: vec![] }
     }
 }
 
@@ -182,9 +184,9 @@ async fn conn_task(
     let _ = seen.send(Seen::Connect { query: query.clone(), auth });
     let Ok(ws) = ws else { return };
     let (mut sink, mut stream) = ws.split();
-    let first = if resuming && conf.allow_resume {
+    let first = if resuming && conf.allow_resume && !conf.resume_with_join {
         Resp::Reconnect(proto::ReconnectResponse::default())
-    } else if resuming {
+    } else if resuming && !conf.resume_with_join {
         Resp::Leave(proto::LeaveRequest { reason: proto::DisconnectReason::StateMismatch as i32, ..Default::default() })
     } else {
         Resp::Join(proto::JoinResponse {
