@@ -199,6 +199,11 @@ impl Peer {
         Ok(p)
     }
 
+    /// IP of the local candidate.
+    pub(crate) fn local_ip(&self) -> std::net::IpAddr {
+        self.local.ip()
+    }
+
     /// When [`Peer::handle_timeout`] must be called next.
     pub(crate) fn next_timeout(&self) -> Instant {
         self.next_timeout

@@ -52,6 +52,11 @@ pub struct RoomOptions {
     pub resume: bool,
     /// Resume attempts before giving up.
     pub resume_attempts: u32,
+    /// When resuming is impossible (the server forgot the session, or attempts ran out), join
+    /// again from scratch: new participant sid, new peer connections, our tracks republished
+    /// (existing [`AudioSink`]s keep working; their `track_sid()` is the old one), remote tracks
+    /// re-subscribed (`TrackUnsubscribed` then `TrackSubscribed` again). Same number of attempts.
+    pub full_reconnect: bool,
     /// Local IP to bind and advertise as ICE host candidate. Default: the address of the
     /// interface that routes to the LiveKit host.
     pub local_ip: Option<IpAddr>,
@@ -68,6 +73,7 @@ impl Default for RoomOptions {
             data_queue_packets: 1024,
             resume: true,
             resume_attempts: 5,
+            full_reconnect: true,
             local_ip: None,
             connect_timeout: Duration::from_secs(20),
         }
@@ -105,6 +111,8 @@ pub struct RoomStats {
     pub data_malformed: u64,
     /// Successful resumes.
     pub resumes: u64,
+    /// Successful full reconnects (fresh joins after a failed resume).
+    pub rejoins: u64,
     /// Last signalling round-trip time in ms (from ping/pong).
     pub rtt_ms: u64,
 }
@@ -125,6 +133,7 @@ struct Counters {
     data_dropped: AtomicU64,
     data_malformed: AtomicU64,
     resumes: AtomicU64,
+    rejoins: AtomicU64,
     rtt_ms: AtomicU64,
 }
 
@@ -254,6 +263,8 @@ impl Room {
             resume_task: None,
             resume_attempt: 0,
             resume_cause: None,
+            rejoining: false,
+            new_sockets: None,
             local: local_info,
             publisher,
             subscriber,
@@ -352,6 +363,7 @@ impl Room {
             data_dropped: l(&c.data_dropped),
             data_malformed: l(&c.data_malformed),
             resumes: l(&c.resumes),
+            rejoins: l(&c.rejoins),
             rtt_ms: l(&c.rtt_ms),
         }
     }
@@ -443,6 +455,7 @@ type PublishReply = oneshot::Sender<Result<(String, Arc<str>), RoomError>>;
 
 struct LocalTrack {
     cid: Arc<str>,
+    opts: AudioTrackOptions,
     info: proto::TrackInfo,
     mid: Option<Mid>,
     reply: Option<PublishReply>,
@@ -450,7 +463,8 @@ struct LocalTrack {
 
 struct PendingPublish {
     opts: AudioTrackOptions,
-    reply: PublishReply,
+    /// None when republishing after a full reconnect.
+    reply: Option<PublishReply>,
     deadline: Instant,
 }
 
@@ -468,7 +482,14 @@ struct QueuedData {
     deadline: Instant,
 }
 
-type ResumeResult = Result<(SignalConn, proto::ReconnectResponse, Vec<Response>), RoomError>;
+/// What a background (re)connection attempt produced.
+#[allow(clippy::large_enum_variant)] // one value per reconnection
+enum Relink {
+    Resumed(SignalConn, proto::ReconnectResponse, Vec<Response>),
+    Rejoined(SignalConn, Box<proto::JoinResponse>),
+}
+
+type ResumeResult = Result<Relink, RoomError>;
 
 enum Wake {
     Cmd(Option<Command>),
@@ -488,6 +509,10 @@ struct Engine {
     resume_task: Option<tokio::task::JoinHandle<ResumeResult>>,
     resume_attempt: u32,
     resume_cause: Option<DisconnectReason>,
+    /// Doing full reconnects instead of resumes.
+    rejoining: bool,
+    /// Sockets of the peers created by a full reconnect; the run loop swaps them in.
+    new_sockets: Option<(UdpSocket, UdpSocket)>,
     local: proto::ParticipantInfo,
     publisher: Peer,
     subscriber: Peer,
@@ -546,8 +571,8 @@ async fn join_resume(task: &mut Option<tokio::task::JoinHandle<ResumeResult>>) -
 impl Engine {
     async fn run(
         mut self,
-        pub_sock: UdpSocket,
-        sub_sock: UdpSocket,
+        mut pub_sock: UdpSocket,
+        mut sub_sock: UdpSocket,
         mut cmd_rx: mpsc::Receiver<Command>,
         mut audio_rx: mpsc::Receiver<OutgoingAudio>,
     ) {
@@ -585,6 +610,11 @@ impl Engine {
                 Wake::Audio(Some(a)) => self.on_outgoing_audio(a, now),
                 Wake::Audio(None) => {}
                 Wake::Timer => self.on_timer(now),
+            }
+            if let Some((p, s)) = self.new_sockets.take() {
+                // Full reconnect: the old peers are gone; their sockets go with them.
+                pub_sock = p;
+                sub_sock = s;
             }
             self.pump(&pub_sock, &sub_sock);
         }
@@ -683,7 +713,7 @@ impl Engine {
             Command::PublishAudio { opts, reply } => {
                 let cid: String = format!("audio-{:016x}", rand::random::<u64>());
                 self.send_signal(signal::req_add_audio_track(&cid, &opts.name, opts.source, opts.dtx));
-                self.pending_publish.insert(cid, PendingPublish { opts, reply, deadline: now + PUBLISH_TIMEOUT });
+                self.pending_publish.insert(cid, PendingPublish { opts, reply: Some(reply), deadline: now + PUBLISH_TIMEOUT });
             }
             Command::SendData { packet, reply } => {
                 if packet.payload.len() > data::MAX_PACKET_BYTES {
@@ -778,7 +808,9 @@ impl Engine {
             }));
         }
         for (_, p) in self.pending_publish.drain() {
-            let _ = p.reply.send(Err(RoomError::Closed));
+            if let Some(r) = p.reply {
+                let _ = r.send(Err(RoomError::Closed));
+            }
         }
         for t in self.local_tracks.values_mut() {
             if let Some(r) = t.reply.take() {
@@ -967,13 +999,14 @@ impl Engine {
             return;
         };
         let Some(info) = r.track else {
-            let _ = p.reply.send(Err(RoomError::Protocol("track_published without track".into())));
+            if let Some(reply) = p.reply {
+                let _ = reply.send(Err(RoomError::Protocol("track_published without track".into())));
+            }
             return;
         };
-        let _ = p.opts;
         let cid: Arc<str> = r.cid.as_str().into();
         self.emit(RoomEvent::LocalTrackPublished(TrackInfo::from(&info)));
-        self.local_tracks.insert(cid.clone(), LocalTrack { cid: cid.clone(), info, mid: None, reply: Some(p.reply) });
+        self.local_tracks.insert(cid.clone(), LocalTrack { cid: cid.clone(), opts: p.opts, info, mid: None, reply: p.reply });
         self.pending_media.push_back(cid);
         self.start_negotiation();
     }
@@ -1302,8 +1335,8 @@ impl Engine {
         // Publishes the server never answered.
         let expired: Vec<String> = self.pending_publish.iter().filter(|(_, p)| now > p.deadline).map(|(k, _)| k.clone()).collect();
         for cid in expired {
-            if let Some(p) = self.pending_publish.remove(&cid) {
-                let _ = p.reply.send(Err(RoomError::Timeout("track_published")));
+            if let Some(r) = self.pending_publish.remove(&cid).and_then(|p| p.reply) {
+                let _ = r.send(Err(RoomError::Timeout("track_published")));
             }
         }
         // A peer connection that stays down ends the room.
@@ -1340,24 +1373,34 @@ impl Engine {
     fn spawn_resume(&mut self) {
         let delay = Duration::from_millis(RESUME_BACKOFF_MS[(self.resume_attempt as usize).min(RESUME_BACKOFF_MS.len() - 1)]);
         self.resume_attempt += 1;
-        let url = signal::rtc_url(&self.url, &self.params, Some(&self.local.sid));
         let token = self.token.clone();
-        self.resume_task = Some(tokio::spawn(async move {
-            tokio::time::sleep(delay).await;
-            let url = url?;
-            signal::resume(&url, &token).await
-        }));
+        if self.rejoining {
+            let url = signal::rtc_url(&self.url, &self.params, None);
+            self.resume_task = Some(tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
+                let (conn, join) = signal::connect(&url?, &token).await?;
+                Ok(Relink::Rejoined(conn, Box::new(join)))
+            }));
+        } else {
+            let url = signal::rtc_url(&self.url, &self.params, Some(&self.local.sid));
+            self.resume_task = Some(tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
+                let (conn, resp, early) = signal::resume(&url?, &token).await?;
+                Ok(Relink::Resumed(conn, resp, early))
+            }));
+        }
     }
 
     fn on_resume_result(&mut self, r: ResumeResult, now: Instant) {
         if self.done {
-            if let Ok((conn, _, _)) = r {
-                conn.abort();
+            match r {
+                Ok(Relink::Resumed(conn, ..)) | Ok(Relink::Rejoined(conn, _)) => conn.abort(),
+                Err(_) => {}
             }
             return;
         }
         match r {
-            Ok((conn, resp, early)) => {
+            Ok(Relink::Resumed(conn, resp, early)) => {
                 tracing::info!(attempt = self.resume_attempt, "signalling resumed");
                 self.signal = Some(conn);
                 self.last_signal_rx = now;
@@ -1380,10 +1423,24 @@ impl Engine {
                     self.on_signal(m, now);
                 }
             }
+            Ok(Relink::Rejoined(conn, join)) => {
+                if let Err(e) = self.on_rejoined(conn, *join, now) {
+                    tracing::warn!(error = %e, "full reconnect failed");
+                    let cause = self.resume_cause.take().unwrap_or(DisconnectReason::SignalLost(e.to_string()));
+                    self.finish(cause);
+                }
+            }
             Err(e) => {
-                tracing::warn!(error = %e, attempt = self.resume_attempt, "resume failed");
-                let fatal = matches!(e, RoomError::Left(_) | RoomError::ResumeUnsupported | RoomError::Rejected { status: 401 | 403 | 404, .. });
-                if fatal || self.resume_attempt >= self.opts.resume_attempts {
+                tracing::warn!(error = %e, attempt = self.resume_attempt, rejoining = self.rejoining, "reconnect attempt failed");
+                let fatal = matches!(e, RoomError::Left(_) | RoomError::Rejected { status: 401 | 403, .. });
+                let exhausted = self.resume_attempt >= self.opts.resume_attempts;
+                let resume_impossible = matches!(e, RoomError::ResumeUnsupported | RoomError::Rejected { status: 404, .. });
+                if !fatal && !self.rejoining && self.opts.full_reconnect && (exhausted || resume_impossible) {
+                    tracing::info!("resume impossible; joining again from scratch");
+                    self.rejoining = true;
+                    self.resume_attempt = 0;
+                    self.spawn_resume();
+                } else if fatal || exhausted || resume_impossible {
                     let cause = match e {
                         RoomError::Left(r) => DisconnectReason::Server(r),
                         _ => self.resume_cause.take().unwrap_or(DisconnectReason::SignalLost(e.to_string())),
@@ -1394,6 +1451,83 @@ impl Engine {
                 }
             }
         }
+    }
+
+    /// Full reconnect: a fresh `join` succeeded. Replace the peers (and their sockets), forget
+    /// subscriptions, reconcile participants, republish our tracks.
+    fn on_rejoined(&mut self, conn: SignalConn, join: proto::JoinResponse, now: Instant) -> Result<(), RoomError> {
+        let local_info = join.participant.clone().ok_or_else(|| RoomError::Protocol("join without participant".into()))?;
+        let ip = self.publisher.local_ip();
+        let bind = |ip: IpAddr| -> Result<UdpSocket, RoomError> {
+            let s = std::net::UdpSocket::bind(SocketAddr::new(ip, 0))?;
+            s.set_nonblocking(true)?;
+            Ok(UdpSocket::from_std(s)?)
+        };
+        let (pub_sock, sub_sock) = (bind(ip)?, bind(ip)?);
+        let publisher = Peer::new(Role::Publisher, pub_sock.local_addr()?, now)?;
+        let subscriber = Peer::new(Role::Subscriber, sub_sock.local_addr()?, now)?;
+        tracing::info!(old_sid = %self.local.sid, new_sid = %local_info.sid, "rejoined the room");
+
+        self.publisher = publisher;
+        self.subscriber = subscriber;
+        self.new_sockets = Some((pub_sock, sub_sock));
+        self.signal = Some(conn);
+        self.rejoining = false;
+        self.resume_cause = None;
+        self.last_signal_rx = now;
+        self.ping_interval = (join.ping_interval > 0).then(|| Duration::from_secs(join.ping_interval as u64));
+        self.ping_timeout = (join.ping_timeout > 0).then(|| Duration::from_secs(join.ping_timeout as u64));
+        self.next_ping = now;
+        self.ice_down_since = None;
+        inc(&self.shared.counters.rejoins);
+
+        // Our participant.
+        self.local = local_info;
+        {
+            let mut snap = self.shared.snap();
+            snap.local = Some(Participant::from(&self.local));
+            if let Some(room) = &join.room {
+                snap.room_sid = room.sid.clone();
+            }
+        }
+
+        // Remote media: every subscription ends; the new subscriber offer brings them back.
+        let sids: Vec<String> = self.subscribed.keys().cloned().collect();
+        for sid in sids {
+            self.unsubscribe(&sid);
+        }
+        self.sub_mids.clear();
+
+        // Participants: announce who left and who is new while we were away.
+        let fresh: HashMap<String, proto::ParticipantInfo> =
+            join.other_participants.into_iter().filter(|p| p.sid != self.local.sid).map(|p| (p.sid.clone(), p)).collect();
+        let gone: Vec<String> = self.remotes.keys().filter(|sid| !fresh.contains_key(*sid)).cloned().collect();
+        let mut updates: Vec<proto::ParticipantInfo> = gone
+            .into_iter()
+            .filter_map(|sid| self.remotes.get(&sid).cloned())
+            .map(|mut p| {
+                p.state = proto::participant_info::State::Disconnected as i32;
+                p
+            })
+            .collect();
+        updates.extend(fresh.into_values().map(|mut p| {
+            // Versions restart with the new session's view.
+            p.version = 0;
+            p
+        }));
+        self.on_participant_update(updates);
+
+        // Our tracks: publish again under the same cids (sinks keep pushing to them).
+        self.pending_media.clear();
+        self.pending_stop.clear();
+        let tracks: Vec<(Arc<str>, AudioTrackOptions)> = self.local_tracks.drain().map(|(cid, t)| (cid, t.opts)).collect();
+        for (cid, opts) in tracks {
+            self.send_signal(signal::req_add_audio_track(&cid, &opts.name, opts.source, opts.dtx));
+            self.pending_publish.insert(cid.to_string(), PendingPublish { opts, reply: None, deadline: now + PUBLISH_TIMEOUT });
+        }
+        self.start_negotiation();
+        self.emit(RoomEvent::Reconnected);
+        Ok(())
     }
 
     fn send_sync_state(&mut self) {
@@ -1601,8 +1735,11 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn resume_answered_with_join_gives_up_at_once() {
-        let (mut srv, _room, mut ev) = join(FakeConfig { resume_with_join: true, ..Default::default() }).await;
+    async fn resume_answered_with_join_gives_up_at_once_without_full_reconnect() {
+        let srv = FakeServer::start(FakeConfig { resume_with_join: true, ..Default::default() }).await;
+        let opts = RoomOptions { full_reconnect: false, ..Default::default() };
+        let (_room, mut ev) = Room::connect(&srv.url, "t", opts).await.unwrap();
+        let mut srv = srv;
         srv.ctl(Ctl::Drop);
         let e = next_event(&mut ev, "Disconnected", |e| matches!(e, RoomEvent::Disconnected(_))).await;
         assert!(matches!(e, RoomEvent::Disconnected(DisconnectReason::SignalLost(_))), "{e:?}");
@@ -1614,6 +1751,39 @@ mod tests {
             }
         }
         assert_eq!(dials, 1);
+    }
+
+    #[tokio::test]
+    async fn full_reconnect_when_resume_is_impossible() {
+        let (mut srv, room, mut ev) = join(FakeConfig { resume_with_join: true, ..Default::default() }).await;
+        let mut sink = room.publish_audio(AudioTrackOptions { sample_rate: 8000, ..Default::default() }).await.expect("publish");
+        let cid = match srv.wait_for("add_track", |s| is_req(s, |r| matches!(r, Req::AddTrack(_)))).await {
+            Seen::Request(Req::AddTrack(a)) => a.cid,
+            _ => unreachable!(),
+        };
+        srv.ctl(Ctl::Drop);
+        next_event(&mut ev, "Reconnecting", |e| matches!(e, RoomEvent::Reconnecting)).await;
+        // resume dial (answered with join) then a fresh join
+        srv.wait_for("fresh join dial", |s| matches!(s, Seen::Connect { query, .. } if !query.contains_key("reconnect"))).await;
+        next_event(&mut ev, "Reconnected", |e| matches!(e, RoomEvent::Reconnected)).await;
+        // The track is republished under the same cid and renegotiated on the new peer.
+        srv.wait_for("republish", |s| is_req(s, |r| matches!(r, Req::AddTrack(a) if a.cid == cid))).await;
+        srv.wait_for("new offer", |s| is_req(s, |r| matches!(r, Req::Offer(o) if o.sdp.contains(&cid)))).await;
+        next_event(&mut ev, "LocalTrackPublished", |e| matches!(e, RoomEvent::LocalTrackPublished(_))).await;
+        let st = room.stats();
+        assert_eq!((st.rejoins, st.resumes), (1, 0));
+        // The old sink keeps feeding the republished track once the new peer is up.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let before = room.stats().audio_frames_out;
+        let mut f = 0;
+        while room.stats().audio_frames_out < before + 10 {
+            assert!(Instant::now() < deadline, "no audio after full reconnect: {:?}", room.stats());
+            sink.push(&vec![1000i16; 160]).await.unwrap();
+            f += 1;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(f > 0);
+        room.close().await;
     }
 
     #[tokio::test]

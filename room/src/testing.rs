@@ -81,14 +81,15 @@ impl FakeServer {
         let (seen_tx, seen) = mpsc::unbounded_channel();
         let cfg = Arc::new(Mutex::new(cfg));
         let ctl: Arc<Mutex<Option<mpsc::UnboundedSender<Ctl>>>> = Arc::new(Mutex::new(None));
-        let peer_tx = spawn_server_peer().await;
         let (cfg2, ctl2) = (cfg.clone(), ctl.clone());
+        // One server-side peer per session: a fresh join gets a new one, a resume keeps it.
+        let session_peer: Arc<Mutex<Option<mpsc::Sender<PeerCmd>>>> = Arc::new(Mutex::new(None));
         let task = tokio::spawn(async move {
             loop {
                 let Ok((tcp, _)) = listener.accept().await else { return };
                 let (ctl_tx, ctl_rx) = mpsc::unbounded_channel();
                 *ctl2.lock().unwrap() = Some(ctl_tx);
-                tokio::spawn(conn_task(tcp, ctl_rx, seen_tx.clone(), peer_tx.clone(), cfg2.clone()));
+                tokio::spawn(conn_task(tcp, ctl_rx, seen_tx.clone(), session_peer.clone(), cfg2.clone()));
             }
         });
         FakeServer { url, seen, cfg, ctl, task }
@@ -160,7 +161,7 @@ async fn conn_task(
     tcp: tokio::net::TcpStream,
     mut ctl: mpsc::UnboundedReceiver<Ctl>,
     seen: mpsc::UnboundedSender<Seen>,
-    peer: mpsc::Sender<PeerCmd>,
+    session_peer: Arc<Mutex<Option<mpsc::Sender<PeerCmd>>>>,
     cfg: Arc<Mutex<FakeConfig>>,
 ) {
     let conf = cfg.lock().unwrap().clone();
@@ -184,7 +185,17 @@ async fn conn_task(
     let _ = seen.send(Seen::Connect { query: query.clone(), auth });
     let Ok(ws) = ws else { return };
     let (mut sink, mut stream) = ws.split();
-    let first = if resuming && conf.allow_resume && !conf.resume_with_join {
+    let resumed = resuming && conf.allow_resume && !conf.resume_with_join;
+    let existing = session_peer.lock().unwrap().clone();
+    let peer = match (resumed, existing) {
+        (true, Some(p)) => p,
+        _ => {
+            let p = spawn_server_peer().await;
+            *session_peer.lock().unwrap() = Some(p.clone());
+            p
+        }
+    };
+    let first = if resumed {
         Resp::Reconnect(proto::ReconnectResponse::default())
     } else if resuming && !conf.resume_with_join {
         Resp::Leave(proto::LeaveRequest { reason: proto::DisconnectReason::StateMismatch as i32, ..Default::default() })

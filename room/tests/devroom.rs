@@ -311,3 +311,75 @@ async fn manual_subscription() {
     alice.close().await;
     bob.close().await;
 }
+
+/// A dropped signalling link: `room` resumes (reconnect=1&sid) when the server kept the
+/// session, or rejoins from scratch (new sid, tracks republished) when it did not; either way the
+/// listener keeps hearing the tone and data flows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signalling_drop_recovers_by_resume_or_rejoin() {
+    common::init_tracing();
+    let dev = Devroom::start().await;
+    let (alice, mut alice_ev) = Room::connect(&dev.url(), &dev.token("drop", "alice"), RoomOptions::default()).await.expect("alice");
+    let (bob, mut bob_ev) = Room::connect(&dev.url(), &dev.token("drop", "bob"), RoomOptions::default()).await.expect("bob");
+    let mut sink = alice.publish_audio(AudioTrackOptions { sample_rate: 8_000, ..Default::default() }).await.expect("publish");
+    let pusher = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(20));
+        for f in 0..(50 * 15) {
+            tick.tick().await;
+            if sink.push(&tone(440.0, 8_000, f * 160, 160, 10_000.0)).await.is_err() {
+                break;
+            }
+        }
+    });
+    let ev = next_matching(&mut bob_ev, "TrackSubscribed", |e| matches!(e, RoomEvent::TrackSubscribed { .. })).await;
+    let RoomEvent::TrackSubscribed { track, .. } = ev else { unreachable!() };
+    let first_sid = track.sid().to_string();
+    let mut stream = track.stream(8_000).unwrap();
+    assert!(tokio::time::timeout(Duration::from_secs(5), stream.recv()).await.unwrap().is_some());
+    // Let a second of audio flow before the drop.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    let old_sid = alice.local_participant().sid;
+    alice.simulate_signal_drop().await;
+    next_matching(&mut alice_ev, "Reconnecting", |e| matches!(e, RoomEvent::Reconnecting)).await;
+    next_matching(&mut alice_ev, "Reconnected", |e| matches!(e, RoomEvent::Reconnected)).await;
+    let st = alice.stats();
+    assert_eq!(st.resumes + st.rejoins, 1, "{st:?}");
+    if st.rejoins == 1 {
+        assert_ne!(alice.local_participant().sid, old_sid);
+    }
+
+    // Bob hears Alice's tone again: on the same track after a resume, on a new one (new sid)
+    // after a rejoin.
+    if st.rejoins == 1 {
+        let track = loop {
+            let ev = next_matching(&mut bob_ev, "TrackSubscribed again", |e| matches!(e, RoomEvent::TrackSubscribed { .. })).await;
+            let RoomEvent::TrackSubscribed { track, participant } = ev else { unreachable!() };
+            if participant.identity == "alice" {
+                break track;
+            }
+        };
+        assert_ne!(track.sid(), first_sid);
+        stream = track.stream(8_000).unwrap();
+    }
+    let mut pcm = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while pcm.len() < 8_000 * 2 {
+            pcm.extend(stream.recv().await.expect("audio after reconnect").samples);
+        }
+    })
+    .await
+    .expect("2 s of audio after reconnect");
+    let f = estimate_frequency(&pcm[4_000..], 8_000);
+    assert!((f - 440.0).abs() <= 10.0, "{f}");
+    assert!(snr_db(&pcm[4_000..], 8_000, f) >= 20.0);
+
+    // Data still flows both ways.
+    alice.send_data(DataPacketBuilder::new(b"after".to_vec()).topic("t")).await.unwrap();
+    next_matching(&mut bob_ev, "data after reconnect", |e| matches!(e, RoomEvent::DataReceived(m) if m.payload == b"after")).await;
+    bob.send_data(DataPacketBuilder::new(b"back".to_vec())).await.unwrap();
+    next_matching(&mut alice_ev, "data back", |e| matches!(e, RoomEvent::DataReceived(m) if m.payload == b"back")).await;
+    pusher.abort();
+    alice.close().await;
+    bob.close().await;
+}
