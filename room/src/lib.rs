@@ -2,7 +2,8 @@
 //!
 //! * **Signalling** (`signal.rs`): the v0 `/rtc` WebSocket with binary protobuf
 //!   `SignalRequest` / `SignalResponse` from the `livekit-protocol` crate, token in
-//!   `Authorization: Bearer`, keepalive with `ping_req`, resume with `reconnect=1&sid=…`.
+//!   `Authorization: Bearer`, keepalive with `ping_req`, resume with `reconnect=1&sid=…`, and a
+//!   full rejoin when the server cannot resume.
 //! * **WebRTC** (`peer.rs`): two sans-IO [str0m](https://docs.rs/str0m) peer connections, the
 //!   v0 "dual PC" layout — the *publisher* (we offer: our audio + the `_reliable` / `_lossy`
 //!   data channels) and the *subscriber* (the server offers: other participants' tracks and its

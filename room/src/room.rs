@@ -14,8 +14,12 @@
 //! `RESUME`) starts a **resume**: redial with `reconnect=1&sid=…` in a background task while
 //! media keeps flowing, wait for `reconnect`, then send `sync_state` (our subscriber answer,
 //! subscriptions, published tracks, data channels) and, if the publisher's ICE is down, an
-//! ICE-restart offer. Attempts back off; when they run out the room ends with
-//! [`DisconnectReason::SignalLost`] / [`DisconnectReason::PingTimeout`].
+//! ICE-restart offer. Attempts back off. When the server no longer knows the session (it answers
+//! the resume with a fresh `join`, or 404) or the attempts run out, the driver **rejoins**
+//! from scratch ([`RoomOptions::full_reconnect`]): new sid, new peers and sockets, our tracks
+//! republished under the same cids so existing [`AudioSink`]s keep working, remote tracks
+//! re-subscribed. When that fails too the room ends with [`DisconnectReason::SignalLost`] /
+//! [`DisconnectReason::PingTimeout`]; `leave` from the server, 401 and 403 end it at once.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
