@@ -350,6 +350,7 @@ impl Peer {
         let Some(pending) = self.pending_offer.take() else {
             return Err(RoomError::Protocol("answer without a pending offer".into()));
         };
+        tracing::trace!(role = ?self.role, %sdp, "remote answer");
         let answer = SdpAnswer::from_sdp_string(sdp).map_err(|e| RoomError::Protocol(format!("bad answer SDP: {e}")))?;
         let r = self.rtc.sdp_api().accept_answer(pending, answer).map_err(|e| RoomError::Rtc(format!("accept answer: {e}")));
         if r.is_ok() && !self.has_remote_description {
