@@ -564,31 +564,18 @@ async fn reply_task(
             // end_call's message is spoken after whatever the reply says.
             let mut last_words: Option<String> = None;
             while let Some(item) = rx.recv().await {
+                // The first text or tool call, whichever comes first, is the reply's first token.
+                if first && matches!(item, Ok(LlmEvent::TextDelta(_) | LlmEvent::ToolCall(_))) {
+                    first = false;
+                    let _ = ev.send(ReplyEvent::FirstToken { reply, at: Instant::now() }).await;
+                }
                 match item {
                     Ok(LlmEvent::TextDelta(d)) => {
-                        if first {
-                            first = false;
-                            let _ = ev
-                                .send(ReplyEvent::FirstToken {
-                                    reply,
-                                    at: Instant::now(),
-                                })
-                                .await;
-                        }
                         for s in split.push(&d) {
                             send_sentence(s).await;
                         }
                     }
                     Ok(LlmEvent::ToolCall(call)) => {
-                        if first {
-                            first = false;
-                            let _ = ev
-                                .send(ReplyEvent::FirstToken {
-                                    reply,
-                                    at: Instant::now(),
-                                })
-                                .await;
-                        }
                         if call.name == "end_call" {
                             let m = serde_json::from_str::<serde_json::Value>(&call.arguments)
                                 .ok()
