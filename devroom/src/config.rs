@@ -10,7 +10,8 @@ use clap::Parser;
 #[derive(Parser, Debug, Clone)]
 #[command(name = "devroom", version, about, long_about = None)]
 pub struct Config {
-    /// HTTP/WebSocket listen address (`/rtc`, `/twirp/livekit.RoomService/*`). Port 0 picks a free port.
+    /// HTTP/WebSocket listen address (`/rtc`, `/agent`, `/twirp/livekit.RoomService/*`,
+    /// `/twirp/livekit.AgentDispatchService/*`). Port 0 picks a free port.
     #[arg(long, env = "DEVROOM_LISTEN", default_value = "127.0.0.1:7880")]
     pub listen: SocketAddr,
 
@@ -51,6 +52,13 @@ pub struct Config {
     /// Outgoing signal messages queued per participant before it is dropped as too slow.
     #[arg(long, env = "DEVROOM_SIGNAL_QUEUE", default_value_t = 256)]
     pub signal_queue: usize,
+
+    /// Agent dispatch: milliseconds a worker has to answer a job offer (`availability`) before
+    /// the job is offered to the next worker. Workers register on `/agent` (token with
+    /// `video.agent`); every new room gets a job for the automatic agent (workers with no agent
+    /// name) or for each agent named in `CreateRoom.agents`.
+    #[arg(long, env = "DEVROOM_AGENT_OFFER_TIMEOUT_MS", default_value_t = 5000)]
+    pub agent_offer_timeout_ms: u64,
 }
 
 impl Config {

@@ -20,6 +20,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::config::Config;
+use crate::dispatch::{Dispatcher, WorkerCmd};
 use crate::peer::{Peer, Role};
 use crate::room::{self, Identity, Permission, PublishedTrack, Room};
 use crate::twirp::ApiError;
@@ -85,6 +86,10 @@ pub enum Admin {
     UpdateRoomMetadata(String, String, Reply<lk::Room>),
     UpdateSubscriptions(lk::UpdateSubscriptionsRequest, Reply<()>),
     SendData(lk::SendDataRequest, Reply<()>),
+    // AgentDispatchService (see `dispatch.rs`)
+    CreateDispatch(lk::CreateAgentDispatchRequest, Reply<lk::AgentDispatch>),
+    ListDispatch(lk::ListAgentDispatchRequest, Reply<Vec<lk::AgentDispatch>>),
+    DeleteDispatch(lk::DeleteAgentDispatchRequest, Reply<lk::AgentDispatch>),
 }
 
 #[allow(clippy::large_enum_variant)]
@@ -96,6 +101,8 @@ pub enum Command {
     /// for `--resume-window`; any other reason removes it.
     Disconnect { key: u64, session: u64, reason: lk::DisconnectReason },
     Admin(Admin),
+    /// An agent worker's `/agent` connection (see `dispatch.rs`).
+    Worker(WorkerCmd),
     /// Close every room (participants get `leave` SERVER_SHUTDOWN), then reply.
     Shutdown(oneshot::Sender<()>),
 }
@@ -234,6 +241,8 @@ pub struct Engine {
     pub(crate) webhooks: Webhooks,
     /// Demultiplexing cache: remote address → peer (checked with `accepts` before use).
     pub(crate) by_addr: HashMap<SocketAddr, (u64, Role)>,
+    /// Agent workers and the jobs of every room.
+    pub(crate) dispatch: Dispatcher,
 }
 
 /// Binds the RTC socket and starts the engine task.
@@ -242,6 +251,7 @@ pub async fn start(cfg: Arc<Config>, webhooks: Webhooks) -> anyhow::Result<Engin
     let bound = socket.local_addr()?;
     let local_addr = SocketAddr::new(cfg.advertised_ip(), bound.port());
     let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
+    let cfg_offer_timeout_ms = cfg.agent_offer_timeout_ms.max(1);
     let engine = Engine {
         cfg,
         socket: Arc::new(socket),
@@ -252,6 +262,7 @@ pub async fn start(cfg: Arc<Config>, webhooks: Webhooks) -> anyhow::Result<Engin
         next_session: 1,
         webhooks,
         by_addr: HashMap::new(),
+        dispatch: Dispatcher::new(Duration::from_millis(cfg_offer_timeout_ms)),
     };
     tokio::spawn(engine.run(rx));
     Ok(EngineHandle {
@@ -411,6 +422,7 @@ impl Engine {
                 }
             }
             Command::Admin(a) => self.on_admin(a),
+            Command::Worker(w) => self.on_worker(w),
             Command::Shutdown(reply) => {
                 let names: Vec<String> = self.rooms.keys().cloned().collect();
                 for name in names {
@@ -433,6 +445,7 @@ impl Engine {
             tracing::info!(room = %name, "closing empty room");
             self.close_room(&name, lk::DisconnectReason::RoomClosed);
         }
+        self.dispatch_tick(now);
         let window = Duration::from_secs(self.cfg.resume_window as u64);
         for p in self.parts.values_mut() {
             if p.signal_lost.is_some_and(|t| now.duration_since(t) >= window) {
@@ -452,6 +465,7 @@ impl Engine {
         for (key, reason, notify) in doomed {
             self.remove_participant(key, reason, notify);
         }
+        self.dispatch_reap();
     }
 
     // ---------------------------------------------------------------- rooms
@@ -476,6 +490,7 @@ impl Engine {
             self.rooms.insert(name.to_string(), room);
             let proto = self.room_proto(name);
             self.webhooks.emit("room_started", proto, None, None);
+            self.dispatch_room_started(name, &[]);
         }
         self.rooms.get_mut(name).expect("just inserted")
     }
@@ -490,6 +505,7 @@ impl Engine {
         }
         let proto = self.room_proto(name);
         self.rooms.remove(name);
+        self.dispatch_room_finished(name);
         self.webhooks.emit("room_finished", proto, None, None);
     }
 
@@ -1046,7 +1062,7 @@ impl Engine {
     }
 }
 
-fn server_info() -> lk::ServerInfo {
+pub(crate) fn server_info() -> lk::ServerInfo {
     lk::ServerInfo {
         edition: lk::server_info::Edition::Standard as i32,
         version: SERVER_VERSION.into(),

@@ -2,7 +2,9 @@
 //!
 //! Speaks enough of livekit-server for the official SDKs: `/rtc` signalling (v0, two peer
 //! connections), a small SFU on one UDP socket (str0m), LiveKit data packets, the Twirp
-//! `RoomService`, and webhooks. Never for production.
+//! `RoomService`, webhooks, and agent dispatch (agent workers register on `/agent`; each new
+//! room sends a job to the automatic agent or to the agents `CreateRoom` names; the Twirp
+//! `AgentDispatchService` — see the `dispatch` module). Never for production.
 
 // livekit-server still fills the deprecated protobuf fields (UserPacket.participant_sid, …)
 // for older clients, and so do we.
@@ -10,6 +12,7 @@
 
 pub mod auth;
 pub mod config;
+mod dispatch;
 mod engine;
 mod peer;
 pub mod room;

@@ -109,6 +109,15 @@ impl Engine {
             Admin::SendData(req, reply) => {
                 let _ = reply.send(self.send_data(req));
             }
+            Admin::CreateDispatch(req, reply) => {
+                let _ = reply.send(self.create_dispatch(req));
+            }
+            Admin::ListDispatch(req, reply) => {
+                let _ = reply.send(self.list_dispatch(req));
+            }
+            Admin::DeleteDispatch(req, reply) => {
+                let _ = reply.send(self.delete_dispatch(req));
+            }
         }
     }
 
@@ -121,10 +130,26 @@ impl Engine {
     }
 
     fn create_room(&mut self, req: lk::CreateRoomRequest) -> Result<lk::Room, ApiError> {
+        self.create_room_with_agents(req).map(|(room, _)| room)
+    }
+
+    /// Creates the room unless it exists; a new room gets its agent dispatches (`req.agents`,
+    /// or automatic dispatch when empty), whose ids are returned.
+    pub(crate) fn create_room_with_agents(
+        &mut self,
+        req: lk::CreateRoomRequest,
+    ) -> Result<(lk::Room, Vec<String>), ApiError> {
         let name = req.name.trim().to_string();
         if name.is_empty() {
             return Err(ApiError::invalid_argument("room name is required"));
         }
+        if req.agents.len() > crate::dispatch::MAX_DISPATCHES_PER_ROOM {
+            return Err(ApiError::invalid_argument(format!(
+                "at most {} agents per room",
+                crate::dispatch::MAX_DISPATCHES_PER_ROOM
+            )));
+        }
+        let mut dispatches = Vec::new();
         if !self.rooms.contains_key(&name) {
             let empty = if req.empty_timeout > 0 {
                 req.empty_timeout
@@ -143,8 +168,12 @@ impl Engine {
             self.rooms.insert(name.clone(), room);
             let proto = self.room_proto(&name);
             self.webhooks.emit("room_started", proto, None, None);
+            dispatches = self.dispatch_room_started(&name, &req.agents);
         }
-        Ok(self.room_proto(&name).expect("exists"))
+        let room = self
+            .room_proto(&name)
+            .ok_or_else(|| ApiError::internal("room vanished"))?;
+        Ok((room, dispatches))
     }
 
     fn update_participant(&mut self, req: lk::UpdateParticipantRequest) -> Result<lk::ParticipantInfo, ApiError> {

@@ -14,7 +14,7 @@ use crate::auth::Keys;
 use crate::config::Config;
 use crate::engine::{self, EngineHandle};
 use crate::webhook::Webhooks;
-use crate::{signal, twirp};
+use crate::{dispatch, signal, twirp};
 
 /// Shared state of the HTTP handlers.
 pub struct App {
@@ -55,7 +55,9 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/rtc/validate", get(signal::validate_handler))
         .route("/rtc/v1", get(signal::v1_not_found))
         .route("/rtc/v1/validate", get(signal::v1_not_found))
+        .route("/agent", get(dispatch::agent_handler))
         .route("/twirp/livekit.RoomService/{method}", post(twirp::handle))
+        .route("/twirp/livekit.AgentDispatchService/{method}", post(twirp::handle_agent_dispatch))
         .layer(middleware::from_fn(cors))
         .with_state(app)
 }

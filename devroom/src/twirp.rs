@@ -1,4 +1,5 @@
-//! Twirp `livekit.RoomService` over HTTP: `POST /twirp/livekit.RoomService/<Method>`.
+//! Twirp `livekit.RoomService` over HTTP: `POST /twirp/livekit.RoomService/<Method>`, and
+//! `livekit.AgentDispatchService` (`CreateDispatch`, `ListDispatch`, `DeleteDispatch`).
 //!
 //! Bodies are protobuf-JSON (`application/json`) or binary protobuf (`application/protobuf`);
 //! the response uses the request's encoding. Auth as livekit-server: a Bearer JWT with
@@ -155,7 +156,7 @@ pub async fn handle(
     }
 }
 
-async fn route(app: &App, method: &str, headers: &HeaderMap, body: &[u8]) -> Result<Response, ApiError> {
+fn encoding(headers: &HeaderMap) -> Result<Encoding, ApiError> {
     let ct = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -165,15 +166,17 @@ async fn route(app: &App, method: &str, headers: &HeaderMap, body: &[u8]) -> Res
         .unwrap_or("")
         .trim()
         .to_ascii_lowercase();
-    let enc = match ct.as_str() {
-        "application/json" => Encoding::Json,
-        "application/protobuf" | "application/x-protobuf" => Encoding::Protobuf,
-        other => {
-            return Err(ApiError::bad_route(format!(
-                "unexpected Content-Type: {other:?} (want application/json or application/protobuf)"
-            )))
-        }
-    };
+    match ct.as_str() {
+        "application/json" => Ok(Encoding::Json),
+        "application/protobuf" | "application/x-protobuf" => Ok(Encoding::Protobuf),
+        other => Err(ApiError::bad_route(format!(
+            "unexpected Content-Type: {other:?} (want application/json or application/protobuf)"
+        ))),
+    }
+}
+
+async fn route(app: &App, method: &str, headers: &HeaderMap, body: &[u8]) -> Result<Response, ApiError> {
+    let enc = encoding(headers)?;
     let known = [
         "CreateRoom",
         "DeleteRoom",
@@ -281,6 +284,59 @@ async fn route(app: &App, method: &str, headers: &HeaderMap, body: &[u8]) -> Res
             encode(enc, &lk::SendDataResponse {})
         }
         _ => unreachable!("checked against `known`"),
+    })
+}
+
+/// `POST /twirp/livekit.AgentDispatchService/<Method>`: CreateDispatch, ListDispatch,
+/// DeleteDispatch (`roomAdmin` for the request's room, as livekit-server).
+pub async fn handle_agent_dispatch(
+    State(app): State<Arc<App>>,
+    Path(method): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    match route_agent_dispatch(&app, &method, &headers, &body).await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::debug!(%method, error = %e, "twirp error");
+            e.into_response()
+        }
+    }
+}
+
+async fn route_agent_dispatch(
+    app: &App,
+    method: &str,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<Response, ApiError> {
+    let enc = encoding(headers)?;
+    if !["CreateDispatch", "ListDispatch", "DeleteDispatch"].contains(&method) {
+        return Err(ApiError::bad_route(format!(
+            "no handler for path \"/twirp/livekit.AgentDispatchService/{method}\""
+        )));
+    }
+    let claims = authenticate(app, headers)?;
+    let engine = &app.engine;
+    Ok(match method {
+        "CreateDispatch" => {
+            let req: lk::CreateAgentDispatchRequest = decode(enc, body)?;
+            ensure_admin(&claims, &req.room)?;
+            let d = engine.call(|r| Command::Admin(Admin::CreateDispatch(req, r))).await?;
+            encode(enc, &d)
+        }
+        "ListDispatch" => {
+            let req: lk::ListAgentDispatchRequest = decode(enc, body)?;
+            ensure_admin(&claims, &req.room)?;
+            let agent_dispatches = engine.call(|r| Command::Admin(Admin::ListDispatch(req, r))).await?;
+            encode(enc, &lk::ListAgentDispatchResponse { agent_dispatches })
+        }
+        _ => {
+            let req: lk::DeleteAgentDispatchRequest = decode(enc, body)?;
+            ensure_admin(&claims, &req.room)?;
+            let d = engine.call(|r| Command::Admin(Admin::DeleteDispatch(req, r))).await?;
+            encode(enc, &d)
+        }
     })
 }
 
