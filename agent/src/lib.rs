@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod providers;
 pub mod record;
 pub mod session;
+pub mod silence_fill;
 pub mod stack;
 pub mod token;
 pub mod turn;

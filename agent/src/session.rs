@@ -34,6 +34,7 @@ use crate::providers::{
     TtsEvent, TtsProvider,
 };
 use crate::record::{now_ms, CallInfo, Recorder, TurnRow};
+use crate::silence_fill::SilenceFill;
 use crate::stack::Stack;
 use crate::turn::{Segment, UtteranceMap};
 use crate::vad::{Vad, VadConfig, VadEvent};
@@ -1163,10 +1164,16 @@ async fn converse(
         true,
     );
 
-    let mut vad = Vad::new(VadConfig::from_turn(&spec.turn));
-    let min_interrupt = spec.turn.min_interrupt_ms;
-    let hangover = Duration::from_millis(spec.turn.end_of_speech_ms as u64);
-    let final_timeout = Duration::from_millis(spec.turn.stt_final_timeout_ms as u64);
+    let mut ears = Ears {
+        vad: Vad::new(VadConfig::from_turn(&spec.turn)),
+        stt_in_tx: stt_in_tx.clone(),
+        min_interrupt: spec.turn.min_interrupt_ms,
+        hangover: Duration::from_millis(spec.turn.end_of_speech_ms as u64),
+        final_timeout: Duration::from_millis(spec.turn.stt_final_timeout_ms as u64),
+    };
+    // DTX pauses in the caller's track become silence on the wall clock (see silence_fill).
+    let mut silence = SilenceFill::new();
+    let silent_len = (stt_rate / 50) as usize;
     let phone_id = phone.identity.clone();
     let mut housekeeping = tokio::time::interval(Duration::from_millis(50));
     housekeeping.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -1179,21 +1186,15 @@ async fn converse(
                     audio_open = false;
                     continue;
                 };
-                let ev = vad.push(&frame.samples, frame.sample_rate);
-                let _ = stt_in_tx.try_send(SttIn::Audio(frame.samples));
-                match ev {
-                    Some(VadEvent::SpeechStart { .. }) => {
-                        s.eos_at = None;
-                    }
-                    Some(VadEvent::SpeechEnd { .. }) => {
-                        s.eos_at = Some(Instant::now() - hangover);
-                        let _ = stt_in_tx.try_send(SttIn::Finalize);
-                        s.final_deadline = Some(Instant::now() + final_timeout);
-                    }
-                    None => {}
+                let pause = silence.on_frame(frame.rtp_timestamp, Instant::now());
+                for _ in 0..pause {
+                    ears.hear(&mut s, vec![0; silent_len], stt_rate).await;
                 }
-                if s.speaking.is_some() && vad.in_speech() && vad.speech_ms() >= min_interrupt {
-                    s.barge_in().await;
+                ears.hear(&mut s, frame.samples, frame.sample_rate).await;
+            }
+            _ = sleep_until_opt(silence.next_deadline()), if audio_open => {
+                for _ in 0..silence.on_timer(Instant::now()) {
+                    ears.hear(&mut s, vec![0; silent_len], stt_rate).await;
                 }
             }
             ev = stt_ev_rx.recv() => {
@@ -1264,6 +1265,7 @@ async fn converse(
                             Ok(a) => {
                                 tracing::info!(track = %track.sid(), "caller audio track (re)subscribed");
                                 audio = a;
+                                silence = SilenceFill::new();
                                 audio_open = true;
                             }
                             Err(e) => tracing::warn!(error = %e, "cannot decode the caller's new track"),
@@ -1308,6 +1310,7 @@ async fn converse(
     }
     s.commit_reply(s.outcome.as_deref() != Some("completed"));
     drop(stt_in_tx);
+    drop(ears);
     stt_task_h.abort();
     player_h.abort();
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -1554,4 +1557,39 @@ fn set_segments(s: &mut Session, reply: u64, total_ms: u32, segs: &[(usize, u32,
         .collect();
     r.total_ms = total_ms;
     r.finished = true;
+}
+
+/// The caller's audio path into the conversation: VAD (end of speech, barge-in) and the STT.
+struct Ears {
+    vad: Vad,
+    stt_in_tx: mpsc::Sender<SttIn>,
+    min_interrupt: u32,
+    hangover: Duration,
+    final_timeout: Duration,
+}
+
+impl Ears {
+    async fn hear(&mut self, s: &mut Session, samples: Vec<i16>, rate: u32) {
+        let ev = self.vad.push(&samples, rate);
+        let _ = self.stt_in_tx.try_send(SttIn::Audio(samples));
+        match ev {
+            Some(VadEvent::SpeechStart { .. }) => s.eos_at = None,
+            Some(VadEvent::SpeechEnd { .. }) => {
+                s.eos_at = Some(Instant::now() - self.hangover);
+                let _ = self.stt_in_tx.try_send(SttIn::Finalize);
+                s.final_deadline = Some(Instant::now() + self.final_timeout);
+            }
+            None => {}
+        }
+        if s.speaking.is_some() && self.vad.in_speech() && self.vad.speech_ms() >= self.min_interrupt {
+            s.barge_in().await;
+        }
+    }
+}
+
+async fn sleep_until_opt(t: Option<Instant>) {
+    match t {
+        Some(t) => tokio::time::sleep_until(t.into()).await,
+        None => std::future::pending().await,
+    }
 }
