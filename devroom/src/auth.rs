@@ -72,6 +72,9 @@ pub struct Claims {
     pub attributes: HashMap<String, String>,
     pub video: Option<VideoGrant>,
     pub sha256: String,
+    /// `roomConfig`: protojson `RoomConfiguration` applied when the join creates the room
+    /// (devroom reads its `agents`). Kept raw so an odd value never invalidates the token.
+    pub room_config: Option<serde_json::Value>,
 }
 
 impl Claims {
@@ -86,6 +89,16 @@ impl Claims {
 
     pub fn video(&self) -> VideoGrant {
         self.video.clone().unwrap_or_default()
+    }
+
+    /// The agents `roomConfig` asks to dispatch (`{"agents":[{"agentName":…,"metadata":…}]}`);
+    /// empty when absent or unreadable.
+    pub fn room_agents(&self) -> Vec<livekit_protocol::RoomAgentDispatch> {
+        self.room_config
+            .as_ref()
+            .and_then(|v| serde_json::from_value::<livekit_protocol::RoomConfiguration>(v.clone()).ok())
+            .map(|c| c.agents)
+            .unwrap_or_default()
     }
 }
 
@@ -286,6 +299,21 @@ mod tests {
             URL_SAFE_NO_PAD.encode(br#"{"iss":"devkey"}"#)
         );
         assert!(matches!(verify(&hs512, &keys(), now), Err(AuthError::Algorithm(_))));
+    }
+
+    #[test]
+    fn room_config_agents() {
+        let t = token(serde_json::json!({
+            "roomConfig": {"agents": [{"agentName": "intake", "metadata": "m"}], "emptyTimeout": 5}
+        }));
+        let c = verify(&t, &keys(), unix_now()).unwrap();
+        let agents = c.room_agents();
+        assert_eq!(agents.len(), 1);
+        assert_eq!((agents[0].agent_name.as_str(), agents[0].metadata.as_str()), ("intake", "m"));
+        // An unreadable roomConfig is ignored, not a bad token.
+        let t = token(serde_json::json!({"roomConfig": {"agents": "nope"}}));
+        assert!(verify(&t, &keys(), unix_now()).unwrap().room_agents().is_empty());
+        assert!(verify(&token(serde_json::json!({})), &keys(), unix_now()).unwrap().room_agents().is_empty());
     }
 
     #[test]

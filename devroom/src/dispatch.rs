@@ -18,8 +18,9 @@
 //! the 16th closes it (1007). A worker whose bounded outgoing queue fills up is dropped.
 //!
 //! **Jobs.** A new room (Twirp `CreateRoom`, or the first `/rtc` join) gets one dispatch per
-//! `CreateRoomRequest.agents[]` entry (sent to workers registered under that `agent_name`,
-//! with its metadata), or, when the request names none, one automatic dispatch (sent to
+//! `CreateRoomRequest.agents[]` entry — for a room a join creates, per entry of the token's
+//! `roomConfig.agents` — (sent to workers registered under that `agent_name`, with its
+//! metadata), or, when none are named, one automatic dispatch (sent to
 //! workers registered with an empty `agent_name`). Each dispatch makes one `JT_ROOM` job
 //! (`AJ_…`), offered with `availability{job}` to one worker at a time: `available=true` gets
 //! `assignment{job, token}` — `url` unset, so the worker joins the server it registered with —

@@ -44,6 +44,9 @@ pub struct JoinRequest {
     pub attributes: HashMap<String, String>,
     pub permission: Permission,
     pub auto_subscribe: bool,
+    /// Agents to dispatch if this join creates the room (the token's `roomConfig.agents`;
+    /// empty: automatic dispatch).
+    pub room_agents: Vec<lk::RoomAgentDispatch>,
     pub tx: mpsc::Sender<Outbound>,
 }
 
@@ -478,7 +481,7 @@ impl Engine {
         Some(room.to_proto(n, pubs))
     }
 
-    fn ensure_room(&mut self, name: &str) -> &mut Room {
+    fn ensure_room(&mut self, name: &str, agents: &[lk::RoomAgentDispatch]) -> &mut Room {
         if !self.rooms.contains_key(name) {
             let room = Room::new(
                 name,
@@ -490,7 +493,7 @@ impl Engine {
             self.rooms.insert(name.to_string(), room);
             let proto = self.room_proto(name);
             self.webhooks.emit("room_started", proto, None, None);
-            self.dispatch_room_started(name, &[]);
+            self.dispatch_room_started(name, agents);
         }
         self.rooms.get_mut(name).expect("just inserted")
     }
@@ -561,7 +564,7 @@ impl Engine {
             return Err(ApiError::unauthenticated("token has no identity (sub)"));
         }
         {
-            let room = self.ensure_room(&req.room);
+            let room = self.ensure_room(&req.room, &req.room_agents);
             if room.max_participants > 0 && room.members.len() as u32 >= room.max_participants {
                 return Err(ApiError::resource_exhausted("room is full"));
             }

@@ -83,6 +83,7 @@ fn validate(app: &App, headers: &HeaderMap, params: &Params) -> Result<JoinInit,
             agent: video.agent,
         },
         auto_subscribe: truthy(params.get("auto_subscribe"), true),
+        room_agents: claims.room_agents(),
         reconnect: truthy(params.get("reconnect"), false),
         sid: params.get("sid").cloned().unwrap_or_default(),
     })
@@ -97,6 +98,8 @@ struct JoinInit {
     attributes: HashMap<String, String>,
     permission: Permission,
     auto_subscribe: bool,
+    /// The token's `roomConfig.agents` (dispatched if this join creates the room).
+    room_agents: Vec<lk::RoomAgentDispatch>,
     /// `reconnect=1&sid=…`: resume an existing participant.
     reconnect: bool,
     sid: String,
@@ -167,6 +170,7 @@ pub async fn rtc_handler(
         attributes: init.attributes,
         permission: init.permission,
         auto_subscribe: init.auto_subscribe,
+        room_agents: init.room_agents,
         tx,
     };
     match app.engine.call(|r| Command::Join(req, r)).await {

@@ -478,6 +478,19 @@ async fn explicit_dispatch_reaches_only_the_named_worker() {
     let job3 = expect_offer(&mut auto).await.job.unwrap();
     assert_eq!((job3.room.unwrap().name.as_str(), job3.agent_name.as_str()), ("rtc-room", ""));
     expect_silence(&mut intake, Duration::from_millis(300)).await;
+
+    // ... unless the joining token's roomConfig names the agents.
+    let now = devroom::auth::unix_now() as u64;
+    let token = devroom::auth::sign(
+        &serde_json::json!({"iss": API_KEY, "sub": "caller2", "exp": now + 600,
+            "video": {"roomJoin": true, "room": "token-room"},
+            "roomConfig": {"agents": [{"agentName": "incident-intake", "metadata": "from-token"}]}}),
+        API_SECRET,
+    );
+    let (_rtc2, _) = rtc_join(&server, &token).await;
+    let job4 = expect_offer(&mut intake).await.job.unwrap();
+    assert_eq!((job4.room.unwrap().name.as_str(), job4.metadata.as_str()), ("token-room", "from-token"));
+    expect_silence(&mut auto, Duration::from_millis(500)).await;
 }
 
 #[tokio::test]
