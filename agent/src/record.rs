@@ -213,6 +213,83 @@ impl Recorder {
     }
 }
 
+/// A call as stored: what [`load_call`] returns.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CallRecord {
+    pub info: CallInfo,
+    pub started_ms: i64,
+    pub ended_ms: Option<i64>,
+    pub outcome: Option<String>,
+    pub turns: Vec<TurnRow>,
+    /// Latest value of each field, by name.
+    pub fields: Vec<(String, String)>,
+}
+
+/// Reads back the latest call held in `room` (None when there is none).
+pub fn load_call(path: &Path, room: &str) -> Result<Option<CallRecord>, rusqlite::Error> {
+    let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    conn.busy_timeout(std::time::Duration::from_secs(2))?;
+    let call = conn.query_row(
+        "SELECT call_id, room, call_sid, caller, called, agent, started_ms, ended_ms, outcome
+           FROM calls WHERE room = ?1 ORDER BY started_ms DESC LIMIT 1",
+        params![room],
+        |r| {
+            Ok(CallRecord {
+                info: CallInfo {
+                    call_id: r.get(0)?,
+                    room: r.get(1)?,
+                    call_sid: r.get(2)?,
+                    caller: r.get(3)?,
+                    called: r.get(4)?,
+                    agent: r.get(5)?,
+                },
+                started_ms: r.get(6)?,
+                ended_ms: r.get(7)?,
+                outcome: r.get(8)?,
+                turns: Vec::new(),
+                fields: Vec::new(),
+            })
+        },
+    );
+    let mut call = match call {
+        Ok(c) => c,
+        Err(rusqlite::Error::QueryReturnedNoRows) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let mut q = conn.prepare(
+        "SELECT seq, role, text, started_ms, ended_ms, interrupted, heard_text,
+                eos_to_stt_ms, stt_to_llm_ms, llm_to_tts_ms, tts_to_push_ms, eos_to_push_ms
+           FROM turns WHERE call_id = ?1 ORDER BY seq",
+    )?;
+    call.turns = q
+        .query_map(params![call.info.call_id], |r| {
+            let timings = TurnTimings {
+                eos_to_stt_ms: r.get(7)?,
+                stt_to_llm_ms: r.get(8)?,
+                llm_to_tts_ms: r.get(9)?,
+                tts_to_push_ms: r.get(10)?,
+                eos_to_push_ms: r.get(11)?,
+            };
+            let any = timings != TurnTimings::default();
+            Ok(TurnRow {
+                seq: r.get(0)?,
+                role: r.get(1)?,
+                text: r.get(2)?,
+                started_ms: r.get(3)?,
+                ended_ms: r.get(4)?,
+                interrupted: r.get::<_, i64>(5)? != 0,
+                heard_text: r.get(6)?,
+                timings: any.then_some(timings),
+            })
+        })?
+        .collect::<Result<_, _>>()?;
+    let mut q = conn.prepare("SELECT name, value FROM fields WHERE call_id = ?1 ORDER BY at_ms")?;
+    call.fields = q
+        .query_map(params![call.info.call_id], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<Result<_, _>>()?;
+    Ok(Some(call))
+}
+
 fn writer(conn: Connection, rx: smpsc::Receiver<Cmd>, errors: Arc<AtomicU64>) {
     while let Ok(cmd) = rx.recv() {
         let r = match cmd {

@@ -33,6 +33,9 @@ use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 use crate::session::{self, Outcome, SessionParams};
 
+/// How long a job may wind down after the server terminated it.
+const TERMINATION_GRACE: Duration = Duration::from_secs(3);
+
 /// Where a worker registers: `ws(s)://host[/path]/agent`.
 pub fn agent_url(livekit_url: &str) -> Result<String, String> {
     let mut u =
@@ -280,15 +283,24 @@ async fn connect_and_serve(
                         drop(map);
                     }
                     Some(lk::server_message::Message::Termination(t)) => {
-                        if let Some(h) = jobs.lock().await.remove(&t.job_id) {
+                        // The room is going away (the session sees that too and winds down:
+                        // last words, call record). Give it a moment, then stop it.
+                        if jobs.lock().await.contains_key(&t.job_id) {
                             tracing::info!(job = %t.job_id, "job terminated by the server");
-                            h.abort();
-                            active.fetch_sub(1, Ordering::Relaxed);
-                            let _ = status_tx.try_send(lk::worker_message::Message::UpdateJob(lk::UpdateJobStatus {
-                                job_id: t.job_id,
-                                status: lk::JobStatus::JsSuccess as i32,
-                                error: String::new(),
-                            }));
+                            let (jobs, active, status_tx) = (jobs.clone(), active.clone(), status_tx.clone());
+                            tokio::spawn(async move {
+                                tokio::time::sleep(TERMINATION_GRACE).await;
+                                if let Some(h) = jobs.lock().await.remove(&t.job_id) {
+                                    tracing::warn!(job = %t.job_id, "job still running after termination; stopped");
+                                    h.abort();
+                                    active.fetch_sub(1, Ordering::Relaxed);
+                                    let _ = status_tx.try_send(lk::worker_message::Message::UpdateJob(lk::UpdateJobStatus {
+                                        job_id: t.job_id,
+                                        status: lk::JobStatus::JsSuccess as i32,
+                                        error: String::new(),
+                                    }));
+                                }
+                            });
                         }
                     }
                     Some(lk::server_message::Message::Register(_)) | Some(lk::server_message::Message::Pong(_)) => {}

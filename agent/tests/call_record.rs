@@ -126,4 +126,15 @@ fn call_record_is_written_per_turn() {
     assert_eq!(v, "John Smith");
     assert_eq!(rec.errors(), 0);
     assert_eq!(rec.dropped(), 0);
+
+    // Read back whole, as the demo prints it.
+    let back = agent::record::load_call(&path, "call-CA1").unwrap().expect("the call");
+    assert_eq!(back.info.call_sid.as_deref(), Some("CA1"));
+    assert_eq!(back.outcome.as_deref(), Some("completed"));
+    assert_eq!(back.turns.len(), 3);
+    assert_eq!(back.turns[2].timings, Some(t));
+    assert!(back.turns[2].interrupted);
+    assert_eq!(back.turns[0].timings, None);
+    assert_eq!(back.fields, vec![("name".to_string(), "John Smith".to_string())]);
+    assert!(agent::record::load_call(&path, "call-other").unwrap().is_none());
 }
