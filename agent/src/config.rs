@@ -159,7 +159,7 @@ impl Default for TurnSpec {
     fn default() -> Self {
         TurnSpec {
             min_interrupt_ms: 300,
-            end_of_speech_ms: 600,
+            end_of_speech_ms: 500,
             min_speech_ms: 120,
             vad_margin_db: 12.0,
             vad_min_dbfs: -50.0,

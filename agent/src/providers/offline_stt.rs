@@ -502,6 +502,17 @@ impl SttProvider for OfflineStt {
 /// first phoneme is kept) or by `finalize`, and decoded in one pass over the whole utterance
 /// (`full_utt`: batch cepstral normalisation over all of it) — measurably more accurate than
 /// frame-by-frame decoding with pocketsphinx 5prealpha, at ~0.1× real time.
+/// Trailing silence kept after the end of speech: the recogniser needs a little to close the
+/// last word; the whole hangover (600 ms) only costs decode time and invites phantom words.
+const TAIL_KEPT_MS: u32 = 200;
+
+/// Drops the end-of-speech hangover (all but [`TAIL_KEPT_MS`]) from an utterance.
+fn trim_hangover(pcm: &mut Vec<i16>, hangover_ms: u32) {
+    let drop = (hangover_ms.saturating_sub(TAIL_KEPT_MS) * RATE / 1000) as usize;
+    let keep = pcm.len().saturating_sub(drop).max(pcm.len().min(RATE as usize / 5));
+    pcm.truncate(keep);
+}
+
 fn run_decoder(
     mut dec: Decoder,
     vad: VadConfig,
@@ -563,8 +574,12 @@ fn run_decoder(
                     Some(buf) => {
                         buf.extend_from_slice(&pcm);
                         let too_long = buf.len() >= MAX_UTT_SECS * RATE as usize;
-                        if matches!(ev, Some(VadEvent::SpeechEnd { .. })) || too_long {
-                            let pcm = utt.take().unwrap_or_default();
+                        let ended = matches!(ev, Some(VadEvent::SpeechEnd { .. }));
+                        if ended || too_long {
+                            let mut pcm = utt.take().unwrap_or_default();
+                            if ended {
+                                trim_hangover(&mut pcm, vad_cfg.hangover_ms);
+                            }
                             if too_long {
                                 vad = Vad::new(vad_cfg.clone());
                             }
@@ -576,7 +591,9 @@ fn run_decoder(
                 }
             }
             In::Finalize => {
-                if let Some(pcm) = utt.take() {
+                // The session's VAD (same settings) saw the end of speech a hangover ago.
+                if let Some(mut pcm) = utt.take() {
+                    trim_hangover(&mut pcm, vad_cfg.hangover_ms);
                     vad = Vad::new(vad_cfg.clone());
                     if !end_utt(&mut dec, pcm, &tx) {
                         return;
@@ -651,6 +668,16 @@ mod tests {
         );
         // Bigram probabilities after "is": two followers, each (1 - 0.5) / 2.
         assert!(arpa.contains(&format!("{:.4} is john", (0.25f64).log10())));
+    }
+
+    #[test]
+    fn hangover_is_trimmed_to_a_short_tail() {
+        let mut pcm = vec![1i16; RATE as usize * 2]; // 2 s: 1.4 s speech + 600 ms hangover
+        trim_hangover(&mut pcm, 600);
+        assert_eq!(pcm.len(), RATE as usize * 2 - (400 * RATE / 1000) as usize);
+        let mut short = vec![1i16; 1000];
+        trim_hangover(&mut short, 600);
+        assert_eq!(short.len(), 1000, "never below 200 ms");
     }
 
     #[test]
