@@ -13,7 +13,7 @@ use proto::call::{CallConfig, CallOutput, CallSession, EndReason};
 use proto::control::CONTROL_TOPIC;
 use proto::mixer::SourceId;
 use proto::pacer::PacerConfig;
-use room::{AudioSink, AudioTrackOptions, DataPacketBuilder, Room, RoomEvent, RoomOptions};
+use room::{AudioSink, AudioTrackOptions, DataPacketBuilder, Room, RoomEvent, RoomOptions, SendLatencyObserver};
 use tokio::sync::mpsc;
 use tracing::Instrument;
 
@@ -26,7 +26,8 @@ const START_TIMEOUT: Duration = Duration::from_secs(10);
 /// A Twilio socket that will not take a frame for this long is dropped.
 const SEND_TIMEOUT: Duration = Duration::from_secs(2);
 
-type AudioIn = SelectAll<BoxStream<'static, (SourceId, Vec<i16>)>>;
+/// Room audio: (source, PCM at 8 kHz, when its packet came off the network).
+type AudioIn = SelectAll<BoxStream<'static, (SourceId, Vec<i16>, Instant)>>;
 
 pub async fn run(app: Arc<App>, socket: WebSocket) {
     let span = tracing::info_span!("call", call_sid = tracing::field::Empty);
@@ -52,6 +53,8 @@ struct Call {
     next_source: u32,
     /// When the last interrupt arrived, until its `clear` is written.
     interrupt_at: Option<Instant>,
+    /// When the Twilio message being handled arrived (start of the inbound latency).
+    ws_at: Option<Instant>,
     out_buf: String,
     opened: Instant,
     frames_out: u64,
@@ -73,6 +76,7 @@ impl Call {
             sources: HashMap::new(),
             next_source: 1,
             interrupt_at: None,
+            ws_at: None,
             out_buf: String::with_capacity(512),
             opened: Instant::now(),
             frames_out: 0,
@@ -90,8 +94,10 @@ impl Call {
                 _ = end_all.changed() => self.session.end(EndReason::Driver("bridge shutting down".into())),
                 msg = self.ws.recv() => self.on_ws(msg),
                 ev = recv_event(&mut self.joined) => self.on_room_event(ev).await,
-                Some((src, pcm)) = self.audio.next(), if !self.audio.is_empty() => {
+                Some((src, pcm, received)) = self.audio.next(), if !self.audio.is_empty() => {
                     self.session.handle_room_audio(src, &pcm, Instant::now());
+                    // Packet off the network → decoded → queued for pacing (the pacer's wait excluded).
+                    self.app.metrics.outbound_latency_seconds.observe(received.elapsed().as_secs_f64());
                 }
                 _ = sleep_until(wake) => {}
                 _ = tokio::time::sleep_until(start_deadline), if waiting_for_start => {
@@ -108,6 +114,7 @@ impl Call {
 
     fn on_ws(&mut self, msg: Option<Result<Message, axum::Error>>) {
         let now = Instant::now();
+        self.ws_at = Some(now);
         match msg {
             Some(Ok(Message::Text(text))) => {
                 if let Err(e) = self.session.handle_twilio(text.as_str(), now) {
@@ -145,9 +152,9 @@ impl Call {
                 self.sources.insert(track.sid().to_owned(), src);
                 tracing::info!(participant = %participant.identity, track = %track.sid(), "hearing room track");
                 let frames = futures_util::stream::unfold(stream, |mut s| async move {
-                    s.recv().await.map(|f| (f.samples, s))
+                    s.recv().await.map(|f| ((f.samples, f.received), s))
                 })
-                .map(move |pcm| (src, pcm));
+                .map(move |(pcm, received)| (src, pcm, received));
                 self.audio.push(frames.boxed());
             }
             RoomEvent::TrackUnsubscribed { track_sid, .. } => {
@@ -205,9 +212,11 @@ impl Call {
                     }
                 }
                 CallOutput::CallerAudio { pcm, .. } => {
+                    // Frames of a Twilio message date from its arrival; gap fill from now.
+                    let captured = self.ws_at.take().unwrap_or(now);
                     if let Some(j) = &mut self.joined {
                         // Never wait on the room: a full queue drops the frame (and counts it).
-                        let _ = j.sink.try_push(&pcm);
+                        let _ = j.sink.try_push_at(&pcm, captured);
                     }
                 }
                 CallOutput::Control(c) => self.publish(DataPacketBuilder::new(c.to_bytes()).topic(CONTROL_TOPIC)).await,
@@ -235,6 +244,7 @@ impl Call {
                 }
             }
         }
+        self.ws_at = None;
         !self.session.is_ended()
     }
 
@@ -304,6 +314,10 @@ impl Call {
                 sample_rate: 8_000,
                 complexity: self.app.cfg.opus_complexity,
                 dtx: self.app.cfg.opus_dtx,
+                on_sent: Some(SendLatencyObserver(Arc::new({
+                    let h = self.app.metrics.inbound_latency_seconds.clone();
+                    move |d| h.observe(d.as_secs_f64())
+                }))),
                 ..Default::default()
             })
             .await

@@ -16,7 +16,14 @@ pub struct Metrics {
     pub outbound_underruns: IntCounter,
     pub mark_rtt_seconds: Histogram,
     pub interrupt_to_clear_seconds: Histogram,
+    pub inbound_latency_seconds: Histogram,
+    pub outbound_latency_seconds: Histogram,
     pub errors: IntCounterVec,
+}
+
+/// 25 µs … 200 ms, doubling: resolves the ≤ 2 ms target and shows stalls.
+fn latency_buckets() -> Vec<f64> {
+    exponential_buckets(0.000_025, 2.0, 14).expect("static buckets")
 }
 
 impl Metrics {
@@ -47,6 +54,22 @@ impl Metrics {
                     .buckets(ms_buckets()),
             )
             .unwrap(),
+            inbound_latency_seconds: Histogram::with_opts(
+                HistogramOpts::new(
+                    "bridge_inbound_latency_seconds",
+                    "Twilio media message received to its Opus packet sent to LiveKit (decode, encode, queue, SRTP)",
+                )
+                .buckets(latency_buckets()),
+            )
+            .unwrap(),
+            outbound_latency_seconds: Histogram::with_opts(
+                HistogramOpts::new(
+                    "bridge_outbound_latency_seconds",
+                    "LiveKit audio packet received to μ-law queued for the caller (decode, mix; pacing excluded)",
+                )
+                .buckets(latency_buckets()),
+            )
+            .unwrap(),
             errors: IntCounterVec::new(Opts::new("bridge_errors_total", "Errors by kind"), &["kind"]).unwrap(),
             registry,
         };
@@ -58,6 +81,8 @@ impl Metrics {
         r.register(Box::new(m.frames_out.clone())).unwrap();
         r.register(Box::new(m.inbound_gap_frames.clone())).unwrap();
         r.register(Box::new(m.outbound_underruns.clone())).unwrap();
+        r.register(Box::new(m.inbound_latency_seconds.clone())).unwrap();
+        r.register(Box::new(m.outbound_latency_seconds.clone())).unwrap();
         r.register(Box::new(m.mark_rtt_seconds.clone())).unwrap();
         r.register(Box::new(m.interrupt_to_clear_seconds.clone())).unwrap();
         r.register(Box::new(m.errors.clone())).unwrap();

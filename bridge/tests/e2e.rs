@@ -120,6 +120,16 @@ async fn caller_and_agent_hear_each_other() {
     assert!(playbacks.len() >= 3, "{playbacks:?}");
     assert!(playbacks.windows(2).all(|w| w[0].0 <= w[1].0), "{playbacks:?}");
     let _ = side.dtmf.try_recv();
+
+    // Bridge-added latency was measured for every frame each way (4 s of caller tone, DTX off;
+    // 3 s of agent tone), and on loopback it is far below a frame.
+    let inbound = &bridge.app.metrics.inbound_latency_seconds;
+    let outbound = &bridge.app.metrics.outbound_latency_seconds;
+    assert!(inbound.get_sample_count() >= 150, "inbound samples {}", inbound.get_sample_count());
+    assert!(outbound.get_sample_count() >= 100, "outbound samples {}", outbound.get_sample_count());
+    let mean_ms = |h: &prometheus::Histogram| h.get_sample_sum() / h.get_sample_count() as f64 * 1e3;
+    assert!(mean_ms(inbound) < 20.0, "inbound mean {:.2} ms", mean_ms(inbound));
+    assert!(mean_ms(outbound) < 20.0, "outbound mean {:.2} ms", mean_ms(outbound));
     agent.close().await;
 }
 

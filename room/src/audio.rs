@@ -18,6 +18,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
+use std::time::Instant;
 
 use futures_core::Stream;
 use tokio::sync::mpsc;
@@ -49,6 +50,18 @@ pub fn samples_per_frame(rate: u32) -> usize {
     (rate / 50) as usize
 }
 
+/// Called by the room's driver with how long each frame took from [`AudioSink`] push (or the
+/// capture time given to [`AudioSink::try_push_at`]) to its RTP packet leaving the socket:
+/// encode, queue and SRTP, the latency the sending side adds. Must be cheap (an atomic add).
+#[derive(Clone)]
+pub struct SendLatencyObserver(pub Arc<dyn Fn(std::time::Duration) + Send + Sync>);
+
+impl std::fmt::Debug for SendLatencyObserver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SendLatencyObserver")
+    }
+}
+
 /// Options for a published audio track.
 #[derive(Debug, Clone)]
 pub struct AudioTrackOptions {
@@ -70,6 +83,8 @@ pub struct AudioTrackOptions {
     pub source: livekit_protocol::TrackSource,
     /// Capacity of the queue between the sink and the room's driver, in 20 ms frames.
     pub queue_frames: usize,
+    /// Told the send latency of every frame (None: not measured).
+    pub on_sent: Option<SendLatencyObserver>,
 }
 
 impl Default for AudioTrackOptions {
@@ -83,6 +98,7 @@ impl Default for AudioTrackOptions {
             fec: true,
             source: livekit_protocol::TrackSource::Microphone,
             queue_frames: 50,
+            on_sent: None,
         }
     }
 }
@@ -226,6 +242,8 @@ pub(crate) struct OutgoingAudio {
     pub audio_level: i8,
     /// First packet after a DTX pause (sets the RTP marker).
     pub talkspurt_start: bool,
+    /// When its audio was handed to the sink.
+    pub captured: Instant,
 }
 
 /// Why [`AudioSink::try_push`] could not take a frame.
@@ -262,6 +280,8 @@ pub struct AudioSink {
     pub(crate) pending: Vec<i16>,
     pub(crate) rtp_time: u64,
     pub(crate) in_dtx: bool,
+    /// When the audio being encoded was handed to us.
+    pub(crate) captured: Instant,
     pub(crate) tx: mpsc::Sender<OutgoingAudio>,
     pub(crate) stats: Arc<SinkStats>,
     /// Tells the room to unpublish the track when the sink goes away.
@@ -298,6 +318,7 @@ impl AudioSink {
             pending: Vec::with_capacity(samples_per_frame(opts.sample_rate) * 2),
             rtp_time: rand::random::<u32>() as u64,
             in_dtx: false,
+            captured: Instant::now(),
             tx,
             stats: Arc::new(SinkStats::default()),
             on_drop: None,
@@ -348,6 +369,7 @@ impl AudioSink {
                 rtp_time,
                 audio_level: level,
                 talkspurt_start: false,
+                captured: self.captured,
             }));
         }
         let talkspurt_start = std::mem::replace(&mut self.in_dtx, false);
@@ -357,11 +379,13 @@ impl AudioSink {
             rtp_time,
             audio_level: level,
             talkspurt_start,
+            captured: self.captured,
         }))
     }
 
     /// Push PCM, waiting for room in the driver queue (back-pressure).
     pub async fn push(&mut self, pcm: &[i16]) -> Result<(), PushError> {
+        self.captured = Instant::now();
         self.pending.extend_from_slice(pcm);
         loop {
             match self.encode_next() {
@@ -379,6 +403,13 @@ impl AudioSink {
     /// Push PCM without waiting. Frames that do not fit in the queue are dropped and counted;
     /// returns [`PushError::Full`] if any frame of this call was dropped.
     pub fn try_push(&mut self, pcm: &[i16]) -> Result<(), PushError> {
+        self.try_push_at(pcm, Instant::now())
+    }
+
+    /// [`try_push`](Self::try_push) audio that reached the application at `captured` (e.g. when
+    /// its network message arrived), so the send latency covers the application's part too.
+    pub fn try_push_at(&mut self, pcm: &[i16], captured: Instant) -> Result<(), PushError> {
+        self.captured = captured;
         self.pending.extend_from_slice(pcm);
         let mut result = Ok(());
         loop {
@@ -417,6 +448,9 @@ pub struct AudioFrame {
     pub rtp_timestamp: u64,
     /// True when this frame was synthesised by packet-loss concealment.
     pub concealed: bool,
+    /// When the packet it was decoded from came off the network (for concealed frames: the
+    /// packet after the gap). Receive latency = consumer's now − this.
+    pub received: Instant,
 }
 
 impl AudioFrame {
@@ -431,6 +465,8 @@ impl AudioFrame {
 pub(crate) struct IncomingAudio {
     pub rtp_time: u64,
     pub payload: Arc<[u8]>,
+    /// When the driver got the packet from the network.
+    pub received: Instant,
 }
 
 #[derive(Debug)]
@@ -587,6 +623,7 @@ impl AudioStream {
                                 sample_rate: self.decoder.rate,
                                 rtp_timestamp: expected + i * RTP_SAMPLES_PER_FRAME as u64,
                                 concealed: true,
+                                received: pkt.received,
                             }),
                             Err(_) => break,
                         }
@@ -606,6 +643,7 @@ impl AudioStream {
                     sample_rate: self.decoder.rate,
                     rtp_timestamp: pkt.rtp_time,
                     concealed: false,
+                    received: pkt.received,
                 });
             }
             Err(e) => {
@@ -791,9 +829,9 @@ pub(crate) mod tests {
             pkts.push(Arc::<[u8]>::from(enc.encode_frame(&pcm).unwrap()));
         }
         // Frames 0, 1, then 4 (2 and 3 lost -> concealed).
-        shared.dispatch(IncomingAudio { rtp_time: 1000, payload: pkts[0].clone() });
-        shared.dispatch(IncomingAudio { rtp_time: 1960, payload: pkts[1].clone() });
-        shared.dispatch(IncomingAudio { rtp_time: 1000 + 4 * 960, payload: pkts[4].clone() });
+        shared.dispatch(IncomingAudio { rtp_time: 1000, payload: pkts[0].clone(), received: Instant::now() });
+        shared.dispatch(IncomingAudio { rtp_time: 1960, payload: pkts[1].clone(), received: Instant::now() });
+        shared.dispatch(IncomingAudio { rtp_time: 1000 + 4 * 960, payload: pkts[4].clone(), received: Instant::now() });
         let mut got = Vec::new();
         for _ in 0..5 {
             got.push(stream.recv().await.unwrap());
@@ -803,7 +841,7 @@ pub(crate) mod tests {
         assert_eq!(got[3].rtp_timestamp, 1000 + 3 * 960);
         // Slow consumer: capacity 4, 6 packets -> 2 dropped.
         for i in 0..6u64 {
-            shared.dispatch(IncomingAudio { rtp_time: 1000 + (5 + i) * 960, payload: pkts[0].clone() });
+            shared.dispatch(IncomingAudio { rtp_time: 1000 + (5 + i) * 960, payload: pkts[0].clone(), received: Instant::now() });
         }
         assert_eq!(stream.dropped_packets(), 2);
         shared.close();

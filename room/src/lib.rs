@@ -87,7 +87,8 @@ mod signal;
 mod testing;
 
 pub use audio::{
-    AudioFrame, AudioSink, AudioStream, AudioTrackOptions, OpusDecoder, OpusEncoder, PushError, RemoteAudioTrack, SinkStats,
+    AudioFrame, AudioSink, AudioStream, AudioTrackOptions, OpusDecoder, OpusEncoder, PushError, RemoteAudioTrack, SendLatencyObserver,
+    SinkStats,
 };
 pub use data::{DataKind, DataMessage, DataPacketBuilder, DtmfMessage};
 pub use error::RoomError;

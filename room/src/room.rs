@@ -938,6 +938,9 @@ impl Engine {
         if let Err(e) = self.publisher.write_audio(now, mid, a.rtp_time, &a.payload, a.audio_level, a.talkspurt_start) {
             inc(&self.shared.counters.audio_frames_dropped);
             tracing::debug!(error = %e, "audio frame dropped");
+        } else if let Some(obs) = self.local_tracks.get(&a.track_cid).and_then(|t| t.opts.on_sent.as_ref()) {
+            // write_audio has handed the SRTP packet to the socket.
+            (obs.0)(a.captured.elapsed());
         }
     }
 
@@ -1105,7 +1108,7 @@ impl Engine {
     fn on_remote_audio(&mut self, mid: Mid, rtp_time: u64, payload: Arc<[u8]>) {
         let mid = mid.to_string();
         if let Some(s) = self.subscribed.values().find(|s| s.mid == mid) {
-            s.shared.dispatch(IncomingAudio { rtp_time, payload });
+            s.shared.dispatch(IncomingAudio { rtp_time, payload, received: std::time::Instant::now() });
         }
     }
 
