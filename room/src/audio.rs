@@ -406,6 +406,36 @@ impl AudioSink {
         self.try_push_at(pcm, Instant::now())
     }
 
+    /// Send one already-encoded 20 ms Opus packet (e.g. a recording replayed by a load test),
+    /// bypassing the encoder; an empty packet is a DTX pause (the RTP clock still advances).
+    /// Never waits: a full queue drops the packet and counts it.
+    pub fn try_push_opus(&mut self, packet: &[u8]) -> Result<(), PushError> {
+        let rtp_time = self.rtp_time;
+        self.rtp_time += RTP_SAMPLES_PER_FRAME as u64;
+        if packet.is_empty() {
+            self.in_dtx = true;
+            self.stats.frames_dtx.fetch_add(1, Ordering::Relaxed);
+            return Ok(());
+        }
+        let talkspurt_start = std::mem::replace(&mut self.in_dtx, false);
+        let f = OutgoingAudio {
+            track_cid: self.cid.clone(),
+            payload: packet.to_vec(),
+            rtp_time,
+            audio_level: 30,
+            talkspurt_start,
+            captured: Instant::now(),
+        };
+        match self.tx.try_send(f) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.stats.frames_dropped.fetch_add(1, Ordering::Relaxed);
+                Err(PushError::Full)
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(PushError::Closed),
+        }
+    }
+
     /// [`try_push`](Self::try_push) audio that reached the application at `captured` (e.g. when
     /// its network message arrived), so the send latency covers the application's part too.
     pub fn try_push_at(&mut self, pcm: &[i16], captured: Instant) -> Result<(), PushError> {
@@ -809,6 +839,26 @@ pub(crate) mod tests {
         let more = tone(440.0, 8000, 400, 480, 8000.0);
         assert_eq!(sink.try_push(&more), Err(PushError::Full));
         assert_eq!(sink.dropped_frames(), 1);
+    }
+
+    #[tokio::test]
+    async fn pre_encoded_packets_pass_through_with_rtp_time_and_talkspurts() {
+        let (tx, mut rx) = mpsc::channel(4);
+        let opts = AudioTrackOptions { sample_rate: 16_000, ..Default::default() };
+        let mut sink = AudioSink::new("TR_x".into(), "cid".into(), &opts, tx).unwrap();
+        let mut enc = OpusEncoder::new(16_000, 5, false).unwrap();
+        let pkt = enc.encode_frame(&tone(440.0, 16_000, 0, 320, 8000.0)).unwrap().to_vec();
+        sink.try_push_opus(&pkt).unwrap();
+        sink.try_push_opus(&[]).unwrap(); // a DTX pause of one frame
+        sink.try_push_opus(&pkt).unwrap();
+        let a = rx.recv().await.unwrap();
+        let b = rx.recv().await.unwrap();
+        assert_eq!(a.payload, pkt);
+        assert!(!a.talkspurt_start);
+        assert_eq!(b.rtp_time - a.rtp_time, 2 * 960, "the pause advanced the clock");
+        assert!(b.talkspurt_start, "first packet after the pause marks a talkspurt");
+        assert_eq!(sink.stats().frames_dtx.load(Ordering::Relaxed), 1);
+        assert!(rx.try_recv().is_err());
     }
 
     #[tokio::test]
