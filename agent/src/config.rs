@@ -4,7 +4,7 @@
 //! Everything a script needs is an environment variable, so `agent` can be started with no
 //! flags at all: `LIVEKIT_URL`, `LIVEKIT_API_KEY`, `LIVEKIT_API_SECRET`, and optionally
 //! `AGENT_ROOM` (join one room), `AGENT_NAME` (explicit dispatch), `AGENT_CONFIG`, `CALL_DB`,
-//! `AGENT_METRICS_LISTEN`.
+//! `AGENT_METRICS_LISTEN`; `AGENT_MODE=realtime` (with `OPENAI_API_KEY`) for OpenAI Realtime.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -19,7 +19,7 @@ pub const DEFAULT_AGENT_TOML: &str = include_str!("../agents/incident.toml");
 #[command(
     name = "agent",
     version,
-    about = "callbridge voice agent: joins call rooms and answers the phone participant (VAD → STT → LLM → TTS)"
+    about = "callbridge voice agent: joins call rooms and answers the phone participant (VAD → STT → LLM → TTS, or OpenAI Realtime)"
 )]
 pub struct Cli {
     /// Join this one room directly (e.g. `call-CA…`) instead of registering as a worker.
@@ -56,7 +56,7 @@ pub struct Cli {
     #[arg(long, env = "AGENT_STT", default_value = "auto")]
     pub stt: String,
     /// Language model: `auto` (OpenAI, then Groq, by key; else rules), `rules` (the offline
-    /// rule-based dialog), `openai` or `groq`.
+    /// rule-based dialog), `openai` or `groq`; `openai-realtime` selects `--mode realtime`.
     #[arg(long, env = "AGENT_LLM", default_value = "auto")]
     pub llm: String,
     /// Speech synthesiser: `auto` (Cartesia with CARTESIA_API_KEY + CARTESIA_VOICE_ID, then
@@ -66,6 +66,37 @@ pub struct Cli {
     /// How long to wait for the phone participant after joining, in seconds.
     #[arg(long, env = "AGENT_PHONE_WAIT_SECS", default_value_t = 60)]
     pub phone_wait_secs: u64,
+    /// Conversation mode: `cascaded` (VAD → STT → LLM → TTS), `realtime` (OpenAI Realtime
+    /// speech to speech over WebSocket, μ-law 8 kHz both ways, server VAD; needs
+    /// OPENAI_API_KEY) or `auto` (realtime when `--llm openai-realtime`, else cascaded). In
+    /// realtime mode `--tts` only speaks the fallback lines when the vendor fails.
+    #[arg(long, env = "AGENT_MODE", default_value = "auto")]
+    pub mode: String,
+    /// Realtime mode: WebSocket base URL up to the API version (`…/realtime` is appended).
+    #[arg(
+        long,
+        env = "OPENAI_REALTIME_BASE_URL",
+        default_value = "wss://api.openai.com/v1"
+    )]
+    pub realtime_base_url: String,
+    /// Realtime mode: event vocabulary, `ga` or `beta` (header `OpenAI-Beta: realtime=v1`).
+    #[arg(long, env = "OPENAI_REALTIME_API", default_value = "ga")]
+    pub realtime_api: String,
+    /// Realtime mode: model (default gpt-realtime; beta: gpt-4o-realtime-preview).
+    #[arg(long, env = "OPENAI_REALTIME_MODEL")]
+    pub realtime_model: Option<String>,
+    /// Realtime mode: voice (alloy, ash, ballad, coral, echo, sage, shimmer, verse, marin,
+    /// cedar; default marin, beta alloy).
+    #[arg(long, env = "OPENAI_REALTIME_VOICE")]
+    pub realtime_voice: Option<String>,
+    /// Realtime mode: model transcribing the caller for transcripts and the call record
+    /// (`none` turns it off).
+    #[arg(
+        long,
+        env = "OPENAI_REALTIME_TRANSCRIBE",
+        default_value = "gpt-4o-mini-transcribe"
+    )]
+    pub realtime_transcribe: String,
 }
 
 /// One agent: who it is, what it says, what it collects. See `agents/incident.toml`.

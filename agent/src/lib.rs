@@ -7,6 +7,7 @@
 //! * [`config`]: command line / environment and the agent file format.
 //! * [`worker`]: joining rooms (`--room`, and the `/agent` dispatch protocol).
 //! * [`session`]: one call's conversation loop.
+//! * [`realtime_session`]: the same call on OpenAI Realtime (speech to speech, μ-law both ways).
 //! * [`vad`], [`turn`]: voice activity; what the caller heard and barge-in trimming.
 //! * [`dialog`]: the rule-based dialog behind the offline LLM.
 //! * [`record`], [`metrics`]: call records and Prometheus metrics.
@@ -16,6 +17,7 @@ pub mod config;
 pub mod dialog;
 pub mod metrics;
 pub mod providers;
+pub mod realtime_session;
 pub mod record;
 pub mod session;
 pub mod silence_fill;

@@ -30,7 +30,14 @@ async fn main() {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let spec = Arc::new(AgentSpec::load(cli.config.as_deref())?);
     let stack = Stack::from_cli(&cli, &spec)?;
-    tracing::info!(agent = %spec.name, stt = stack.stt.name(), llm = stack.llm.name(), tts = stack.tts.name(), "providers");
+    match &stack.realtime {
+        Some(rt) => {
+            tracing::info!(agent = %spec.name, mode = "realtime", model = %rt.model, voice = %rt.voice, api = ?rt.api, url = %rt.base_url, fallback_tts = stack.tts.name(), "providers")
+        }
+        None => {
+            tracing::info!(agent = %spec.name, stt = stack.stt.name(), llm = stack.llm.name(), tts = stack.tts.name(), "providers")
+        }
+    }
     let recorder = Recorder::open(&cli.db)
         .map_err(|e| anyhow::anyhow!("call record {}: {e}", cli.db.display()))?;
     let metrics = agent::metrics::global().clone();

@@ -12,6 +12,9 @@
 //! so a slow vendor never blocks the caller's audio. Barge-in aborts the reply task, empties
 //! the player, sends `interrupt` to the bridge and trims the assistant's last message to what
 //! the bridge says was heard (see [`crate::turn`] for how replies map to bridge utterances).
+//!
+//! With a Realtime model in the stack ([`Stack::realtime`]) the same join (phone participant,
+//! call record) leads to [`crate::realtime_session`] instead of this loop.
 
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
@@ -625,7 +628,7 @@ async fn reply_task(
 // ---- the session -------------------------------------------------------------------------
 
 #[derive(Debug, Clone, PartialEq)]
-enum EndAction {
+pub(crate) enum EndAction {
     Hangup { reason: String },
     Transfer { to: String },
 }
@@ -679,31 +682,144 @@ struct Session {
     reply_tx: mpsc::Sender<ReplyEvent>,
 }
 
+/// Sends a control message to the bridge (topic `callbridge.control`); failures are logged.
+pub(crate) async fn send_control(room: &Room, c: &Control) {
+    if let Err(e) = room
+        .send_data(DataPacketBuilder::new(c.to_bytes()).topic(CONTROL_TOPIC))
+        .await
+    {
+        tracing::warn!(error = %e, "control message not sent");
+    }
+}
+
+/// Publishes a line of the conversation (and the form so far) on topic `transcript`.
+pub(crate) async fn send_transcript(
+    room: &Room,
+    role: &str,
+    text: &str,
+    is_final: bool,
+    fields: &Fields,
+) {
+    let c = Control::Transcript {
+        role: role.into(),
+        text: text.into(),
+        is_final,
+        fields: fields.clone(),
+    };
+    if let Err(e) = room
+        .send_data(DataPacketBuilder::new(c.to_bytes()).topic(TRANSCRIPT_TOPIC))
+        .await
+    {
+        tracing::warn!(error = %e, "transcript not sent");
+    }
+}
+
+/// Writes (or rewrites: same `seq`) one turn of the call record.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn write_turn(
+    recorder: Option<&Recorder>,
+    call_id: &str,
+    seq: u32,
+    role: &str,
+    text: &str,
+    started_ms: i64,
+    ended_ms: Option<i64>,
+    interrupted: bool,
+    heard: Option<String>,
+    clock: Option<&TurnClock>,
+) {
+    if let Some(r) = recorder {
+        r.turn(
+            call_id,
+            TurnRow {
+                seq,
+                role: role.into(),
+                text: text.into(),
+                started_ms,
+                ended_ms,
+                interrupted,
+                heard_text: heard,
+                timings: clock.map(|c| c.timings()),
+            },
+        );
+    }
+}
+
+/// The `record_field` tool: checks the field against the agent file, stores it in `fields`
+/// and the call record, and returns the tool's answer for the model.
+pub(crate) fn record_field(
+    spec: &AgentSpec,
+    recorder: Option<&Recorder>,
+    call_id: &str,
+    fields: &mut Fields,
+    args: &serde_json::Value,
+) -> String {
+    let field = args["field"].as_str().unwrap_or_default().to_string();
+    let value = args["value"]
+        .as_str()
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    if spec.field(&field).is_none() || value.is_empty() {
+        return format!("error: unknown field {field:?} or empty value");
+    }
+    tracing::info!(%field, %value, "field recorded");
+    fields.insert(field.clone(), value.clone());
+    if let Some(r) = recorder {
+        r.field(call_id, &field, &value);
+    }
+    let missing: Vec<&str> = spec
+        .fields
+        .iter()
+        .filter(|f| !fields.contains_key(&f.name))
+        .map(|f| f.name.as_str())
+        .collect();
+    format!(
+        "recorded; still missing: {}",
+        if missing.is_empty() {
+            "nothing".into()
+        } else {
+            missing.join(", ")
+        }
+    )
+}
+
+/// What ending the call looks like: the control message for the bridge and the outcome
+/// (`completed` when every field is in, else `caller_goodbye`; `transferred`).
+pub(crate) fn end_action_effect(
+    spec: &AgentSpec,
+    fields: &Fields,
+    action: EndAction,
+) -> (Control, String) {
+    match action {
+        EndAction::Hangup { reason } => {
+            tracing::info!(%reason, "hanging up");
+            let complete = spec.fields.iter().all(|f| fields.contains_key(&f.name));
+            (
+                Control::Hangup {
+                    reason: Some(reason),
+                },
+                if complete {
+                    "completed".into()
+                } else {
+                    "caller_goodbye".into()
+                },
+            )
+        }
+        EndAction::Transfer { to } => {
+            tracing::info!(%to, "transferring");
+            (Control::Transfer { to }, "transferred".into())
+        }
+    }
+}
+
 impl Session {
     async fn send_control(&self, c: &Control) {
-        if let Err(e) = self
-            .room
-            .send_data(DataPacketBuilder::new(c.to_bytes()).topic(CONTROL_TOPIC))
-            .await
-        {
-            tracing::warn!(error = %e, "control message not sent");
-        }
+        send_control(&self.room, c).await
     }
 
     async fn send_transcript(&self, role: &str, text: &str, is_final: bool) {
-        let c = Control::Transcript {
-            role: role.into(),
-            text: text.into(),
-            is_final,
-            fields: self.fields.clone(),
-        };
-        if let Err(e) = self
-            .room
-            .send_data(DataPacketBuilder::new(c.to_bytes()).topic(TRANSCRIPT_TOPIC))
-            .await
-        {
-            tracing::warn!(error = %e, "transcript not sent");
-        }
+        send_transcript(&self.room, role, text, is_final, &self.fields).await
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -744,21 +860,18 @@ impl Session {
         heard: Option<String>,
         clock: Option<&TurnClock>,
     ) {
-        if let Some(r) = &self.p.recorder {
-            r.turn(
-                &self.call_id,
-                TurnRow {
-                    seq,
-                    role: role.into(),
-                    text: text.into(),
-                    started_ms,
-                    ended_ms,
-                    interrupted,
-                    heard_text: heard,
-                    timings: clock.map(|c| c.timings()),
-                },
-            );
-        }
+        write_turn(
+            self.p.recorder.as_ref(),
+            &self.call_id,
+            seq,
+            role,
+            text,
+            started_ms,
+            ended_ms,
+            interrupted,
+            heard,
+            clock,
+        );
     }
 
     fn start_reply(
@@ -927,39 +1040,13 @@ impl Session {
         let args: serde_json::Value =
             serde_json::from_str(&call.arguments).unwrap_or(serde_json::Value::Null);
         let result = match call.name.as_str() {
-            "record_field" => {
-                let field = args["field"].as_str().unwrap_or_default().to_string();
-                let value = args["value"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .trim()
-                    .to_string();
-                if self.p.spec.field(&field).is_none() || value.is_empty() {
-                    format!("error: unknown field {field:?} or empty value")
-                } else {
-                    tracing::info!(%field, %value, "field recorded");
-                    self.fields.insert(field.clone(), value.clone());
-                    if let Some(r) = &self.p.recorder {
-                        r.field(&self.call_id, &field, &value);
-                    }
-                    let missing: Vec<&str> = self
-                        .p
-                        .spec
-                        .fields
-                        .iter()
-                        .filter(|f| !self.fields.contains_key(&f.name))
-                        .map(|f| f.name.as_str())
-                        .collect();
-                    format!(
-                        "recorded; still missing: {}",
-                        if missing.is_empty() {
-                            "nothing".into()
-                        } else {
-                            missing.join(", ")
-                        }
-                    )
-                }
-            }
+            "record_field" => record_field(
+                &self.p.spec,
+                self.p.recorder.as_ref(),
+                &self.call_id,
+                &mut self.fields,
+                &args,
+            ),
             "end_call" => {
                 if let Some(a) = &mut self.active {
                     a.end_action = Some(EndAction::Hangup {
@@ -1004,7 +1091,7 @@ impl Session {
 }
 
 /// Waits for the phone participant (kind `sip`, or identity `phone-…`) and its audio track.
-async fn wait_for_phone(
+pub(crate) async fn wait_for_phone(
     events: &mut mpsc::Receiver<RoomEvent>,
     room: &Room,
     wait: Duration,
@@ -1064,7 +1151,21 @@ async fn run_inner(room: Room, mut events: mpsc::Receiver<RoomEvent>, p: Session
             agent: p.spec.name.clone(),
         });
     }
-    let outcome = converse(&room, &mut events, &p, &call_id, &phone, track).await;
+    let outcome = match &p.stack.realtime {
+        Some(cfg) => {
+            crate::realtime_session::converse(
+                &room,
+                &mut events,
+                &p,
+                cfg.clone(),
+                &call_id,
+                &phone,
+                track,
+            )
+            .await
+        }
+        None => converse(&room, &mut events, &p, &call_id, &phone, track).await,
+    };
     p.metrics.calls_active.fetch_sub(1, Ordering::Relaxed);
     if let Some(r) = &p.recorder {
         r.end_call(&call_id, &outcome.outcome, &outcome.fields);
@@ -1322,30 +1423,9 @@ async fn converse(
 }
 
 async fn run_end_action(s: &mut Session, action: EndAction) {
-    match action {
-        EndAction::Hangup { reason } => {
-            tracing::info!(%reason, "hanging up");
-            s.send_control(&Control::Hangup {
-                reason: Some(reason.clone()),
-            })
-            .await;
-            let complete =
-                s.p.spec
-                    .fields
-                    .iter()
-                    .all(|f| s.fields.contains_key(&f.name));
-            s.outcome = Some(if complete {
-                "completed".into()
-            } else {
-                "caller_goodbye".into()
-            });
-        }
-        EndAction::Transfer { to } => {
-            tracing::info!(%to, "transferring");
-            s.send_control(&Control::Transfer { to }).await;
-            s.outcome = Some("transferred".into());
-        }
-    }
+    let (control, outcome) = end_action_effect(&s.p.spec, &s.fields, action);
+    s.send_control(&control).await;
+    s.outcome = Some(outcome);
 }
 
 async fn user_turn(s: &mut Session, text: String) {
@@ -1581,7 +1661,10 @@ impl Ears {
             }
             None => {}
         }
-        if s.speaking.is_some() && self.vad.in_speech() && self.vad.speech_ms() >= self.min_interrupt {
+        if s.speaking.is_some()
+            && self.vad.in_speech()
+            && self.vad.speech_ms() >= self.min_interrupt
+        {
             s.barge_in().await;
         }
     }

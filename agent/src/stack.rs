@@ -13,6 +13,13 @@
 //! | tts `elevenlabs` | `ELEVENLABS_API_KEY` | `ELEVENLABS_VOICE_ID`, `ELEVENLABS_BASE_URL` |
 //!
 //! `auto` prefers, in order: deepgram; openai, groq; cartesia, elevenlabs.
+//!
+//! **Realtime mode** (`--mode realtime`, or `--llm openai-realtime`): one OpenAI Realtime
+//! session per call replaces STT, LLM and TTS ([`Stack::realtime`], run by
+//! [`crate::realtime_session`]). Needs `OPENAI_API_KEY`; optional `OPENAI_REALTIME_BASE_URL`
+//! (default `wss://api.openai.com/v1`), `OPENAI_REALTIME_API` (`ga`/`beta`),
+//! `OPENAI_REALTIME_MODEL`, `OPENAI_REALTIME_VOICE`, `OPENAI_REALTIME_TRANSCRIBE`. The TTS
+//! chosen as above still speaks the fallback lines when the vendor fails.
 
 use std::sync::Arc;
 
@@ -23,6 +30,7 @@ use crate::providers::elevenlabs::{ElevenLabsConfig, ElevenLabsTts};
 use crate::providers::offline_stt::OfflineStt;
 use crate::providers::offline_tts::OfflineTts;
 use crate::providers::openai_chat::{ChatConfig, OpenAiChat};
+use crate::providers::openai_realtime::{RealtimeApi, RealtimeConfig};
 use crate::providers::rules_llm::RulesLlm;
 use crate::providers::{LlmProvider, SttProvider, TtsProvider};
 use crate::vad::VadConfig;
@@ -37,6 +45,59 @@ pub struct Stack {
     pub stt: Arc<dyn SttProvider>,
     pub llm: Arc<dyn LlmProvider>,
     pub tts: Arc<dyn TtsProvider>,
+    /// Realtime mode: calls talk to this OpenAI Realtime endpoint instead of STT → LLM → TTS
+    /// (empty `instructions`/`tools` are filled from the agent file at call time).
+    pub realtime: Option<RealtimeConfig>,
+}
+
+/// Whether calls run on OpenAI Realtime, from `--mode` and `--llm`.
+pub fn realtime_mode(mode: &str, llm: &str) -> Result<bool, String> {
+    let realtime_llm = matches!(llm, "openai-realtime" | "realtime");
+    match mode {
+        "auto" => Ok(realtime_llm),
+        "realtime" => Ok(true),
+        "cascaded" | "pipeline" if realtime_llm => {
+            Err(format!("--llm {llm} needs --mode realtime (or auto)"))
+        }
+        "cascaded" | "pipeline" => Ok(false),
+        other => Err(format!("--mode {other:?}: use auto, cascaded or realtime")),
+    }
+}
+
+/// The Realtime connection asked for: `api` (`ga`/`beta`), base URL, optional model and
+/// voice (defaults per API), transcription model (`none`: off); the key from `OPENAI_API_KEY`.
+pub fn realtime_config(
+    api: &str,
+    base_url: &str,
+    model: Option<&str>,
+    voice: Option<&str>,
+    transcribe: &str,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<RealtimeConfig, String> {
+    let key = env("OPENAI_API_KEY")
+        .filter(|k| !k.trim().is_empty())
+        .ok_or("realtime mode needs OPENAI_API_KEY")?;
+    let api = match api {
+        "ga" | "GA" => RealtimeApi::Ga,
+        "beta" => RealtimeApi::Beta,
+        other => return Err(format!("--realtime-api {other:?}: use ga or beta")),
+    };
+    let mut cfg = RealtimeConfig::new(key, api);
+    if base_url.trim().is_empty() {
+        return Err("--realtime-base-url is empty".into());
+    }
+    cfg.base_url = base_url.trim().to_string();
+    if let Some(m) = model.filter(|m| !m.trim().is_empty()) {
+        cfg.model = m.trim().to_string();
+    }
+    if let Some(v) = voice.filter(|v| !v.trim().is_empty()) {
+        cfg.voice = v.trim().to_string();
+    }
+    cfg.transcription_model = match transcribe.trim() {
+        "" | "none" | "off" => None,
+        m => Some(m.to_string()),
+    };
+    Ok(cfg)
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -138,8 +199,28 @@ impl Stack {
     /// What the command line / environment asks for.
     pub fn from_cli(cli: &Cli, spec: &Arc<AgentSpec>) -> anyhow::Result<Stack> {
         let env = |k: &str| std::env::var(k).ok();
+        if realtime_mode(&cli.mode, &cli.llm).map_err(anyhow::Error::msg)? {
+            let rt = realtime_config(
+                &cli.realtime_api,
+                &cli.realtime_base_url,
+                cli.realtime_model.as_deref(),
+                cli.realtime_voice.as_deref(),
+                &cli.realtime_transcribe,
+                env,
+            )
+            .map_err(anyhow::Error::msg)?;
+            // The model does the talking; the rest of the stack is only the fallback voice.
+            let c = choose(&cli.stt, "rules", &cli.tts, env).map_err(anyhow::Error::msg)?;
+            return Ok(Stack::build(&c, spec, env)?.with_realtime(rt));
+        }
         let c = choose(&cli.stt, &cli.llm, &cli.tts, env).map_err(anyhow::Error::msg)?;
         Stack::build(&c, spec, env)
+    }
+
+    /// Calls on this stack talk to OpenAI Realtime (the TTS remains for fallback lines).
+    pub fn with_realtime(mut self, cfg: RealtimeConfig) -> Stack {
+        self.realtime = Some(cfg);
+        self
     }
 
     pub fn build(
@@ -209,7 +290,12 @@ impl Stack {
                 OFFLINE_TTS_RATE,
             )),
         };
-        Ok(Stack { stt, llm, tts })
+        Ok(Stack {
+            stt,
+            llm,
+            tts,
+            realtime: None,
+        })
     }
 }
 
@@ -290,6 +376,49 @@ mod tests {
         .unwrap_err()
         .contains("CARTESIA_VOICE_ID"));
         assert!(choose("whisper", "auto", "auto", env(&[])).is_err());
+    }
+
+    #[test]
+    fn realtime_mode_from_flags() {
+        assert_eq!(realtime_mode("auto", "auto"), Ok(false));
+        assert_eq!(realtime_mode("auto", "openai-realtime"), Ok(true));
+        assert_eq!(realtime_mode("realtime", "auto"), Ok(true));
+        assert_eq!(realtime_mode("cascaded", "openai"), Ok(false));
+        assert!(realtime_mode("cascaded", "openai-realtime").is_err());
+        assert!(realtime_mode("duplex", "auto").is_err());
+    }
+
+    #[test]
+    fn realtime_config_from_settings() {
+        let none = env(&[]);
+        assert!(
+            realtime_config("ga", "wss://x/v1", None, None, "none", &none)
+                .unwrap_err()
+                .contains("OPENAI_API_KEY")
+        );
+        let e = env(&[("OPENAI_API_KEY", "sk")]);
+        let c = realtime_config("ga", "ws://127.0.0.1:9/v1", None, None, "none", &e).unwrap();
+        assert_eq!(
+            (c.api, c.model.as_str(), c.voice.as_str()),
+            (RealtimeApi::Ga, "gpt-realtime", "marin")
+        );
+        assert_eq!(c.url(), "ws://127.0.0.1:9/v1/realtime?model=gpt-realtime");
+        assert_eq!(c.transcription_model, None);
+        let c = realtime_config(
+            "beta",
+            "wss://x/v1",
+            Some("m"),
+            Some("verse"),
+            "whisper-1",
+            &e,
+        )
+        .unwrap();
+        assert_eq!(
+            (c.api, c.model.as_str(), c.voice.as_str()),
+            (RealtimeApi::Beta, "m", "verse")
+        );
+        assert_eq!(c.transcription_model.as_deref(), Some("whisper-1"));
+        assert!(realtime_config("v2", "wss://x/v1", None, None, "", &e).is_err());
     }
 
     #[test]
