@@ -9,6 +9,7 @@ pub mod chat;
 pub mod deepgram;
 pub mod elevenlabs;
 pub mod realtime;
+pub mod realtime_puppet;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -96,6 +97,8 @@ where
             let handler = handler.clone();
             tokio::spawn(async move {
                 let mut seen = Handshake::default();
+                // tungstenite's callback signature fixes the (large) error type.
+                #[allow(clippy::result_large_err)]
                 let callback = |req: &Request, resp: Response| -> Result<Response, ErrorResponse> {
                     seen.path = req.uri().path().to_string();
                     seen.query = parse_query(req.uri().query().unwrap_or(""));

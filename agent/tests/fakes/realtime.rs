@@ -124,7 +124,7 @@ fn audio_delta(api: Api, resp: &str, item: &str) -> Value {
         Api::Beta => "response.audio.delta",
     };
     json!({"type": kind, "event_id": "ev", "response_id": resp, "item_id": item, "output_index": 0, "content_index": 0,
-        "delta": b64(&vec![0x55u8; DELTA_BYTES])})
+        "delta": b64(&[0x55u8; DELTA_BYTES])})
 }
 
 fn transcript_delta(api: Api, resp: &str, item: &str, text: &str) -> Value {
