@@ -186,7 +186,9 @@ fn upgrade(ws: WebSocketUpgrade, rx: mpsc::Receiver<Outbound>, app: &App, joined
         session: joined.session,
         reason: lk::DisconnectReason::SignalClose,
     };
+    // 8 KiB read buffer instead of tungstenite's 128 KiB (zero-filled, resident per participant).
     ws.max_message_size(MAX_FRAME)
+        .read_buffer_size(8 * 1024)
         .on_upgrade(move |socket| session(socket, rx, guard))
 }
 

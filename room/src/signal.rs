@@ -309,6 +309,9 @@ pub(crate) async fn dial(url: &Url, token: &str) -> Result<SignalConn, RoomError
     let mut cfg = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default();
     cfg.max_message_size = Some(MAX_FRAME);
     cfg.max_frame_size = Some(MAX_FRAME);
+    // Signal messages are small (an SDP is a few KiB); the default 128 KiB read buffer is
+    // zero-filled on first read and stays resident for the whole call. Larger frames still fit.
+    cfg.read_buffer_size = 8 * 1024;
     let connector = if url.scheme() == "wss" { Some(tls_connector()) } else { None };
     let fut = tokio_tungstenite::connect_async_tls_with_config(req, Some(cfg), true, connector);
     let (ws, _resp) = match tokio::time::timeout(CONNECT_TIMEOUT, fut).await {
