@@ -3,10 +3,14 @@
 # every call's room replaying pre-encoded Opus (bridge/examples/load_agent.rs; AGENT=0 to leave
 # it out), and the bridge's CPU time and RSS measured from /proc while the calls run. At the end
 # the bridge's /metrics give p50/p99 bridge-added latency each way and underruns.
-#   scripts/load.sh N [SECONDS] [extra callsim args...]
+#   [RAMP=calls/s] [AGENT=0|1] scripts/load.sh N [SECONDS] [extra callsim args...]
+# The CPU/RSS window is the time when every call is up: from N/RAMP + 3 s to SECONDS - 2 s.
 # Needs `cargo build --release -p bridge -p devroom -p callsim --bins --examples` first.
 set -euo pipefail
 N=${1:-50}; SECS=${2:-20}; shift $(( $# > 2 ? 2 : $# )) || true
+RAMP=${RAMP:-20}
+WINDOW=$(( SECS - N / RAMP - 5 ))
+[ "$WINDOW" -ge 4 ] || { echo "SECONDS must be at least N/RAMP + 9" >&2; exit 2; }
 cd "$(dirname "$0")/.."
 BIN=target/release
 LK_PORT=$((17000 + RANDOM % 1000)); BR_PORT=$((18000 + RANDOM % 1000))
@@ -36,14 +40,14 @@ if command -v espeak-ng >/dev/null; then
     | espeak-ng -v en-us+m3 -s 150 -g 8 --stdin -w "$OUT/caller.wav"
   AUDIO=(--wav "$OUT/caller.wav")
 fi
-$BIN/callsim --url http://127.0.0.1:$BR_PORT --auth-token loadtoken --calls "$N" --ramp-per-sec 20 \
+$BIN/callsim --url http://127.0.0.1:$BR_PORT --auth-token loadtoken --calls "$N" --ramp-per-sec "$RAMP" \
   --duration "$SECS" "${AUDIO[@]}" "$@" > "$OUT/report.json" &
 SIM=$!
 # Measure over the middle of the run, when every call is up.
-sleep $(( N / 20 + 3 ))
+sleep $(( N / RAMP + 3 ))
 t0=$(ticks $BR); w0=$(date +%s.%N); rss_peak=$(rss_kb $BR)
 a0=0; l0=$(ticks $LK); [ -n "$AG" ] && a0=$(ticks $AG)
-sleep $(( SECS / 2 - 2 ))
+sleep "$WINDOW"
 t1=$(ticks $BR); w1=$(date +%s.%N); rss_mid=$(rss_kb $BR)
 a1=0; l1=$(ticks $LK); [ -n "$AG" ] && a1=$(ticks $AG)
 wait $SIM || true
