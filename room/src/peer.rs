@@ -419,7 +419,10 @@ impl Peer {
                 tracing::debug!(error = %e, "audio write failed");
             }
         }
-        self.drain();
+        // str0m packetises and paces written media on its clock: without time moving on, the
+        // packet would wait for the driver's next timer turn (which, on a busy driver, lost to
+        // other wake-ups and queued audio for hundreds of ms). Let it go out now.
+        self.handle_timeout(now);
         Ok(())
     }
 

@@ -595,6 +595,7 @@ impl Engine {
                 _ = tokio::time::sleep_until(deadline.into()) => Wake::Timer,
             };
             let now = Instant::now();
+            let was_timer = matches!(wake, Wake::Timer);
             match wake {
                 Wake::Cmd(None) => self.shutdown(DisconnectReason::ClientInitiated).await,
                 Wake::Cmd(Some(c)) => self.on_command(c, now).await,
@@ -614,6 +615,12 @@ impl Engine {
                 Wake::Audio(Some(a)) => self.on_outgoing_audio(a, now),
                 Wake::Audio(None) => {}
                 Wake::Timer => self.on_timer(now),
+            }
+            // A timer that fell due while something else won the select runs now, not after
+            // another round of wake-ups (retransmits, RTCP, pacing and pings stay on time).
+            let now = Instant::now();
+            if !was_timer && self.next_deadline() <= now {
+                self.on_timer(now);
             }
             if let Some((p, s)) = self.new_sockets.take() {
                 // Full reconnect: the old peers are gone; their sockets go with them.
