@@ -97,7 +97,9 @@ fn rtc_node_and_python_exchange_audio_and_data() {
     assert_eq!(node_status.map(|s| s.success()), Some(true), "{ctx}");
     assert!((py["heard"]["peak_hz"].as_f64().unwrap_or(0.0) - 523.0).abs() < 10.0, "{ctx}");
     assert!(py["heard"]["rms"].as_f64().unwrap_or(0.0) > 1000.0, "{ctx}");
-    assert!((nd["heard"]["freq_hz"].as_f64().unwrap_or(0.0) - 440.0).abs() < 15.0, "{ctx}");
+    // rtc_node.mjs estimates by zero crossings, which a little codec noise near the crossings
+    // pushes up (455 Hz seen on a loaded machine); 30 Hz still tells 440 from Python's 523.
+    assert!((nd["heard"]["freq_hz"].as_f64().unwrap_or(0.0) - 440.0).abs() < 30.0, "{ctx}");
     assert!(nd["heard"]["rms"].as_f64().unwrap_or(0.0) > 1000.0, "{ctx}");
     assert!(
         nd["data"].as_array().into_iter().flatten().any(|d| d["text"] == "hello-from-python" && d["from"] == "python"),
