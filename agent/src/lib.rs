@@ -13,6 +13,7 @@
 //! * [`record`], [`metrics`]: call records and Prometheus metrics.
 //! * [`providers`]: STT/LLM/TTS interfaces, vendor clients and the offline stack.
 
+mod call_events;
 pub mod config;
 pub mod dialog;
 pub mod metrics;

@@ -37,12 +37,13 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use proto::control::{Control, CONTROL_TOPIC};
+use proto::control::Control;
 use room::{AudioSink, AudioTrackOptions, Participant, RemoteAudioTrack, Room, RoomEvent};
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, Notify};
 use tokio::time::MissedTickBehavior;
 
+use crate::call_events::{classify, CallEvent};
 use crate::metrics::{Metrics, TurnClock};
 use crate::providers::openai_realtime::{RealtimeConfig, RealtimeEvent, RealtimeSession};
 use crate::providers::{Fields, TtsEvent, TtsProvider};
@@ -1619,37 +1620,19 @@ async fn finish(
                     s.outcome = Some("room_closed".into());
                     continue;
                 };
-                match ev {
-                    RoomEvent::DataReceived(m) if m.topic.as_deref() == Some(CONTROL_TOPIC) => {
-                        match Control::parse(&m.payload) {
-                            Ok(c) => s.on_control(c).await,
-                            Err(e) => tracing::debug!(error = %e, "malformed control message ignored"),
+                match classify(ev, &phone_id) {
+                    CallEvent::Control(c) => s.on_control(c).await,
+                    CallEvent::Ended(why) => s.outcome = Some(why.into()),
+                    CallEvent::CallerTrack(track) => match track.stream(RATE) {
+                        Ok(a) => {
+                            tracing::info!(track = %track.sid(), "caller audio track (re)subscribed");
+                            audio = a;
+                            silence = SilenceFill::new();
+                            audio_open = true;
                         }
-                    }
-                    RoomEvent::ParticipantDisconnected(pp) if pp.identity == phone_id => {
-                        s.outcome = Some("caller_hung_up".into());
-                    }
-                    RoomEvent::TrackSubscribed { track, participant } if participant.identity == phone_id => {
-                        match track.stream(RATE) {
-                            Ok(a) => {
-                                tracing::info!(track = %track.sid(), "caller audio track (re)subscribed");
-                                audio = a;
-                                silence = SilenceFill::new();
-                                audio_open = true;
-                            }
-                            Err(e) => tracing::warn!(error = %e, "cannot decode the caller's new track"),
-                        }
-                    }
-                    RoomEvent::AttributesChanged { participant, changed }
-                        if participant.identity == phone_id && changed.get("sip.callStatus").is_some_and(|v| v == "hangup") =>
-                    {
-                        s.outcome = Some("caller_hung_up".into());
-                    }
-                    RoomEvent::Disconnected(r) => {
-                        tracing::info!(reason = ?r, "room disconnected");
-                        s.outcome = Some("room_closed".into());
-                    }
-                    _ => {}
+                        Err(e) => tracing::warn!(error = %e, "cannot decode the caller's new track"),
+                    },
+                    CallEvent::Other => {}
                 }
             }
             _ = housekeeping.tick() => s.housekeeping().await,

@@ -37,6 +37,7 @@ use crate::providers::{
     TtsEvent, TtsProvider,
 };
 use crate::record::{now_ms, CallInfo, Recorder, TurnRow};
+use crate::call_events::{classify, CallEvent};
 use crate::silence_fill::SilenceFill;
 use crate::stack::Stack;
 use crate::turn::{Segment, UtteranceMap};
@@ -1340,48 +1341,28 @@ async fn converse(
                     s.outcome = Some("room_closed".into());
                     continue;
                 };
-                match ev {
-                    RoomEvent::DataReceived(m) if m.topic.as_deref() == Some(CONTROL_TOPIC) => {
-                        match Control::parse(&m.payload) {
-                            Ok(Control::Playback { utterance_id, heard_ms, complete, interrupted }) => {
-                                let id = s.utterances.playback(&utterance_id, heard_ms, complete, interrupted).map(|r| r.reply_id);
-                                if let Some(id) = id {
-                                    s.retrim(id);
-                                }
-                            }
-                            Ok(Control::Dtmf { digit }) => {
-                                tracing::info!(%digit, "caller pressed a key");
-                                s.record_turn("dtmf", &digit, now_ms(), Some(now_ms()), false, None, None);
-                            }
-                            Ok(_) => {}
-                            Err(e) => tracing::debug!(error = %e, "malformed control message ignored"),
+                match classify(ev, &phone_id) {
+                    CallEvent::Control(Control::Playback { utterance_id, heard_ms, complete, interrupted }) => {
+                        let id = s.utterances.playback(&utterance_id, heard_ms, complete, interrupted).map(|r| r.reply_id);
+                        if let Some(id) = id {
+                            s.retrim(id);
                         }
                     }
-                    RoomEvent::ParticipantDisconnected(pp) if pp.identity == phone_id => {
-                        s.outcome = Some("caller_hung_up".into());
+                    CallEvent::Control(Control::Dtmf { digit }) => {
+                        tracing::info!(%digit, "caller pressed a key");
+                        s.record_turn("dtmf", &digit, now_ms(), Some(now_ms()), false, None, None);
                     }
-                    RoomEvent::TrackSubscribed { track, participant } if participant.identity == phone_id => {
-                        // The caller's track was republished (e.g. the bridge reconnected).
-                        match track.stream(stt_rate) {
-                            Ok(a) => {
-                                tracing::info!(track = %track.sid(), "caller audio track (re)subscribed");
-                                audio = a;
-                                silence = SilenceFill::new();
-                                audio_open = true;
-                            }
-                            Err(e) => tracing::warn!(error = %e, "cannot decode the caller's new track"),
+                    CallEvent::Control(_) | CallEvent::Other => {}
+                    CallEvent::Ended(why) => s.outcome = Some(why.into()),
+                    CallEvent::CallerTrack(track) => match track.stream(stt_rate) {
+                        Ok(a) => {
+                            tracing::info!(track = %track.sid(), "caller audio track (re)subscribed");
+                            audio = a;
+                            silence = SilenceFill::new();
+                            audio_open = true;
                         }
-                    }
-                    RoomEvent::AttributesChanged { participant, changed }
-                        if participant.identity == phone_id && changed.get("sip.callStatus").is_some_and(|v| v == "hangup") =>
-                    {
-                        s.outcome = Some("caller_hung_up".into());
-                    }
-                    RoomEvent::Disconnected(r) => {
-                        tracing::info!(reason = ?r, "room disconnected");
-                        s.outcome = Some("room_closed".into());
-                    }
-                    _ => {}
+                        Err(e) => tracing::warn!(error = %e, "cannot decode the caller's new track"),
+                    },
                 }
             }
             _ = housekeeping.tick() => {
