@@ -3,8 +3,7 @@
 //! phone participant) reports what was heard — trims the greeting in its history and call
 //! record to that, then answers the caller.
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use agent::providers::offline_tts::OfflineTts;
@@ -13,27 +12,8 @@ use proto::control::{Control, CONTROL_TOPIC};
 use room::{AudioTrackOptions, DataPacketBuilder, Room, RoomEvent, RoomOptions};
 use tokio::sync::mpsc;
 
-struct Kill(Child);
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn devroom_bin() -> PathBuf {
-    if let Ok(p) = std::env::var("DEVROOM_BIN") {
-        return PathBuf::from(p);
-    }
-    let target = std::env::var("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-                .join("..")
-                .join("target")
-        });
-    target.join("debug").join("devroom")
-}
+mod common;
+use common::{start_devroom, Kill};
 
 enum Obs {
     Frame(Instant, f32),
@@ -42,33 +22,7 @@ enum Obs {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn caller_interrupts_the_greeting_and_history_is_trimmed_to_what_was_heard() {
-    let bin = devroom_bin();
-    assert!(
-        bin.exists(),
-        "devroom binary not found at {} — build it first: cargo build -p devroom",
-        bin.display()
-    );
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let _devroom = Kill(
-        Command::new(&bin)
-            .args(["--listen", &format!("127.0.0.1:{port}"), "--rtc-port", "0"])
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let t0 = Instant::now();
-    while tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .is_err()
-    {
-        assert!(t0.elapsed() < Duration::from_secs(15));
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let (_devroom, port) = start_devroom().await;
     let url = format!("ws://127.0.0.1:{port}");
     let room_name = "call-CAbarge000000000000000000000000001";
     let token = agent::token::sign(

@@ -6,8 +6,7 @@
 //! Needs `target/debug/devroom` (`cargo build -p devroom`); the test fails with that hint if it
 //! is missing.
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use agent::providers::offline_tts::OfflineTts;
@@ -16,60 +15,8 @@ use proto::control::{Control, CONTROL_TOPIC, TRANSCRIPT_TOPIC};
 use room::{AudioTrackOptions, Room, RoomEvent, RoomOptions};
 use tokio::sync::mpsc;
 
-struct Kill(Child);
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn devroom_bin() -> PathBuf {
-    if let Ok(p) = std::env::var("DEVROOM_BIN") {
-        return PathBuf::from(p);
-    }
-    let target = std::env::var("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-                .join("..")
-                .join("target")
-        });
-    target.join("debug").join("devroom")
-}
-
-async fn start_devroom() -> (Kill, u16) {
-    let bin = devroom_bin();
-    assert!(
-        bin.exists(),
-        "devroom binary not found at {} — build it first: cargo build -p devroom",
-        bin.display()
-    );
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let child = Command::new(&bin)
-        .args(["--listen", &format!("127.0.0.1:{port}"), "--rtc-port", "0"])
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .spawn()
-        .expect("spawn devroom");
-    let k = Kill(child);
-    let t0 = Instant::now();
-    while tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .is_err()
-    {
-        assert!(
-            t0.elapsed() < Duration::from_secs(15),
-            "devroom did not listen"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    (k, port)
-}
+mod common;
+use common::{start_devroom, Kill};
 
 /// What the phone side has seen so far.
 #[derive(Default)]

@@ -15,7 +15,7 @@ mod fakes;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use agent::vad::level_dbfs;
@@ -29,13 +29,8 @@ use tokio::sync::mpsc;
 
 const LOUD_DB: f32 = -40.0;
 
-struct Kill(Child);
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+mod common;
+use common::Kill;
 
 enum Obs {
     Frame(Instant, f32),

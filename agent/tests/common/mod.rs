@@ -1,0 +1,49 @@
+//! Shared by the agent's end-to-end tests: child processes that die with the test, and a devroom
+//! binary started on a free port.
+
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A child process killed when dropped.
+pub struct Kill(pub Child);
+
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The debug `devroom` binary (`DEVROOM_BIN` overrides), built by `cargo build --workspace`.
+pub fn devroom_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("DEVROOM_BIN") {
+        return PathBuf::from(p);
+    }
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").join("target"));
+    target.join("debug").join("devroom")
+}
+
+/// Starts devroom on a free port and waits until it listens; returns it and the port.
+pub async fn start_devroom() -> (Kill, u16) {
+    let bin = devroom_bin();
+    assert!(bin.exists(), "devroom binary not found at {} — build it first: cargo build -p devroom", bin.display());
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let child = Command::new(&bin)
+        .args(["--listen", &format!("127.0.0.1:{port}"), "--rtc-port", "0"])
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("spawn devroom");
+    let k = Kill(child);
+    let t0 = Instant::now();
+    while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+        assert!(t0.elapsed() < Duration::from_secs(15), "devroom did not listen");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    (k, port)
+}
