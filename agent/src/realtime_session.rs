@@ -38,7 +38,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use proto::control::Control;
-use room::{AudioSink, AudioTrackOptions, Participant, RemoteAudioTrack, Room, RoomEvent};
+use room::{AudioSink, Participant, RemoteAudioTrack, Room, RoomEvent};
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, Notify};
 use tokio::time::MissedTickBehavior;
@@ -1406,15 +1406,7 @@ pub(crate) async fn converse(
     if cfg.tools.is_empty() {
         cfg.tools = session::tools(&spec);
     }
-    let sink = match room
-        .publish_audio(AudioTrackOptions {
-            name: "agent".into(),
-            sample_rate: RATE,
-            dtx: false,
-            ..Default::default()
-        })
-        .await
-    {
+    let sink = match session::publish_agent_track(&room, RATE).await {
         Ok(s) => s,
         Err(e) => return fail(format!("publish: {e}")),
     };

@@ -1191,15 +1191,7 @@ async fn converse(
         turns: 0,
     };
     let tts_rate = p.stack.tts.output_rate();
-    let sink = match room
-        .publish_audio(AudioTrackOptions {
-            name: "agent".into(),
-            sample_rate: tts_rate,
-            dtx: false,
-            ..Default::default()
-        })
-        .await
-    {
+    let sink = match publish_agent_track(&room, tts_rate).await {
         Ok(s) => s,
         Err(e) => return fail(format!("publish: {e}")),
     };
@@ -1656,4 +1648,16 @@ async fn sleep_until_opt(t: Option<Instant>) {
         Some(t) => tokio::time::sleep_until(t.into()).await,
         None => std::future::pending().await,
     }
+}
+
+/// The agent's voice track: Opus at `rate`, no DTX (the bridge ends an utterance when frames
+/// stop, and the player stops pushing between replies anyway).
+pub(crate) async fn publish_agent_track(room: &Room, rate: u32) -> Result<room::AudioSink, room::RoomError> {
+    room.publish_audio(AudioTrackOptions {
+        name: "agent".into(),
+        sample_rate: rate,
+        dtx: false,
+        ..Default::default()
+    })
+    .await
 }
