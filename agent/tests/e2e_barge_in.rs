@@ -35,7 +35,7 @@ async fn caller_interrupts_the_greeting_and_history_is_trimmed_to_what_was_heard
     let (phone, mut events) = Room::connect(&url, &token, RoomOptions::default())
         .await
         .unwrap();
-    let mut sink = phone
+    let sink = phone
         .publish_audio(AudioTrackOptions {
             name: "caller".into(),
             sample_rate: 16_000,
@@ -47,22 +47,7 @@ async fn caller_interrupts_the_greeting_and_history_is_trimmed_to_what_was_heard
         .synthesize("my name is john")
         .await
         .unwrap();
-    let (say_tx, mut say_rx) = mpsc::channel::<Vec<i16>>(4);
-    let mic = tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_millis(20));
-        let mut q: std::collections::VecDeque<i16> = Default::default();
-        loop {
-            tick.tick().await;
-            while let Ok(s) = say_rx.try_recv() {
-                q.extend(s);
-            }
-            let mut f: Vec<i16> = q.drain(..q.len().min(320)).collect();
-            f.resize(320, 0);
-            if sink.push(&f).await.is_err() {
-                return;
-            }
-        }
-    });
+    let (say_tx, mic) = common::microphone(sink, 320);
 
     let db_dir = tempfile::tempdir().unwrap();
     let db = db_dir.path().join("calls.db");

@@ -116,7 +116,7 @@ async fn agent_answers_a_phone_participant_in_devroom() {
     let (phone, mut events) = Room::connect(&url, &token, RoomOptions::default())
         .await
         .expect("phone joins");
-    let mut sink = phone
+    let sink = phone
         .publish_audio(AudioTrackOptions {
             name: "caller".into(),
             sample_rate: 16_000,
@@ -139,22 +139,7 @@ async fn agent_answers_a_phone_participant_in_devroom() {
     }
 
     // The caller's microphone: 20 ms frames in real time, silence unless a line is queued.
-    let (say_tx, mut say_rx) = mpsc::channel::<Vec<i16>>(8);
-    let mic = tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_millis(20));
-        let mut queue: std::collections::VecDeque<i16> = Default::default();
-        loop {
-            tick.tick().await;
-            while let Ok(s) = say_rx.try_recv() {
-                queue.extend(s);
-            }
-            let mut f: Vec<i16> = queue.drain(..queue.len().min(320)).collect();
-            f.resize(320, 0);
-            if sink.push(&f).await.is_err() {
-                return;
-            }
-        }
-    });
+    let (say_tx, mic) = common::microphone(sink, 320);
 
     // The agent, as a script would start it: env vars only, plus --room.
     let db_dir = tempfile::tempdir().unwrap();

@@ -73,7 +73,7 @@ async fn start_call(tag: &str, puppet: &Puppet) -> Call {
     let (phone, mut events) = Room::connect(&url, &token, RoomOptions::default())
         .await
         .expect("phone joins");
-    let mut sink = phone
+    let sink = phone
         .publish_audio(AudioTrackOptions {
             name: "caller".into(),
             sample_rate: 8_000,
@@ -82,22 +82,7 @@ async fn start_call(tag: &str, puppet: &Puppet) -> Call {
         .await
         .unwrap();
     // The caller's microphone: 20 ms frames in real time, silence unless something is queued.
-    let (mic, mut say_rx) = mpsc::channel::<Vec<i16>>(8);
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_millis(20));
-        let mut q: std::collections::VecDeque<i16> = Default::default();
-        loop {
-            tick.tick().await;
-            while let Ok(s) = say_rx.try_recv() {
-                q.extend(s);
-            }
-            let mut f: Vec<i16> = q.drain(..q.len().min(160)).collect();
-            f.resize(160, 0);
-            if sink.push(&f).await.is_err() {
-                return;
-            }
-        }
-    });
+    let (mic, _mic_task) = common::microphone(sink, 160);
 
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("calls.db");

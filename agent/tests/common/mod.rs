@@ -47,3 +47,28 @@ pub async fn start_devroom() -> (Kill, u16) {
     }
     (k, port)
 }
+
+/// The caller's microphone: one frame of `frame_len` samples every 20 ms into `sink`, silence
+/// unless a line sent on the returned channel is queued.
+pub fn microphone(
+    mut sink: room::AudioSink,
+    frame_len: usize,
+) -> (tokio::sync::mpsc::Sender<Vec<i16>>, tokio::task::JoinHandle<()>) {
+    let (say_tx, mut say_rx) = tokio::sync::mpsc::channel::<Vec<i16>>(8);
+    let task = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(20));
+        let mut queue: std::collections::VecDeque<i16> = Default::default();
+        loop {
+            tick.tick().await;
+            while let Ok(s) = say_rx.try_recv() {
+                queue.extend(s);
+            }
+            let mut f: Vec<i16> = queue.drain(..queue.len().min(frame_len)).collect();
+            f.resize(frame_len, 0);
+            if sink.push(&f).await.is_err() {
+                return;
+            }
+        }
+    });
+    (say_tx, task)
+}
