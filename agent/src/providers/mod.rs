@@ -171,3 +171,11 @@ pub mod openai_realtime;
 pub mod offline_stt;
 pub mod offline_tts;
 pub mod rules_llm;
+
+// optional offline models, each behind a cargo feature (scripts/models.sh fetches the models)
+#[cfg(feature = "llama")]
+pub mod llama_llm;
+#[cfg(feature = "piper")]
+pub mod piper_tts;
+#[cfg(feature = "whisper")]
+pub mod whisper_stt;
