@@ -51,16 +51,19 @@ pub struct Cli {
     /// Worker mode: most calls at once (beyond it the worker reports itself full).
     #[arg(long, env = "AGENT_MAX_JOBS", default_value_t = 8)]
     pub max_jobs: u32,
-    /// Speech recogniser: `auto` (Deepgram when DEEPGRAM_API_KEY is set, else offline),
-    /// `offline` (pocketsphinx) or `deepgram`.
+    /// Speech recogniser: `auto` (Deepgram when DEEPGRAM_API_KEY is set, else Whisper when
+    /// built with `--features whisper` and WHISPER_MODEL_DIR is set, else offline),
+    /// `offline` (pocketsphinx), `whisper` or `deepgram`.
     #[arg(long, env = "AGENT_STT", default_value = "auto")]
     pub stt: String,
     /// Language model: `auto` (OpenAI, then Groq, by key; else rules), `rules` (the offline
-    /// rule-based dialog), `openai` or `groq`; `openai-realtime` selects `--mode realtime`.
+    /// rule-based dialog), `llama` (local GGUF model, `--features llama`, LLAMA_MODEL),
+    /// `openai` or `groq`; `openai-realtime` selects `--mode realtime`.
     #[arg(long, env = "AGENT_LLM", default_value = "auto")]
     pub llm: String,
     /// Speech synthesiser: `auto` (Cartesia with CARTESIA_API_KEY + CARTESIA_VOICE_ID, then
-    /// ElevenLabs, by key; else offline), `offline` (espeak-ng), `cartesia` or `elevenlabs`.
+    /// ElevenLabs, by key; else Piper when built with `--features piper` and PIPER_MODEL is
+    /// set; else offline), `offline` (espeak-ng), `piper`, `cartesia` or `elevenlabs`.
     #[arg(long, env = "AGENT_TTS", default_value = "auto")]
     pub tts: String,
     /// How long to wait for the phone participant after joining, in seconds.

@@ -14,6 +14,17 @@
 //!
 //! `auto` prefers, in order: deepgram; openai, groq; cartesia, elevenlabs.
 //!
+//! Optional local models, each behind a cargo feature (`scripts/models.sh` fetches them):
+//!
+//! | choice | feature | needs |
+//! |---|---|---|
+//! | stt `whisper` | `whisper` | `WHISPER_MODEL_DIR` (default `models/whisper-tiny.en/model`) |
+//! | llm `llama` | `llama` | `LLAMA_MODEL` (default `models/smollm2/…gguf`) |
+//! | tts `piper` | `piper` | `PIPER_MODEL`, `ORT_DYLIB_PATH` (defaults under `models/`) |
+//!
+//! Without keys, `auto` takes a local model when its feature is built and its variable is set,
+//! and the embedded default (pocketsphinx, rules, espeak-ng) otherwise.
+//!
 //! **Realtime mode** (`--mode realtime`, or `--llm openai-realtime`): one OpenAI Realtime
 //! session per call replaces STT, LLM and TTS ([`Stack::realtime`], run by
 //! [`crate::realtime_session`]). Needs `OPENAI_API_KEY`; optional `OPENAI_REALTIME_BASE_URL`
@@ -121,20 +132,34 @@ pub fn choose(
             None => Ok(()),
         }
     };
+    let built = |feature: &str, what: &str| -> Result<(), String> {
+        if feature_built(feature) {
+            Ok(())
+        } else {
+            Err(format!("{what} needs the agent built with `--features {feature}`"))
+        }
+    };
+    let local = |feature: &str, var: &str| feature_built(feature) && has(var);
     let stt = match stt {
         "auto" => {
             if has("DEEPGRAM_API_KEY") {
                 "deepgram"
+            } else if local("whisper", "WHISPER_MODEL_DIR") {
+                "whisper"
             } else {
                 "offline"
             }
         }
         "offline" | "pocketsphinx" => "offline",
+        "whisper" => {
+            built("whisper", "--stt whisper")?;
+            "whisper"
+        }
         "deepgram" => {
             need("--stt deepgram", &["DEEPGRAM_API_KEY"])?;
             "deepgram"
         }
-        other => return Err(format!("--stt {other:?}: use auto, offline or deepgram")),
+        other => return Err(format!("--stt {other:?}: use auto, offline, whisper or deepgram")),
     };
     let llm = match llm {
         "auto" => {
@@ -142,11 +167,17 @@ pub fn choose(
                 "openai"
             } else if has("GROQ_API_KEY") {
                 "groq"
+            } else if local("llama", "LLAMA_MODEL") {
+                "llama"
             } else {
                 "rules"
             }
         }
         "rules" | "offline" => "rules",
+        "llama" | "local" => {
+            built("llama", "--llm llama")?;
+            "llama"
+        }
         "openai" => {
             need("--llm openai", &["OPENAI_API_KEY"])?;
             "openai"
@@ -155,7 +186,7 @@ pub fn choose(
             need("--llm groq", &["GROQ_API_KEY"])?;
             "groq"
         }
-        other => return Err(format!("--llm {other:?}: use auto, rules, openai or groq")),
+        other => return Err(format!("--llm {other:?}: use auto, rules, llama, openai or groq")),
     };
     let tts = match tts {
         "auto" => {
@@ -163,11 +194,17 @@ pub fn choose(
                 "cartesia"
             } else if has("ELEVENLABS_API_KEY") {
                 "elevenlabs"
+            } else if local("piper", "PIPER_MODEL") {
+                "piper"
             } else {
                 "offline"
             }
         }
         "offline" | "espeak" | "espeak-ng" => "offline",
+        "piper" => {
+            built("piper", "--tts piper")?;
+            "piper"
+        }
         "cartesia" => {
             need("--tts cartesia", &["CARTESIA_API_KEY", "CARTESIA_VOICE_ID"])?;
             "cartesia"
@@ -178,11 +215,21 @@ pub fn choose(
         }
         other => {
             return Err(format!(
-                "--tts {other:?}: use auto, offline, cartesia or elevenlabs"
+                "--tts {other:?}: use auto, offline, piper, cartesia or elevenlabs"
             ))
         }
     };
     Ok(Choice { stt, llm, tts })
+}
+
+/// Whether this binary was built with an optional model feature.
+pub fn feature_built(feature: &str) -> bool {
+    match feature {
+        "whisper" => cfg!(feature = "whisper"),
+        "llama" => cfg!(feature = "llama"),
+        "piper" => cfg!(feature = "piper"),
+        _ => false,
+    }
 }
 
 impl Stack {
@@ -231,6 +278,11 @@ impl Stack {
         let get = |k: &str| env(k).filter(|v| !v.trim().is_empty());
         let key = |k: &str| get(k).unwrap_or_default();
         let stt: Arc<dyn SttProvider> = match c.stt {
+            #[cfg(feature = "whisper")]
+            "whisper" => Arc::new(crate::providers::whisper_stt::WhisperStt::from_env(
+                get,
+                VadConfig::from_turn(&spec.turn),
+            )?),
             "deepgram" => {
                 let mut cfg = DeepgramConfig::new(key("DEEPGRAM_API_KEY"));
                 if let Some(b) = get("DEEPGRAM_BASE_URL") {
@@ -244,6 +296,8 @@ impl Stack {
             )),
         };
         let llm: Arc<dyn LlmProvider> = match c.llm {
+            #[cfg(feature = "llama")]
+            "llama" => Arc::new(crate::providers::llama_llm::LlamaLlm::from_env(get)?),
             "openai" => {
                 let mut cfg = ChatConfig::openai(
                     key("OPENAI_API_KEY"),
@@ -267,6 +321,11 @@ impl Stack {
             _ => Arc::new(RulesLlm::new(spec.clone())),
         };
         let tts: Arc<dyn TtsProvider> = match c.tts {
+            #[cfg(feature = "piper")]
+            "piper" => Arc::new(crate::providers::piper_tts::PiperTts::from_env(
+                get,
+                OFFLINE_TTS_RATE,
+            )?),
             "cartesia" => {
                 let mut cfg =
                     CartesiaConfig::new(key("CARTESIA_API_KEY"), key("CARTESIA_VOICE_ID"));
@@ -309,6 +368,36 @@ mod tests {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         move |k| m.get(k).cloned()
+    }
+
+    #[test]
+    fn local_models_are_chosen_only_when_built_and_configured() {
+        let models = env(&[
+            ("WHISPER_MODEL_DIR", "/m/w"),
+            ("LLAMA_MODEL", "/m/l.gguf"),
+            ("PIPER_MODEL", "/m/p.onnx"),
+        ]);
+        let auto = choose("auto", "auto", "auto", &models).unwrap();
+        assert_eq!(auto.stt == "whisper", cfg!(feature = "whisper"), "{auto:?}");
+        assert_eq!(auto.llm == "llama", cfg!(feature = "llama"), "{auto:?}");
+        assert_eq!(auto.tts == "piper", cfg!(feature = "piper"), "{auto:?}");
+        // Cloud keys still win over local models.
+        let both = env(&[("DEEPGRAM_API_KEY", "d"), ("WHISPER_MODEL_DIR", "/m/w")]);
+        assert_eq!(choose("auto", "auto", "auto", &both).unwrap().stt, "deepgram");
+        // Asked for by name: works when built, else says which feature is missing.
+        for (stt, llm, tts, feature) in [
+            ("whisper", "auto", "auto", "whisper"),
+            ("auto", "llama", "auto", "llama"),
+            ("auto", "auto", "piper", "piper"),
+        ] {
+            match choose(stt, llm, tts, env(&[])) {
+                Ok(_) => assert!(feature_built(feature)),
+                Err(e) => {
+                    assert!(!feature_built(feature));
+                    assert!(e.contains(&format!("--features {feature}")), "{e}");
+                }
+            }
+        }
     }
 
     #[test]

@@ -168,6 +168,7 @@ pub mod openai_chat;
 pub mod openai_realtime;
 
 // offline stack (no keys needed)
+pub mod local_tts;
 pub mod offline_stt;
 pub mod offline_tts;
 pub mod rules_llm;

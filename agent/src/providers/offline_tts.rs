@@ -54,6 +54,11 @@ extern "C" {
         unique_identifier: *mut c_uint,
         user_data: *mut c_void,
     ) -> c_int;
+    fn espeak_TextToPhonemes(
+        textptr: *mut *const c_void,
+        textmode: c_int,
+        phonememode: c_int,
+    ) -> *const c_char;
 }
 
 const AUDIO_OUTPUT_SYNCHRONOUS: c_int = 2;
@@ -61,8 +66,28 @@ const POS_CHARACTER: c_int = 1;
 const ESPEAK_CHARS_UTF8: c_uint = 1;
 const ESPEAK_RATE: c_int = 1;
 const EE_OK: c_int = 0;
+/// `phonememode` bit 1: phonemes as IPA (UTF-8), the alphabet Piper voices are trained on.
+const PHONEMES_IPA: c_int = 0x02;
 
-/// What the synthesis thread is asked to do.
+/// What the espeak-ng thread is asked to do.
+enum Work {
+    Speak(Job),
+    Phonemize {
+        text: String,
+        voice: String,
+        reply: smpsc::Sender<Vec<Clause>>,
+    },
+}
+
+/// One clause of text as espeak-ng's IPA phonemes, and the punctuation that ended it
+/// (`None` at the end of the text without any).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Clause {
+    pub ipa: String,
+    pub end: Option<char>,
+}
+
+/// A request to speak.
 struct Job {
     text: String,
     voice: String,
@@ -102,7 +127,7 @@ unsafe extern "C" fn synth_cb(wav: *mut c_short, n: c_int, events: *mut EspeakEv
 }
 
 struct Engine {
-    tx: Mutex<smpsc::Sender<Job>>,
+    tx: Mutex<smpsc::Sender<Work>>,
     rate: u32,
 }
 
@@ -110,7 +135,7 @@ fn engine() -> Result<&'static Engine, ProviderError> {
     static ENGINE: OnceLock<Result<Engine, String>> = OnceLock::new();
     ENGINE
         .get_or_init(|| {
-            let (tx, rx) = smpsc::channel::<Job>();
+            let (tx, rx) = smpsc::channel::<Work>();
             let (rate_tx, rate_rx) = smpsc::channel::<Result<u32, String>>();
             std::thread::Builder::new()
                 .name("espeak-ng".into())
@@ -124,14 +149,25 @@ fn engine() -> Result<&'static Engine, ProviderError> {
                     unsafe { espeak_SetSynthCallback(synth_cb) };
                     let _ = rate_tx.send(Ok(rate as u32));
                     let mut voice = String::new();
-                    while let Ok(job) = rx.recv() {
-                        if job.voice != voice {
-                            let v = CString::new(job.voice.clone()).unwrap_or_default();
+                    let mut set_voice = |want: &str| {
+                        if want != voice {
+                            let v = CString::new(want).unwrap_or_default();
                             if unsafe { espeak_SetVoiceByName(v.as_ptr()) } != EE_OK {
-                                tracing::warn!(voice = %job.voice, "espeak-ng voice not found; keeping the previous one");
+                                tracing::warn!(voice = %want, "espeak-ng voice not found; keeping the previous one");
                             }
-                            voice = job.voice.clone();
+                            voice = want.to_string();
                         }
+                    };
+                    while let Ok(work) = rx.recv() {
+                        let job = match work {
+                            Work::Speak(job) => job,
+                            Work::Phonemize { text, voice, reply } => {
+                                set_voice(&voice);
+                                let _ = reply.send(text_to_clauses(&text));
+                                continue;
+                            }
+                        };
+                        set_voice(&job.voice);
                         unsafe { espeak_SetParameter(ESPEAK_RATE, job.wpm.clamp(80, 450) as c_int, 0) };
                         if !job.cancel.load(Ordering::Relaxed) {
                             let text = CString::new(job.text.replace('\0', " ")).unwrap_or_default();
@@ -162,6 +198,73 @@ fn engine() -> Result<&'static Engine, ProviderError> {
         })
         .as_ref()
         .map_err(|e| ProviderError::Other { vendor: VENDOR, msg: e.clone() })
+}
+
+/// Runs on the espeak-ng thread: `text` as IPA phonemes, clause by clause.
+fn text_to_clauses(text: &str) -> Vec<Clause> {
+    let Ok(c_text) = CString::new(text.replace('\0', " ")) else {
+        return Vec::new();
+    };
+    let bytes = c_text.as_bytes();
+    let base = c_text.as_ptr() as *const c_void;
+    let mut ptr = base;
+    let mut out = Vec::new();
+    // espeak advances `ptr` past each clause and sets it to NULL at the end of the text.
+    while !ptr.is_null() {
+        let start = (ptr as usize).saturating_sub(base as usize).min(bytes.len());
+        // SAFETY: `ptr` points into `c_text` (NUL-terminated, alive for this loop); the
+        // returned string is espeak's own buffer, copied before the next call.
+        let ipa = unsafe {
+            let p = espeak_TextToPhonemes(&mut ptr, ESPEAK_CHARS_UTF8 as c_int, PHONEMES_IPA);
+            if p.is_null() {
+                String::new()
+            } else {
+                std::ffi::CStr::from_ptr(p).to_string_lossy().into_owned()
+            }
+        };
+        let end = if ptr.is_null() {
+            bytes.len()
+        } else {
+            (ptr as usize).saturating_sub(base as usize).clamp(start, bytes.len())
+        };
+        let consumed = String::from_utf8_lossy(&bytes[start..end]);
+        // espeak reads one character past the clause ("Hello world, t"): skip that fragment
+        // of the next word, then the spaces, to the punctuation that closed the clause.
+        let is_punct = |c: char| matches!(c, '.' | ',' | ';' | ':' | '!' | '?');
+        let punct = consumed
+            .trim_end_matches(|c: char| !c.is_whitespace() && !is_punct(c))
+            .trim_end()
+            .chars()
+            .next_back()
+            .filter(|&c| is_punct(c));
+        let ipa = ipa.trim().to_string();
+        if !ipa.is_empty() {
+            out.push(Clause { ipa, end: punct });
+        }
+        if end == start && !ptr.is_null() {
+            break; // no progress: never loop forever on odd input
+        }
+    }
+    out
+}
+
+/// `text` as espeak-ng's IPA phonemes in `voice`, clause by clause (Piper's front end).
+/// Blocks until the espeak-ng thread has done it: call from a blocking context.
+pub fn phonemize(text: &str, voice: &str) -> Result<Vec<Clause>, ProviderError> {
+    let eng = engine()?;
+    let (reply, answer) = smpsc::channel();
+    let work = Work::Phonemize {
+        text: text.to_string(),
+        voice: voice.to_string(),
+        reply,
+    };
+    let sent = eng.tx.lock().map(|tx| tx.send(work).is_ok()).unwrap_or(false);
+    if !sent {
+        return Err(ProviderError::Other { vendor: VENDOR, msg: "espeak-ng thread is gone".into() });
+    }
+    answer
+        .recv()
+        .map_err(|_| ProviderError::Other { vendor: VENDOR, msg: "espeak-ng thread is gone".into() })
 }
 
 /// Streaming windowed-sinc resampler for any rate pair (mono i16), state kept across chunks.
@@ -273,17 +376,6 @@ impl OfflineTts {
     }
 }
 
-enum Input {
-    Text(String),
-    Finish,
-}
-
-pub struct OfflineTtsStream {
-    tx: Option<mpsc::Sender<Input>>,
-    rx: mpsc::Receiver<TtsEvent>,
-    cancel: Arc<AtomicBool>,
-}
-
 #[async_trait]
 impl TtsProvider for OfflineTts {
     fn name(&self) -> &'static str {
@@ -296,116 +388,60 @@ impl TtsProvider for OfflineTts {
 
     async fn start(&self) -> Result<Box<dyn TtsStream>, ProviderError> {
         let eng = engine()?;
-        let (in_tx, mut in_rx) = mpsc::channel::<Input>(64);
-        let (ev_tx, ev_rx) = mpsc::channel::<TtsEvent>(256);
-        let cancel = Arc::new(AtomicBool::new(false));
-        let (voice, wpm, rate, cancel2) = (self.voice.clone(), self.wpm, self.rate, cancel.clone());
+        let (stream, mut syn) = super::local_tts::start(VENDOR, eng.rate, self.rate);
+        let (voice, wpm) = (self.voice.clone(), self.wpm);
         tokio::spawn(async move {
-            let mut rs = SincResampler::new(eng.rate, rate);
-            while let Some(inp) = in_rx.recv().await {
-                let text = match inp {
-                    Input::Finish => {
-                        let mut tail = Vec::new();
-                        rs.flush(&mut tail);
-                        if !tail.is_empty() {
-                            let _ = ev_tx.send(TtsEvent::Audio(tail)).await;
-                        }
-                        let _ = ev_tx.send(TtsEvent::Done).await;
-                        return;
-                    }
-                    Input::Text(t) => t,
-                };
-                if text.trim().is_empty() {
-                    continue;
-                }
+            while let Some(text) = syn.next_text().await {
                 let (out_tx, mut out_rx) = mpsc::channel(32);
                 let job = Job {
                     text,
                     voice: voice.clone(),
                     wpm,
                     out: out_tx,
-                    cancel: cancel2.clone(),
+                    cancel: syn.cancel.clone(),
                 };
                 let sent = eng
                     .tx
                     .lock()
-                    .map(|tx| tx.send(job).is_ok())
+                    .map(|tx| tx.send(Work::Speak(job)).is_ok())
                     .unwrap_or(false);
                 if !sent {
-                    let _ = ev_tx
-                        .send(TtsEvent::Error("espeak-ng thread is gone".into()))
-                        .await;
+                    syn.error("espeak-ng thread is gone").await;
                     return;
                 }
                 while let Some(Some(chunk)) = out_rx.recv().await {
-                    if cancel2.load(Ordering::Relaxed) {
-                        return;
-                    }
-                    let mut pcm =
-                        Vec::with_capacity(chunk.len() * rate as usize / eng.rate as usize + 8);
-                    rs.process(&chunk, &mut pcm);
-                    if !pcm.is_empty() && ev_tx.send(TtsEvent::Audio(pcm)).await.is_err() {
-                        cancel2.store(true, Ordering::Relaxed);
+                    if !syn.audio(&chunk).await {
                         return;
                     }
                 }
             }
+            syn.done().await;
         });
-        Ok(Box::new(OfflineTtsStream {
-            tx: Some(in_tx),
-            rx: ev_rx,
-            cancel,
-        }))
-    }
-}
-
-#[async_trait]
-impl TtsStream for OfflineTtsStream {
-    async fn push_text(&mut self, text: &str) -> Result<(), ProviderError> {
-        let tx = self.tx.as_ref().ok_or(ProviderError::Other {
-            vendor: VENDOR,
-            msg: "stream finished".into(),
-        })?;
-        tx.send(Input::Text(text.to_string()))
-            .await
-            .map_err(|_| ProviderError::Connection {
-                vendor: VENDOR,
-                msg: "synthesis task ended".into(),
-            })
-    }
-
-    async fn finish(&mut self) -> Result<(), ProviderError> {
-        if let Some(tx) = self.tx.take() {
-            tx.send(Input::Finish)
-                .await
-                .map_err(|_| ProviderError::Connection {
-                    vendor: VENDOR,
-                    msg: "synthesis task ended".into(),
-                })?;
-        }
-        Ok(())
-    }
-
-    async fn cancel(&mut self) {
-        self.cancel.store(true, Ordering::Relaxed);
-        self.tx = None;
-        self.rx.close();
-    }
-
-    async fn next_event(&mut self) -> Option<TtsEvent> {
-        self.rx.recv().await
-    }
-}
-
-impl Drop for OfflineTtsStream {
-    fn drop(&mut self) {
-        self.cancel.store(true, Ordering::Relaxed);
+        Ok(stream)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn text_becomes_ipa_clauses_with_their_punctuation() {
+        let clauses = phonemize("Hello world, this is a test. Really?", "en-us").unwrap();
+        assert_eq!(clauses.len(), 3, "{clauses:?}");
+        assert_eq!(
+            clauses.iter().map(|c| c.end).collect::<Vec<_>>(),
+            vec![Some(','), Some('.'), Some('?')]
+        );
+        // IPA, with stress marks, words separated by spaces
+        assert!(clauses[0].ipa.contains('ˈ') && clauses[0].ipa.contains(' '), "{clauses:?}");
+        assert!(clauses[0].ipa.starts_with("həl"), "{clauses:?}");
+        assert!(phonemize("", "en-us").unwrap().is_empty());
+        // no trailing punctuation
+        let c = phonemize("fire", "en-us").unwrap();
+        assert_eq!(c.len(), 1);
+        assert_eq!(c[0].end, None);
+    }
 
     #[test]
     fn resampler_keeps_a_tone() {
