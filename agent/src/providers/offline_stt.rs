@@ -11,7 +11,8 @@
 //! One decoder per call, on its own thread (`ps_decoder_t` is single-threaded and blocking).
 //! The stream endpoints itself with an energy VAD (pre-roll kept so the first phoneme is not
 //! lost), ends an utterance early on [`SttSession::finalize`], and decodes each utterance in
-//! one full-utterance pass (no interim results).
+//! one full-utterance pass (no interim results). That loop ([`UtteranceSession`]) works over any
+//! [`UtteranceRecognizer`]; the Whisper provider (cargo feature `whisper`) uses it too.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::{c_char, c_int, c_void, CStr, CString};
@@ -195,6 +196,20 @@ impl Decoder {
 impl Drop for Decoder {
     fn drop(&mut self) {
         unsafe { ps_free(self.ps) };
+    }
+}
+
+/// Something that turns one whole utterance into text, used by [`UtteranceSession`].
+pub trait UtteranceRecognizer: Send + 'static {
+    /// `pcm16k`: the utterance, mono PCM16 at 16 kHz. `""` when nothing was recognised.
+    fn recognize(&mut self, pcm16k: &[i16]) -> Result<String, String>;
+}
+
+impl UtteranceRecognizer for Decoder {
+    fn recognize(&mut self, pcm16k: &[i16]) -> Result<String, String> {
+        self.start()?;
+        self.process_ext(pcm16k, true)?;
+        Ok(self.end())
     }
 }
 
@@ -406,10 +421,7 @@ impl SphinxModel {
 
 /// Recognise a whole buffer of 16 kHz PCM (tests, tools).
 pub fn recognize(model: &SphinxModel, pcm: &[i16]) -> Result<String, String> {
-    let mut d = Decoder::new(&model.hmm, &model.lm, &model.dict)?;
-    d.start()?;
-    d.process_ext(pcm, true)?;
-    Ok(d.end())
+    Decoder::new(&model.hmm, &model.lm, &model.dict)?.recognize(pcm)
 }
 
 /// pocketsphinx as an [`SttProvider`].
@@ -453,9 +465,35 @@ enum In {
     Finalize,
 }
 
-pub struct OfflineSttSession {
+/// A live stream over an [`UtteranceRecognizer`] running on its own thread.
+pub struct UtteranceSession {
+    vendor: &'static str,
     tx: Option<mpsc::Sender<In>>,
     rx: mpsc::Receiver<SttEvent>,
+}
+
+impl UtteranceSession {
+    /// Starts the recogniser's thread (named `vendor`); `vendor` also names it in errors.
+    pub fn spawn(
+        vendor: &'static str,
+        rec: impl UtteranceRecognizer,
+        vad: VadConfig,
+    ) -> Result<UtteranceSession, ProviderError> {
+        let (in_tx, in_rx) = mpsc::channel::<In>(200);
+        let (ev_tx, ev_rx) = mpsc::channel::<SttEvent>(64);
+        std::thread::Builder::new()
+            .name(vendor.into())
+            .spawn(move || run_utterances(rec, vad, in_rx, ev_tx))
+            .map_err(|e| ProviderError::Other {
+                vendor,
+                msg: e.to_string(),
+            })?;
+        Ok(UtteranceSession {
+            vendor,
+            tx: Some(in_tx),
+            rx: ev_rx,
+        })
+    }
 }
 
 #[async_trait]
@@ -481,27 +519,14 @@ impl SttProvider for OfflineStt {
                     vendor: VENDOR,
                     msg,
                 })?;
-        let (in_tx, in_rx) = mpsc::channel::<In>(200);
-        let (ev_tx, ev_rx) = mpsc::channel::<SttEvent>(64);
-        let vad = self.vad.clone();
-        std::thread::Builder::new()
-            .name("pocketsphinx".into())
-            .spawn(move || run_decoder(dec, vad, in_rx, ev_tx))
-            .map_err(|e| ProviderError::Other {
-                vendor: VENDOR,
-                msg: e.to_string(),
-            })?;
-        Ok(Box::new(OfflineSttSession {
-            tx: Some(in_tx),
-            rx: ev_rx,
-        }))
+        Ok(Box::new(UtteranceSession::spawn(
+            VENDOR,
+            dec,
+            self.vad.clone(),
+        )?))
     }
 }
 
-/// The decoder thread. Utterances are cut by an energy VAD (with 300 ms of pre-roll so the
-/// first phoneme is kept) or by `finalize`, and decoded in one pass over the whole utterance
-/// (`full_utt`: batch cepstral normalisation over all of it) — measurably more accurate than
-/// frame-by-frame decoding with pocketsphinx 5prealpha, at ~0.1× real time.
 /// Trailing silence kept after the end of speech: the recogniser needs a little to close the
 /// last word; the whole hangover (600 ms) only costs decode time and invites phantom words.
 const TAIL_KEPT_MS: u32 = 200;
@@ -513,8 +538,12 @@ fn trim_hangover(pcm: &mut Vec<i16>, hangover_ms: u32) {
     pcm.truncate(keep);
 }
 
-fn run_decoder(
-    mut dec: Decoder,
+/// The recogniser thread. Utterances are cut by an energy VAD (with 300 ms of pre-roll so the
+/// first phoneme is kept) or by `finalize`, and recognised in one pass over the whole utterance
+/// (for pocketsphinx `full_utt`: batch cepstral normalisation over all of it — measurably more
+/// accurate than frame-by-frame decoding with 5prealpha, at ~0.1× real time).
+fn run_utterances<R: UtteranceRecognizer>(
+    mut rec: R,
     vad: VadConfig,
     mut rx: mpsc::Receiver<In>,
     tx: mpsc::Sender<SttEvent>,
@@ -526,12 +555,8 @@ fn run_decoder(
     let mut preroll: std::collections::VecDeque<Vec<i16>> = Default::default();
     let mut preroll_samples = 0usize;
     let mut utt: Option<Vec<i16>> = None;
-    let end_utt = |dec: &mut Decoder, pcm: Vec<i16>, tx: &mpsc::Sender<SttEvent>| -> bool {
-        let text = dec
-            .start()
-            .and_then(|_| dec.process_ext(&pcm, true))
-            .map(|_| dec.end());
-        let text = match text {
+    let end_utt = |rec: &mut R, pcm: Vec<i16>, tx: &mpsc::Sender<SttEvent>| -> bool {
+        let text = match rec.recognize(&pcm) {
             Ok(t) => t,
             Err(e) => {
                 let _ = tx.blocking_send(SttEvent::Error(e));
@@ -583,7 +608,7 @@ fn run_decoder(
                             if too_long {
                                 vad = Vad::new(vad_cfg.clone());
                             }
-                            if !end_utt(&mut dec, pcm, &tx) {
+                            if !end_utt(&mut rec, pcm, &tx) {
                                 return;
                             }
                         }
@@ -595,7 +620,7 @@ fn run_decoder(
                 if let Some(mut pcm) = utt.take() {
                     trim_hangover(&mut pcm, vad_cfg.hangover_ms);
                     vad = Vad::new(vad_cfg.clone());
-                    if !end_utt(&mut dec, pcm, &tx) {
+                    if !end_utt(&mut rec, pcm, &tx) {
                         return;
                     }
                 }
@@ -605,21 +630,21 @@ fn run_decoder(
 }
 
 #[async_trait]
-impl SttSession for OfflineSttSession {
+impl SttSession for UtteranceSession {
     async fn send_audio(&mut self, pcm: &[i16]) -> Result<(), ProviderError> {
         let tx = self.tx.as_ref().ok_or(ProviderError::Other {
-            vendor: VENDOR,
+            vendor: self.vendor,
             msg: "session closed".into(),
         })?;
         // Never block the call on a slow decoder: drop audio (counted by the caller's logs).
         match tx.try_send(In::Audio(pcm.to_vec())) {
             Ok(()) => Ok(()),
             Err(mpsc::error::TrySendError::Full(_)) => Err(ProviderError::Other {
-                vendor: VENDOR,
+                vendor: self.vendor,
                 msg: "decoder is behind; audio dropped".into(),
             }),
             Err(mpsc::error::TrySendError::Closed(_)) => Err(ProviderError::Connection {
-                vendor: VENDOR,
+                vendor: self.vendor,
                 msg: "decoder thread ended".into(),
             }),
         }
@@ -627,13 +652,13 @@ impl SttSession for OfflineSttSession {
 
     async fn finalize(&mut self) -> Result<(), ProviderError> {
         let tx = self.tx.as_ref().ok_or(ProviderError::Other {
-            vendor: VENDOR,
+            vendor: self.vendor,
             msg: "session closed".into(),
         })?;
         tx.send(In::Finalize)
             .await
             .map_err(|_| ProviderError::Connection {
-                vendor: VENDOR,
+                vendor: self.vendor,
                 msg: "decoder thread ended".into(),
             })
     }
