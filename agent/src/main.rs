@@ -16,7 +16,8 @@ use agent::stack::Stack;
 async fn main() {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+            // llama.cpp's model-load chatter is INFO; keep it out unless asked for
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,llama-cpp-2=warn".into()),
         )
         .with_writer(std::io::stderr)
         .init();

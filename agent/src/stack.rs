@@ -464,7 +464,9 @@ mod tests {
         )
         .unwrap_err()
         .contains("CARTESIA_VOICE_ID"));
-        assert!(choose("whisper", "auto", "auto", env(&[])).is_err());
+        assert!(choose("kaldi", "auto", "auto", env(&[]))
+            .unwrap_err()
+            .contains("use auto, offline, whisper or deepgram"));
     }
 
     #[test]
