@@ -20,6 +20,8 @@ async fn main() {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,llama-cpp-2=warn".into()),
         )
         .with_writer(std::io::stderr)
+        // colours only for a terminal: logs written to files stay greppable
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
     if let Err(e) = run(cli).await {

@@ -4,12 +4,58 @@
 //! up through the bridge (Twilio REST `Status=completed`), and the record is in SQLite.
 //!
 //! Needs the debug `devroom` and `bridge` binaries beside `agent` (`cargo build --workspace`).
+//! Built with `--features piper,whisper` and their models present, the same call also runs with
+//! Whisper hearing the caller and Piper speaking (`scripts/models.sh piper whisper`).
 
-use std::path::PathBuf;
+#[allow(unused_imports)] // Path: only the models variant
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 #[test]
 fn demo_holds_a_conversation_through_the_bridge() {
+    // The embedded stack, whatever features this binary has.
+    let log = run_demo(&[("AGENT_STT", "offline"), ("AGENT_LLM", "rules"), ("AGENT_TTS", "offline")], true);
+    let providers = providers_line(&log);
+    assert!(providers.contains("pocketsphinx") && providers.contains("espeak-ng"), "{providers}");
+}
+
+#[cfg(all(feature = "piper", feature = "whisper"))]
+#[test]
+fn demo_with_whisper_and_piper() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let model = |var: &str, default: &str| std::env::var(var).unwrap_or_else(|_| root.join(default).display().to_string());
+    let whisper = model("WHISPER_MODEL_DIR", "models/whisper-tiny.en/model");
+    let piper = model("PIPER_MODEL", "models/piper/en_US-joe-medium.onnx");
+    let ort = model("ORT_DYLIB_PATH", "models/onnxruntime/libonnxruntime.so");
+    if ![&whisper, &piper, &ort].iter().all(|p| Path::new(p).exists()) {
+        assert!(std::env::var("AGENT_REQUIRE_MODELS").as_deref() != Ok("1"), "models missing (scripts/models.sh piper whisper)");
+        eprintln!("skipped: no models (scripts/models.sh piper whisper)");
+        return;
+    }
+    let log = run_demo(&[
+        ("AGENT_STT", "whisper"),
+        ("AGENT_LLM", "rules"),
+        ("AGENT_TTS", "piper"),
+        ("WHISPER_MODEL_DIR", &whisper),
+        ("PIPER_MODEL", &piper),
+        ("ORT_DYLIB_PATH", &ort),
+    ],
+    // Whisper tiny.en through the 8 kHz phone path mishears espeak's robot voice on the open
+    // answer (heard "there was a fire" as "everyone have higher"); the fields with a fixed set
+    // of answers (name, location, severity) must still be right.
+    false);
+    let providers = providers_line(&log);
+    assert!(providers.contains("whisper") && providers.contains("piper"), "{providers}");
+}
+
+/// The agent's log line that names its providers.
+fn providers_line(log: &str) -> String {
+    log.lines().find(|l| l.contains("providers")).unwrap_or("(no providers line)").to_string()
+}
+
+/// Runs the demo with `env` for the agent and checks the call end to end; returns agent.log.
+/// `free_answer_exact`: the open answer ("there was a fire") must come through word for word.
+fn run_demo(env: &[(&str, &str)], free_answer_exact: bool) -> String {
     let bin_dir = PathBuf::from(env!("CARGO_BIN_EXE_agent"))
         .parent()
         .unwrap()
@@ -28,6 +74,7 @@ fn demo_holds_a_conversation_through_the_bridge() {
         .arg("--bin-dir")
         .arg(&bin_dir)
         .args(["--max-secs", "150"])
+        .envs(env.iter().copied())
         .output()
         .expect("run callbridge-demo");
     let stdout = String::from_utf8_lossy(&run.stdout);
@@ -59,7 +106,8 @@ fn demo_holds_a_conversation_through_the_bridge() {
     assert_eq!(fields["name"], "Peter", "{fields}");
     assert!(fields["location"].as_str().unwrap_or("").contains("warehouse"), "{fields}");
     assert_eq!(fields["severity"], "critical", "{fields}");
-    assert!(fields["what_happened"].as_str().unwrap_or("").contains("fire"), "{fields}");
+    let what = fields["what_happened"].as_str().unwrap_or("");
+    assert!(if free_answer_exact { what.contains("fire") } else { !what.is_empty() }, "{fields}");
     let turns: i64 = conn
         .query_row("SELECT count(*) FROM turns WHERE role = 'user'", [], |r| r.get(0))
         .unwrap();
@@ -81,4 +129,5 @@ fn demo_holds_a_conversation_through_the_bridge() {
             .count();
         assert!(speech >= min_speech_frames, "{name}: only {speech} speech frames");
     }
+    agent_log
 }
