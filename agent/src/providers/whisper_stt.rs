@@ -208,7 +208,7 @@ struct MelFilters {
     n_mels: usize,
     bands: Vec<(usize, Vec<f32>)>,
     window: Vec<f32>,
-    twiddles: Vec<(f32, f32)>,
+    fft: Arc<dyn realfft::RealToComplex<f32>>,
 }
 
 fn hz_to_mel(hz: f64) -> f64 {
@@ -264,12 +264,7 @@ impl MelFilters {
             window: (0..N_FFT)
                 .map(|n| (0.5 - 0.5 * (tau * n as f64 / N_FFT as f64).cos()) as f32)
                 .collect(),
-            twiddles: (0..N_FFT)
-                .map(|j| {
-                    let a = -tau * j as f64 / N_FFT as f64;
-                    (a.cos() as f32, a.sin() as f32)
-                })
-                .collect(),
+            fft: realfft::RealFftPlanner::<f32>::new().plan_fft_forward(N_FFT),
         }
     }
 
@@ -289,17 +284,21 @@ impl MelFilters {
         // Frames past the audio see only padding: power 0, log10 floor -10.
         let mut out = vec![-10.0f32; self.n_mels * CHUNK_FRAMES];
         let audible = ((x.len() + N_FFT / 2) / HOP + 1).min(CHUNK_FRAMES);
-        let mut frame = vec![(0.0f32, 0.0f32); N_FFT];
-        let mut spectrum = vec![(0.0f32, 0.0f32); N_FFT];
+        let mut frame = self.fft.make_input_vec();
+        let mut spectrum = self.fft.make_output_vec();
+        let mut scratch = self.fft.make_scratch_vec();
         let mut power = vec![0.0f32; N_FFT / 2 + 1];
         for t in 0..audible {
             let start = (t * HOP) as isize - (N_FFT / 2) as isize;
             for (n, v) in frame.iter_mut().enumerate() {
-                *v = (sample(start + n as isize) * self.window[n], 0.0);
+                *v = sample(start + n as isize) * self.window[n];
             }
-            fft(&frame, 1, &mut spectrum, &self.twiddles);
+            // Lengths come from the plan itself, so this cannot fail.
+            if self.fft.process_with_scratch(&mut frame, &mut spectrum, &mut scratch).is_err() {
+                continue;
+            }
             for (p, c) in power.iter_mut().zip(&spectrum) {
-                *p = c.0 * c.0 + c.1 * c.1;
+                *p = c.norm_sqr();
             }
             for (m, (first, w)) in self.bands.iter().enumerate() {
                 let e: f32 = w.iter().zip(&power[*first..]).map(|(a, b)| a * b).sum();
@@ -311,42 +310,6 @@ impl MelFilters {
             *v = (v.max(floor) + 4.0) / 4.0;
         }
         out
-    }
-}
-
-/// Mixed-radix FFT of `input[0], input[stride], …` (`out.len()` points, a divisor of the
-/// twiddle table's length) into `out`.
-fn fft(input: &[(f32, f32)], stride: usize, out: &mut [(f32, f32)], tw: &[(f32, f32)]) {
-    let n = out.len();
-    if n == 1 {
-        out[0] = input[0];
-        return;
-    }
-    let p = [2, 3, 5].into_iter().find(|p| n % p == 0).unwrap_or(n);
-    let m = n / p;
-    // p interleaved sub-sequences, each transformed into its slice of `out`.
-    for r in 0..p {
-        fft(
-            &input[r * stride..],
-            stride * p,
-            &mut out[r * m..(r + 1) * m],
-            tw,
-        );
-    }
-    let sub = out.to_vec();
-    let step = tw.len() / n; // W_n^j = W_N^(j·N/n)
-    for k in 0..m {
-        for q in 0..p {
-            let j = k + q * m;
-            let mut acc = (0.0f32, 0.0f32);
-            for r in 0..p {
-                let (wr, wi) = tw[(r * j * step) % tw.len()];
-                let (yr, yi) = sub[r * m + k];
-                acc.0 += wr * yr - wi * yi;
-                acc.1 += wr * yi + wi * yr;
-            }
-            out[j] = acc;
-        }
     }
 }
 
