@@ -375,6 +375,11 @@ impl AgentSpec {
     }
 
     /// Extra words for the offline recogniser (unigrams).
+    /// The fields' example answers: what a caller typically says, as whole sentences.
+    pub fn expected_examples(&self) -> Vec<String> {
+        self.fields.iter().flat_map(|f| f.examples.iter().cloned()).collect()
+    }
+
     pub fn expected_words(&self) -> Vec<String> {
         let mut out: Vec<String> = self.stt.vocabulary.clone();
         for f in &self.fields {

@@ -279,10 +279,13 @@ impl Stack {
         let key = |k: &str| get(k).unwrap_or_default();
         let stt: Arc<dyn SttProvider> = match c.stt {
             #[cfg(feature = "whisper")]
-            "whisper" => Arc::new(crate::providers::whisper_stt::WhisperStt::from_env(
-                get,
-                VadConfig::from_turn(&spec.turn),
-            )?),
+            "whisper" => Arc::new(
+                crate::providers::whisper_stt::WhisperStt::from_env(
+                    get,
+                    VadConfig::from_turn(&spec.turn),
+                )?
+                .expecting(&spec.expected_examples().join(". ")),
+            ),
             "deepgram" => {
                 let mut cfg = DeepgramConfig::new(key("DEEPGRAM_API_KEY"));
                 if let Some(b) = get("DEEPGRAM_BASE_URL") {

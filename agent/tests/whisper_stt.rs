@@ -324,3 +324,33 @@ async fn the_model_is_loaded_once_and_shared() {
     .unwrap();
     assert!(Arc::ptr_eq(stt.model(), &model));
 }
+
+#[tokio::test]
+async fn expected_answers_prime_the_recogniser() {
+    let Some(model) = model() else { return };
+    let spec = AgentSpec::load(None).unwrap();
+    let context = model.context_tokens(&spec.expected_examples().join(". "));
+    assert!(!context.is_empty() && context.len() <= agent::providers::whisper_stt::MAX_CONTEXT_TOKENS);
+    // A long context keeps its most recent tokens.
+    let long = model.context_tokens(&"there was a fire. ".repeat(200));
+    assert_eq!(long.len(), agent::providers::whisper_stt::MAX_CONTEXT_TOKENS);
+    // Through the phone path, as the agent hears it on a call. Primed with the agent file's
+    // example answers, the open answer comes through ("there was fire"; the demo's full call
+    // hears "there was a fire"; unprimed, tiny.en has heard this voice's "there was a" as
+    // "there will not"). Priming is a nudge, not a grammar: in a long sentence it has also
+    // turned "Peter" into "beaker", so only the answer is checked.
+    let mut answer = silence(300);
+    answer.extend(say("there was a fire").await);
+    answer.extend(silence(300));
+    let heard = model.transcribe_with(&through_phone(&answer), &context).unwrap();
+    assert_words(&heard, &["there", "was", "fire"]);
+    // The provider carries the context into its sessions.
+    let stt = WhisperStt::new(model.clone(), vad()).expecting(&spec.expected_examples().join(". "));
+    let mut s = stt.start().await.unwrap();
+    let mut stream = silence(500);
+    stream.extend(&answer);
+    stream.extend(silence(1000));
+    feed(&mut s, &through_phone(&stream)).await;
+    let events = events_until_turn(&mut s, Duration::from_secs(60)).await;
+    assert_words(turn_text(&events).unwrap_or_default(), &["there", "was", "fire"]);
+}

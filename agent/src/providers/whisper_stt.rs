@@ -49,6 +49,8 @@ const CHUNK_FRAMES: usize = CHUNK_SAMPLES / HOP;
 /// through as "you" (no speech 0.95, log-probability -0.76), while espeak phrases, also
 /// through the phone path, scored 0.08-0.15.
 const NO_SPEECH_PROB: f32 = 0.6;
+/// Longest "previous text" prompt, in tokens (Whisper allows up to 223: half its text context).
+pub const MAX_CONTEXT_TOKENS: usize = 200;
 /// Utterances with no 20 ms frame louder than this are not worth a model run.
 const AUDIBLE_DBFS: f32 = -60.0;
 
@@ -155,11 +157,33 @@ impl WhisperModel {
 
     /// Text of one utterance (mono PCM16, 16 kHz) after [`clean_transcript`]; `""` for none.
     pub fn transcribe(&self, pcm16k: &[i16]) -> Result<String, String> {
+        self.transcribe_with(pcm16k, &[])
+    }
+
+    /// Prompt tokens for `text` as previous context: at most [`MAX_CONTEXT_TOKENS`], the last
+    /// ones when longer (Whisper keeps the most recent context).
+    pub fn context_tokens(&self, text: &str) -> Vec<String> {
+        let text = format!(" {}", text.trim());
+        let mut tokens = match self.tokenizer.encode(text.as_str(), false) {
+            Ok(e) => e.get_tokens().to_vec(),
+            Err(e) => {
+                tracing::warn!(error = %e, "whisper: context not tokenised; recognising without it");
+                return Vec::new();
+            }
+        };
+        if tokens.len() > MAX_CONTEXT_TOKENS {
+            tokens.drain(..tokens.len() - MAX_CONTEXT_TOKENS);
+        }
+        tokens
+    }
+
+    /// [`WhisperModel::transcribe`] primed with `context` tokens (from [`Self::context_tokens`]).
+    pub fn transcribe_with(&self, pcm16k: &[i16], context: &[String]) -> Result<String, String> {
         let mut text = Vec::new();
         for chunk in pcm16k.chunks(CHUNK_SAMPLES) {
             // ct2rs and CTranslate2 are not ours: a panic there must not end the call.
             let part = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                self.transcribe_chunk(chunk)
+                self.transcribe_chunk(chunk, context)
             }))
             .map_err(|_| "whisper panicked on an utterance".to_string())??;
             if !part.is_empty() {
@@ -170,7 +194,7 @@ impl WhisperModel {
     }
 
     /// One chunk of at most 30 s.
-    fn transcribe_chunk(&self, pcm: &[i16]) -> Result<String, String> {
+    fn transcribe_chunk(&self, pcm: &[i16], context: &[String]) -> Result<String, String> {
         let loudest = pcm.chunks(320).map(level_dbfs).fold(f32::MIN, f32::max);
         if loudest < AUDIBLE_DBFS {
             return Ok(String::new());
@@ -179,9 +203,15 @@ impl WhisperModel {
         let shape = [1, self.mel.n_mels, CHUNK_FRAMES];
         let features = StorageView::new(&shape, &mut features, Default::default())
             .map_err(|e| format!("whisper features: {e:#}"))?;
+        let mut prompt: Vec<&str> = Vec::with_capacity(context.len() + 5);
+        if !context.is_empty() {
+            prompt.push("<|startofprev|>");
+            prompt.extend(context.iter().map(String::as_str));
+        }
+        prompt.extend(self.prompt.iter().copied());
         let results = self
             .whisper
-            .generate(&features, &[self.prompt.clone()], &self.options)
+            .generate(&features, &[prompt], &self.options)
             .map_err(|e| format!("whisper: {e:#}"))?;
         let Some(r) = results.into_iter().next() else {
             return Ok(String::new());
@@ -345,11 +375,14 @@ pub fn clean_transcript(raw: &str) -> String {
 }
 
 /// One call's recogniser: the shared model.
-struct Recognizer(Arc<WhisperModel>);
+struct Recognizer {
+    model: Arc<WhisperModel>,
+    context: Arc<Vec<String>>,
+}
 
 impl UtteranceRecognizer for Recognizer {
     fn recognize(&mut self, pcm16k: &[i16]) -> Result<String, String> {
-        self.0.transcribe(pcm16k)
+        self.model.transcribe_with(pcm16k, &self.context)
     }
 }
 
@@ -357,11 +390,22 @@ impl UtteranceRecognizer for Recognizer {
 pub struct WhisperStt {
     model: Arc<WhisperModel>,
     vad: VadConfig,
+    /// Prompt tokens of the text the caller is expected to say (see [`WhisperStt::expecting`]).
+    context: Arc<Vec<String>>,
 }
 
 impl WhisperStt {
     pub fn new(model: Arc<WhisperModel>, vad: VadConfig) -> WhisperStt {
-        WhisperStt { model, vad }
+        WhisperStt { model, vad, context: Arc::new(Vec::new()) }
+    }
+
+    /// Primes every utterance with `text` as Whisper's "previous text" (`<|startofprev|>`),
+    /// the way its prompt carries context across 30 s windows: answers like those in the text
+    /// (the agent file's example phrases) are then heard as such. The pocketsphinx phrase
+    /// model does the same job for the embedded recogniser.
+    pub fn expecting(mut self, text: &str) -> WhisperStt {
+        self.context = Arc::new(self.model.context_tokens(text));
+        self
     }
 
     /// The model in `WHISPER_MODEL_DIR` (default [`DEFAULT_MODEL_DIR`]), loaded once per process.
@@ -393,7 +437,7 @@ impl SttProvider for WhisperStt {
     async fn start(&self) -> Result<Box<dyn SttSession>, ProviderError> {
         Ok(Box::new(UtteranceSession::spawn(
             VENDOR,
-            Recognizer(self.model.clone()),
+            Recognizer { model: self.model.clone(), context: self.context.clone() },
             self.vad.clone(),
         )?))
     }
