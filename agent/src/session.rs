@@ -66,15 +66,6 @@ pub struct Outcome {
 
 // ---- helpers -------------------------------------------------------------------------------
 
-fn msg(role: Role, content: impl Into<String>) -> ChatMessage {
-    ChatMessage {
-        role,
-        content: content.into(),
-        tool_calls: Vec::new(),
-        tool_call_id: None,
-    }
-}
-
 /// The tools every agent offers the model.
 pub fn tools(spec: &AgentSpec) -> Vec<ToolSpec> {
     let names: Vec<&str> = spec.fields.iter().map(|f| f.name.as_str()).collect();
@@ -945,7 +936,7 @@ impl Session {
         };
         let spoke = self.utterances.by_reply(a.id).is_some();
         if !content.is_empty() || !a.tool_calls.is_empty() || (interrupted && spoke) {
-            let mut m = msg(Role::Assistant, content.clone());
+            let mut m = ChatMessage::new(Role::Assistant, content.clone());
             m.tool_calls = a.tool_calls.clone();
             self.history.push(m);
             self.reply_msgs.push((a.id, self.history.len() - 1));
@@ -1229,7 +1220,7 @@ async fn converse(
         room: room.clone(),
         p: p.clone(),
         call_id: call_id.to_string(),
-        history: vec![msg(Role::System, system_prompt(&spec))],
+        history: vec![ChatMessage::new(Role::System, system_prompt(&spec))],
         fields: Fields::new(),
         utterances: UtteranceMap::default(),
         reply_msgs: Vec::new(),
@@ -1421,7 +1412,7 @@ async fn user_turn(s: &mut Session, text: String) {
     s.turns += 1;
     s.p.metrics.turns.fetch_add(1, Ordering::Relaxed);
     tracing::info!(%text, "caller");
-    s.history.push(msg(Role::User, text.clone()));
+    s.history.push(ChatMessage::new(Role::User, text.clone()));
     s.record_turn("user", &text, now_ms(), Some(now_ms()), false, None, None);
     s.send_transcript("user", &text, true).await;
     let clock = TurnClock {

@@ -48,22 +48,14 @@ fn llm(max_tokens: u32) -> Option<LlamaLlm> {
     Some(llm)
 }
 
-fn msg(role: Role, content: &str) -> ChatMessage {
-    ChatMessage {
-        role,
-        content: content.into(),
-        tool_calls: vec![],
-        tool_call_id: None,
-    }
-}
 
 fn ask(question: &str) -> Vec<ChatMessage> {
     vec![
-        msg(
+        ChatMessage::new(
             Role::System,
             "You are a friendly phone assistant. Answer in one or two short sentences.",
         ),
-        msg(Role::User, question),
+        ChatMessage::new(Role::User, question),
     ]
 }
 

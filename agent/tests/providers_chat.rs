@@ -14,14 +14,6 @@ use fakes::{within, KEY};
 use serde_json::json;
 use tokio::sync::mpsc::Receiver;
 
-fn msg(role: Role, content: &str) -> ChatMessage {
-    ChatMessage {
-        role,
-        content: content.into(),
-        tool_calls: vec![],
-        tool_call_id: None,
-    }
-}
 
 fn openai(fake: &FakeChat) -> OpenAiChat {
     OpenAiChat::new(ChatConfig {
@@ -64,7 +56,7 @@ async fn chat_streams_text_split_across_chunks() {
     let rx = within(
         5,
         "request",
-        llm.stream(&[msg(Role::System, "be brief"), msg(Role::User, "hi")], &[]),
+        llm.stream(&[ChatMessage::new(Role::System, "be brief"), ChatMessage::new(Role::User, "hi")], &[]),
     )
     .await
     .unwrap();
@@ -106,7 +98,7 @@ async fn chat_assembles_tool_call_fragments_and_replays_results() {
     )));
     fake.push(Script::Reply(text_reply(&["It is sunny."])));
     let llm = openai(&fake);
-    let mut history = vec![msg(Role::User, "weather in Paris?")];
+    let mut history = vec![ChatMessage::new(Role::User, "weather in Paris?")];
     let events = ok_events(collect(llm.stream(&history, &[weather_tool()]).await.unwrap()).await);
     let call = ToolCall {
         id: "call_abc".into(),
@@ -172,7 +164,7 @@ async fn groq_same_wire_with_x_groq_tolerated() {
         ..ChatConfig::groq(KEY, "llama-3.3-70b-versatile")
     });
     assert_eq!(llm.name(), "groq");
-    let events = ok_events(collect(llm.stream(&[msg(Role::User, "hi")], &[]).await.unwrap()).await);
+    let events = ok_events(collect(llm.stream(&[ChatMessage::new(Role::User, "hi")], &[]).await.unwrap()).await);
     assert_eq!(events.len(), 3, "{events:?}");
     assert_eq!(
         events[2],
@@ -194,7 +186,7 @@ async fn chat_dropping_the_receiver_cancels_the_request() {
     fake.push(Script::Endless);
     let llm = openai(&fake);
     let mut rx = llm
-        .stream(&[msg(Role::User, "talk forever")], &[])
+        .stream(&[ChatMessage::new(Role::User, "talk forever")], &[])
         .await
         .unwrap();
     for _ in 0..3 {
@@ -219,7 +211,7 @@ async fn chat_http_errors_map_to_classes() {
         fake.push(Script::Status(s));
     }
     let llm = openai(&fake);
-    let m = [msg(Role::User, "hi")];
+    let m = [ChatMessage::new(Role::User, "hi")];
     let e = within(5, "401", llm.stream(&m, &[])).await.err().unwrap();
     assert!(
         matches!(e, ProviderError::Auth { status: 401, .. })
@@ -267,7 +259,7 @@ async fn chat_connection_refused_is_connection_error() {
         base_url: format!("http://127.0.0.1:{port}/v1"),
         ..ChatConfig::openai(KEY, "m")
     });
-    let e = within(5, "refused", llm.stream(&[msg(Role::User, "hi")], &[]))
+    let e = within(5, "refused", llm.stream(&[ChatMessage::new(Role::User, "hi")], &[]))
         .await
         .err()
         .unwrap();
@@ -281,7 +273,7 @@ async fn chat_stream_cut_mid_reply_is_connection_error() {
     partial.truncate(3); // role chunk + two deltas, no finish
     fake.push(Script::CloseAfter(partial));
     let llm = openai(&fake);
-    let evs = collect(llm.stream(&[msg(Role::User, "hi")], &[]).await.unwrap()).await;
+    let evs = collect(llm.stream(&[ChatMessage::new(Role::User, "hi")], &[]).await.unwrap()).await;
     assert!(matches!(evs[0], Ok(LlmEvent::TextDelta(ref t)) if t == "Hello"));
     assert!(matches!(evs[1], Ok(LlmEvent::TextDelta(ref t)) if t == " wor"));
     match evs.last() {
@@ -297,7 +289,7 @@ async fn chat_malformed_chunk_is_protocol_error() {
         json!({"choices": [{"index": 0, "delta": {"content": "Hi"}, "finish_reason": null}]}),
     ]));
     let llm = openai(&fake);
-    let evs = collect(llm.stream(&[msg(Role::User, "hi")], &[]).await.unwrap()).await;
+    let evs = collect(llm.stream(&[ChatMessage::new(Role::User, "hi")], &[]).await.unwrap()).await;
     assert!(matches!(evs[0], Ok(LlmEvent::TextDelta(ref t)) if t == "Hi"));
     assert!(
         matches!(evs.last(), Some(Err(ProviderError::Protocol { .. }))),
@@ -312,7 +304,7 @@ async fn chat_in_band_error_surfaces() {
         json!({"error": {"message": "model overloaded", "type": "server_error"}}),
     ]));
     let llm = openai(&fake);
-    let evs = collect(llm.stream(&[msg(Role::User, "hi")], &[]).await.unwrap()).await;
+    let evs = collect(llm.stream(&[ChatMessage::new(Role::User, "hi")], &[]).await.unwrap()).await;
     match evs.last() {
         Some(Err(e)) => assert!(e.to_string().contains("model overloaded"), "{e}"),
         other => panic!("expected an error, got {other:?}"),

@@ -1065,14 +1065,6 @@ mod tests {
         assert_eq!(u.finish(), "\u{FFFD}");
     }
 
-    fn msg(role: Role, content: &str) -> ChatMessage {
-        ChatMessage {
-            role,
-            content: content.into(),
-            tool_calls: vec![],
-            tool_call_id: None,
-        }
-    }
 
     fn tool(name: &str) -> ToolSpec {
         ToolSpec {
@@ -1084,7 +1076,7 @@ mod tests {
 
     #[test]
     fn prompt_describes_tools_and_replays_calls_and_results() {
-        let mut asked = msg(Role::Assistant, "Let me note that.");
+        let mut asked = ChatMessage::new(Role::Assistant, "Let me note that.");
         asked.tool_calls = vec![
             ToolCall {
                 id: "c1".into(),
@@ -1097,13 +1089,13 @@ mod tests {
                 arguments: "not json".into(),
             },
         ];
-        let mut r1 = msg(Role::Tool, "ok");
+        let mut r1 = ChatMessage::new(Role::Tool, "ok");
         r1.tool_call_id = Some("c1".into());
-        let mut r2 = msg(Role::Tool, "bye");
+        let mut r2 = ChatMessage::new(Role::Tool, "bye");
         r2.tool_call_id = Some("c2".into());
         let messages = vec![
-            msg(Role::System, "You take messages."),
-            msg(Role::User, "I'm Ann"),
+            ChatMessage::new(Role::System, "You take messages."),
+            ChatMessage::new(Role::User, "I'm Ann"),
             asked,
             r1,
             r2,
@@ -1164,13 +1156,13 @@ mod tests {
         assert!(turns[3].tool_result);
 
         // No system message: one is added for the tools; no tools: nothing is added.
-        let turns = build_turns(&[msg(Role::User, "hi")], &[tool("end_call")]);
+        let turns = build_turns(&[ChatMessage::new(Role::User, "hi")], &[tool("end_call")]);
         assert_eq!(turns[0].role, "system");
         assert!(turns[0]
             .content
             .starts_with("You can use these tools:\n- end_call(): does end_call\n"));
         assert_eq!(
-            build_turns(&[msg(Role::User, "hi")], &[]),
+            build_turns(&[ChatMessage::new(Role::User, "hi")], &[]),
             vec![Turn {
                 role: "user",
                 content: "hi".into(),
@@ -1205,7 +1197,7 @@ mod tests {
     #[test]
     fn chatml_rendering() {
         let turns = build_turns(
-            &[msg(Role::System, "Be brief."), msg(Role::User, "Hello?")],
+            &[ChatMessage::new(Role::System, "Be brief."), ChatMessage::new(Role::User, "Hello?")],
             &[],
         );
         let pairs: Vec<(&str, String)> =

@@ -99,6 +99,13 @@ pub struct ChatMessage {
     pub tool_call_id: Option<String>,
 }
 
+impl ChatMessage {
+    /// A plain message: no tool calls, answering none.
+    pub fn new(role: Role, content: impl Into<String>) -> ChatMessage {
+        ChatMessage { role, content: content.into(), tool_calls: vec![], tool_call_id: None }
+    }
+}
+
 /// A tool the model may call: name, description, JSON Schema of its parameters.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ToolSpec {
