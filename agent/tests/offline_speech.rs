@@ -8,6 +8,8 @@ use agent::providers::offline_tts::OfflineTts;
 use agent::providers::{SttEvent, SttProvider, TtsEvent, TtsProvider};
 use agent::vad::{level_dbfs, VadConfig};
 
+mod common;
+
 fn rms_dbfs(pcm: &[i16]) -> f32 {
     level_dbfs(pcm)
 }
@@ -130,18 +132,11 @@ async fn offline_stt_streams_with_endpointing() {
         s.send_audio(f).await.unwrap();
         tokio::task::yield_now().await;
     }
-    let mut events = Vec::new();
-    let end = tokio::time::timeout(std::time::Duration::from_secs(20), async {
-        while let Some(e) = s.next_event().await {
-            let done = matches!(e, SttEvent::EndOfTurn { .. });
-            events.push(e);
-            if done {
-                break;
-            }
-        }
-    })
-    .await;
-    assert!(end.is_ok(), "no end of turn; events {events:?}");
+    let events = common::events_until_turn(&mut s, std::time::Duration::from_secs(20)).await;
+    assert!(
+        matches!(events.last(), Some(SttEvent::EndOfTurn { .. })),
+        "no end of turn; events {events:?}"
+    );
     assert_eq!(events.first(), Some(&SttEvent::SpeechStarted), "{events:?}");
     let Some(SttEvent::EndOfTurn { text }) = events.last() else {
         panic!("{events:?}")

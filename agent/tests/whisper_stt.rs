@@ -16,6 +16,9 @@ use agent::providers::whisper_stt::{clean_transcript, WhisperModel, WhisperStt};
 use agent::providers::{SttEvent, SttProvider, SttSession};
 use agent::vad::VadConfig;
 
+mod common;
+use common::events_until_turn;
+
 const PHRASE: &str = "my name is peter and there was a fire in the warehouse";
 
 fn model_dir() -> PathBuf {
@@ -117,21 +120,6 @@ async fn feed(s: &mut Box<dyn SttSession>, pcm: &[i16]) {
     }
 }
 
-/// Events until an `EndOfTurn` (included), or all that came within `wait`.
-async fn events_until_turn(s: &mut Box<dyn SttSession>, wait: Duration) -> Vec<SttEvent> {
-    let mut events = Vec::new();
-    let _ = tokio::time::timeout(wait, async {
-        while let Some(e) = s.next_event().await {
-            let done = matches!(e, SttEvent::EndOfTurn { .. });
-            events.push(e);
-            if done {
-                break;
-            }
-        }
-    })
-    .await;
-    events
-}
 
 fn turn_text(events: &[SttEvent]) -> Option<&str> {
     match events.last() {

@@ -1,5 +1,5 @@
-//! Shared by the agent's end-to-end tests: child processes that die with the test, and a devroom
-//! binary started on a free port.
+//! Shared by the agent's end-to-end tests: child processes that die with the test, a devroom
+//! binary started on a free port, and reading a recogniser's events up to the end of a turn.
 
 #![allow(dead_code)]
 
@@ -71,4 +71,23 @@ pub fn microphone(
         }
     });
     (say_tx, task)
+}
+
+/// A recogniser's events until an `EndOfTurn` (included), or all that came within `wait`.
+pub async fn events_until_turn(
+    s: &mut Box<dyn agent::providers::SttSession>,
+    wait: Duration,
+) -> Vec<agent::providers::SttEvent> {
+    let mut events = Vec::new();
+    let _ = tokio::time::timeout(wait, async {
+        while let Some(e) = s.next_event().await {
+            let done = matches!(e, agent::providers::SttEvent::EndOfTurn { .. });
+            events.push(e);
+            if done {
+                break;
+            }
+        }
+    })
+    .await;
+    events
 }
