@@ -101,7 +101,8 @@ impl InboundAudio {
                 self.append(fill, None);
             }
         }
-        self.next_chunk = Some(media.chunk + 1);
+        // `chunk` is Twilio's (untrusted) number: at u64::MAX there is no next one to expect.
+        self.next_chunk = media.chunk.checked_add(1);
         self.chunk_bytes = len;
         self.append(len, Some(&media.payload));
     }
@@ -143,7 +144,7 @@ mod tests {
     use super::*;
 
     fn chunk(n: u64, byte: u8) -> MediaChunk {
-        MediaChunk { track: "inbound".into(), chunk: n, timestamp_ms: (n - 1) * 20, payload: vec![byte; 160] }
+        MediaChunk { track: "inbound".into(), chunk: n, timestamp_ms: n.saturating_sub(1).saturating_mul(20), payload: vec![byte; 160] }
     }
 
     fn drain(a: &mut InboundAudio) -> Vec<InFrame> {
@@ -194,6 +195,19 @@ mod tests {
         a.push(&chunk(1_000_000_000, 2));
         assert_eq!(drain(&mut a).len(), 2);
         assert_eq!(a.stats().resyncs, 1);
+    }
+
+    #[test]
+    fn chunk_numbers_at_the_top_of_the_range_do_not_wrap() {
+        let mut a = InboundAudio::new(InboundConfig::default());
+        a.push(&chunk(u64::MAX - 1, 1));
+        a.push(&chunk(u64::MAX, 2));
+        // After the last representable chunk nothing is expected: the next is taken as it comes.
+        a.push(&chunk(1, 3));
+        a.push(&chunk(u64::MAX, 4));
+        let f = drain(&mut a);
+        assert_eq!(f.iter().map(|f| f.mulaw[0]).collect::<Vec<_>>(), vec![1, 2, 3, 4]);
+        assert_eq!(a.stats().filled_frames, 0);
     }
 
     #[test]

@@ -14,3 +14,6 @@ pub mod inbound;
 pub mod call;
 pub mod mixer;
 pub mod stream_token;
+pub mod dial_policy;
+pub mod redact;
+pub mod watchdog;

@@ -39,6 +39,10 @@ pub struct PacerConfig {
     /// An utterance starts (and restarts after an underrun) only once this much is queued, so
     /// the jitter of the audio source is absorbed by the caller's buffer instead of starving it.
     pub prebuffer: Duration,
+    /// Marks awaiting their echo are capped here. Twilio echoes a mark once the audio before it
+    /// has played, so a peer that never echoes would otherwise grow this list by 50 a second:
+    /// beyond the cap the oldest mark is presumed played (and counted).
+    pub max_pending_marks: usize,
 }
 
 impl Default for PacerConfig {
@@ -48,6 +52,8 @@ impl Default for PacerConfig {
             mark_every: 1,
             max_queued: Duration::from_secs(30),
             prebuffer: Duration::from_millis(40),
+            // 10 s of audio at a mark per frame; a live call has about lead/20 ms + one RTT.
+            max_pending_marks: 500,
         }
     }
 }
@@ -114,6 +120,8 @@ pub struct PacerStats {
     pub underruns: u64,
     /// Bytes refused because the queue was full.
     pub overflow_bytes: u64,
+    /// Marks given up on (never echoed, beyond `max_pending_marks`): presumed played.
+    pub marks_expired: u64,
     pub clears: u64,
 }
 
@@ -235,6 +243,11 @@ impl Pacer {
     /// True while there is audio to send or an open utterance.
     pub fn is_active(&self) -> bool {
         !self.utterances.is_empty()
+    }
+
+    /// Marks sent and not yet echoed (bounded by `max_pending_marks`).
+    pub fn pending_marks(&self) -> usize {
+        self.marks.len()
     }
 
     /// The utterance currently being sent, if any.
@@ -385,7 +398,27 @@ impl Pacer {
                 });
                 self.stats.marks_sent += 1;
                 self.out.push_back(Output::Mark(id));
+                if self.marks.len() > self.cfg.max_pending_marks.max(1) {
+                    self.expire_oldest_mark();
+                }
             }
+        }
+    }
+}
+
+impl Pacer {
+    /// The oldest mark never came back: take its audio as played, so an utterance whose last
+    /// mark is lost still completes and leaves the queue.
+    fn expire_oldest_mark(&mut self) {
+        let Some(m) = self.marks.pop_front() else { return };
+        self.stats.marks_expired += 1;
+        let utterance = m.id.utterance;
+        if let Some(u) = self.utterances.iter_mut().find(|u| u.id == utterance) {
+            u.heard_ms = u.heard_ms.max(m.end_ms);
+        }
+        if m.last_of_utterance {
+            self.utterances.retain(|u| u.id != utterance);
+            self.out.push_back(Output::Heard(Heard { utterance, heard_ms: m.end_ms, complete: true, mark_rtt: None }));
         }
     }
 }

@@ -335,3 +335,37 @@ fn mark_names_round_trip() {
         assert_eq!(MarkId::parse(bad), None, "{bad}");
     }
 }
+
+#[test]
+fn marks_that_never_come_back_are_bounded_and_utterances_still_complete() {
+    let t0 = Instant::now();
+    let mut tw = Twilio::new(t0);
+    let mut pacer = Pacer::new(PacerConfig { max_pending_marks: 50, ..Default::default() });
+    // 30 s of speech in three utterances; this Twilio plays the audio but never echoes a mark.
+    let mut heard = vec![];
+    for t in 0..30_000u64 {
+        let now = t0 + MS * t as u32;
+        let (n, from) = (t / 10_000 + 1, t / 10_000 * 10_000);
+        if t < from + 9_000 && (t - from) % 20 == 0 {
+            pacer.push(UtteranceId(n), &[0x55; FRAME_BYTES]);
+        }
+        if t == from + 9_000 {
+            pacer.end_utterance(UtteranceId(n));
+        }
+        while let Some(o) = pacer.poll_output(now) {
+            match o {
+                Output::Heard(h) => heard.push(h),
+                o => tw.receive(now, o),
+            }
+        }
+        assert!(pacer.pending_marks() <= 50, "{} pending at {t} ms", pacer.pending_marks());
+    }
+    assert_eq!(tw.frames.len(), 1350, "the audio itself still plays");
+    assert_eq!(pacer.stats().marks_expired, 1300, "{:?}", pacer.stats());
+    // Each utterance is reported complete once its last mark is given up on, and leaves the pacer.
+    let complete: Vec<_> = heard.iter().filter(|h| h.complete).map(|h| (h.utterance.0, h.heard_ms)).collect();
+    assert_eq!(complete, vec![(1, 9_000), (2, 9_000)]);
+    // The third's last mark is among the newest 50, still pending.
+    assert_eq!(pacer.pending_marks(), 50);
+    assert!(pacer.is_active());
+}
