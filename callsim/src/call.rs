@@ -270,6 +270,11 @@ pub(crate) async fn drive(
             report.outcome = Outcome::Rejected;
             report.said = said;
         }
+        Some(Answer::Redirect { url }) => {
+            // Twilio would fetch that TwiML; for the simulator the bridge turned the call away.
+            report.outcome = Outcome::Rejected;
+            report.said = Some(format!("<Redirect> {url}"));
+        }
         Some(Answer::Sip(sip)) => {
             report.fail(Outcome::Sip, "the simulator does not place SIP calls");
             report.sip_uri = sip.full_uri().ok().or(Some(sip.uri));

@@ -298,18 +298,8 @@ impl Outbound {
         out.clear();
         match self {
             Outbound::Media { stream_sid, payload } => write_media_json(stream_sid, payload, out),
-            Outbound::Mark { stream_sid, name } => {
-                out.push_str(r#"{"event":"mark","streamSid":"#);
-                push_json_str(out, stream_sid);
-                out.push_str(r#","mark":{"name":"#);
-                push_json_str(out, name);
-                out.push_str("}}");
-            }
-            Outbound::Clear { stream_sid } => {
-                out.push_str(r#"{"event":"clear","streamSid":"#);
-                push_json_str(out, stream_sid);
-                out.push('}');
-            }
+            Outbound::Mark { stream_sid, name } => write_mark_json(stream_sid, name, out),
+            Outbound::Clear { stream_sid } => write_clear_json(stream_sid, out),
         }
     }
 
@@ -327,6 +317,22 @@ pub fn write_media_json(stream_sid: &str, payload: &[u8], out: &mut String) {
     out.push_str(r#","media":{"payload":""#);
     B64.encode_string(payload, out);
     out.push_str(r#""}}"#);
+}
+
+/// The outbound `mark` message, appended to `out`.
+pub fn write_mark_json(stream_sid: &str, name: &str, out: &mut String) {
+    out.push_str(r#"{"event":"mark","streamSid":"#);
+    push_json_str(out, stream_sid);
+    out.push_str(r#","mark":{"name":"#);
+    push_json_str(out, name);
+    out.push_str("}}");
+}
+
+/// The outbound `clear` message, appended to `out`.
+pub fn write_clear_json(stream_sid: &str, out: &mut String) {
+    out.push_str(r#"{"event":"clear","streamSid":"#);
+    push_json_str(out, stream_sid);
+    out.push('}');
 }
 
 fn push_json_str(out: &mut String, s: &str) {

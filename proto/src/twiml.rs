@@ -154,6 +154,14 @@ pub fn busy(message: &str) -> String {
     x
 }
 
+/// Send the call to another TwiML document (e.g. `FALLBACK_URL`: voicemail, a human queue).
+pub fn redirect(url: &str) -> String {
+    let mut x = String::from(r#"<?xml version="1.0" encoding="UTF-8"?><Response><Redirect method="POST">"#);
+    escape_into(url, &mut x);
+    x.push_str("</Redirect></Response>");
+    x
+}
+
 /// Transfer: dial a phone number (used with the REST `Twiml=` update).
 pub fn dial_number(number: &str, caller_id: Option<&str>) -> String {
     let mut x = String::from("<Response><Dial");
@@ -191,6 +199,8 @@ pub enum Answer {
     Sip(DialSip),
     /// `<Say>` text then `<Hangup/>` (or just `<Hangup/>`/`<Reject/>`).
     Hangup { said: Option<String> },
+    /// `<Redirect>` to another TwiML URL.
+    Redirect { url: String },
 }
 
 /// Reads a TwiML document (from the bridge) into an [`Answer`].
@@ -200,6 +210,7 @@ pub fn parse(xml: &str) -> Result<Answer, TwimlError> {
     let mut sip: Option<DialSip> = None;
     let mut said: Option<String> = None;
     let mut hangup = false;
+    let mut redirect: Option<String> = None;
     let mut in_el: Vec<String> = Vec::new();
     let err = |e: &dyn std::fmt::Display| TwimlError::Xml(e.to_string());
     loop {
@@ -250,6 +261,7 @@ pub fn parse(xml: &str) -> Result<Answer, TwimlError> {
                 let text = t.unescape().map_err(|e| err(&e))?.into_owned();
                 match in_el.last().map(String::as_str) {
                     Some("Say") => said = Some(text),
+                    Some("Redirect") => redirect = Some(text.trim().to_owned()),
                     Some("Sip") => {
                         if let Some(s) = sip.as_mut() {
                             s.uri.push_str(text.trim())
@@ -279,6 +291,9 @@ pub fn parse(xml: &str) -> Result<Answer, TwimlError> {
     }
     if hangup || said.is_some() {
         return Ok(Answer::Hangup { said });
+    }
+    if let Some(url) = redirect {
+        return Ok(Answer::Redirect { url });
     }
     Err(TwimlError::Missing("Connect><Stream, Dial><Sip or Hangup"))
 }
@@ -381,5 +396,12 @@ mod tests {
     fn parse_rejects_garbage() {
         assert!(parse("<Response></Response>").is_err());
         assert!(matches!(parse("<Response><Say a=>x</Say></Response>"), Err(TwimlError::Xml(_))));
+    }
+
+    #[test]
+    fn redirect_round_trips() {
+        let x = redirect("https://ops.example.com/voicemail?a=1&b=2");
+        assert!(x.contains("a=1&amp;b=2"), "{x}");
+        assert_eq!(parse(&x).unwrap(), Answer::Redirect { url: "https://ops.example.com/voicemail?a=1&b=2".into() });
     }
 }
