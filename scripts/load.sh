@@ -19,6 +19,7 @@ $BIN/devroom --listen 127.0.0.1:$LK_PORT --rtc-port 0 > "$OUT/devroom.out" 2> "$
 LK=$!
 PUBLIC_URL=http://127.0.0.1:$BR_PORT BRIDGE_LISTEN=127.0.0.1:$BR_PORT TWILIO_AUTH_TOKEN=loadtoken \
   TWILIO_ACCOUNT_SID=AC00000000000000000000000000000001 LIVEKIT_URL=ws://127.0.0.1:$LK_PORT \
+  LIVEKIT_API_KEY=devkey LIVEKIT_API_SECRET=secret \
   RUST_LOG=warn $BIN/bridge > "$OUT/bridge.log" 2>&1 &
 BR=$!
 AG=""

@@ -1,37 +1,100 @@
-//! One task per call: the thin driver around `proto::call::CallSession`. It reads the Twilio
-//! socket, the room and the clock, feeds the session, and carries out what it returns.
+//! One task per call: the thin driver around `proto::call::CallSession` (media and control) and
+//! `proto::watchdog::CallWatchdog` (the rules that make every call end). It reads the Twilio
+//! socket, the room and the clock, feeds them, and carries out what they return.
+//!
+//! Every place a call holds comes back on every path: the registry's slots are guards, the room
+//! is deleted by a guard if cleanup does not get to it (a panic), and cleanup itself is bounded
+//! in time.
 
 use std::collections::HashMap;
-use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use futures_util::stream::{BoxStream, SelectAll};
-use futures_util::StreamExt;
-use proto::call::{CallConfig, CallOutput, CallSession, EndReason};
+use futures_util::{FutureExt, StreamExt};
+use proto::call::{CallConfig, CallOutput, CallSession, ControlSender, EndReason};
 use proto::control::CONTROL_TOPIC;
 use proto::mixer::SourceId;
 use proto::pacer::PacerConfig;
-use room::{AudioSink, AudioTrackOptions, DataPacketBuilder, Room, RoomEvent, RoomOptions, SendLatencyObserver};
+use proto::redact::Masked;
+use proto::watchdog::{CallWatchdog, WatchdogAction, WatchdogConfig};
+use room::{
+    AudioSink, AudioTrackOptions, DataPacketBuilder, ParticipantKind, Room, RoomEvent, RoomOptions, SendLatencyObserver,
+};
 use tokio::sync::mpsc;
 use tracing::Instrument;
 
 use crate::http::{unix_now, App};
 use crate::livekit::phone_identity;
-use crate::registry::CallInfo;
+use crate::registry::{CallInfo, CallSlot, StreamSlot};
 
 /// Twilio must send `start` this soon after the socket opens.
 const START_TIMEOUT: Duration = Duration::from_secs(10);
 /// A Twilio socket that will not take a frame for this long is dropped.
 const SEND_TIMEOUT: Duration = Duration::from_secs(2);
+/// Cleanup (closing the socket, leaving and deleting the room) never takes longer than this.
+pub const CLEANUP_TIMEOUT: Duration = Duration::from_secs(10);
+/// Control messages and DTMF packets waiting to be sent to the room.
+const ROOM_SEND_QUEUE: usize = 64;
 
 /// Room audio: (source, PCM at 8 kHz, when its packet came off the network).
 type AudioIn = SelectAll<BoxStream<'static, (SourceId, Vec<i16>, Instant)>>;
 
-pub async fn run(app: Arc<App>, socket: WebSocket) {
+pub async fn run(app: Arc<App>, socket: WebSocket, slot: StreamSlot) {
     let span = tracing::info_span!("call", call_sid = tracing::field::Empty);
-    Call::new(app, socket, span.clone()).run().instrument(span).await
+    let call = Call::new(app.clone(), socket, slot, span.clone());
+    // A panic must not take the process's accounting with it: the guards inside `Call` give the
+    // slot and the room back as it unwinds; here it is counted.
+    if std::panic::AssertUnwindSafe(call.run().instrument(span)).catch_unwind().await.is_err() {
+        app.metrics.error("call_panicked");
+        tracing::error!("call task panicked; its slot and room were released");
+    }
+}
+
+/// Deletes the call's room when dropped, unless cleanup already did: the room was created at
+/// the webhook, so every way out of a call — refusal, failure, panic — must delete it.
+struct RoomDeleter {
+    app: Arc<App>,
+    call_sid: String,
+    armed: bool,
+}
+
+impl RoomDeleter {
+    async fn delete_now(&mut self) {
+        self.armed = false;
+        if let Err(e) = self.app.livekit.delete_room(&self.call_sid).await {
+            tracing::warn!(error = %e, "could not delete the room");
+        }
+    }
+}
+
+impl Drop for RoomDeleter {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            let (app, sid) = (self.app.clone(), self.call_sid.clone());
+            rt.spawn(async move {
+                let _ = app.livekit.delete_room(&sid).await;
+            });
+        }
+    }
+}
+
+/// Something a background task (REST, room send) reports back to the call.
+enum Background {
+    /// The transfer request failed: the call stays with us.
+    TransferFailed,
+    /// The fallback is with Twilio (or could not be): end the stream.
+    FallbackDone,
+}
+
+/// A packet for the room, sent by the call's sender task so the audio loop never waits on it.
+enum RoomSend {
+    Data(DataPacketBuilder),
+    Dtmf { code: u32, digit: String },
 }
 
 /// The room side once joined.
@@ -39,7 +102,7 @@ struct Joined {
     room: Room,
     events: mpsc::Receiver<RoomEvent>,
     sink: AudioSink,
-    info: CallInfo,
+    sends: mpsc::Sender<RoomSend>,
 }
 
 struct Call {
@@ -47,10 +110,21 @@ struct Call {
     ws: WebSocket,
     span: tracing::Span,
     session: CallSession,
+    /// Our place while waiting for `start`.
+    stream_slot: Option<StreamSlot>,
+    /// Our place once the call is active (and what the webhook said about it).
+    call_slot: Option<CallSlot>,
+    room_deleter: Option<RoomDeleter>,
     joined: Option<Joined>,
+    watchdog: Option<CallWatchdog>,
     audio: AudioIn,
-    sources: HashMap<String, SourceId>,
+    /// Subscribed room tracks: track sid → (mixer source, publisher identity).
+    sources: HashMap<String, (SourceId, String)>,
     next_source: u32,
+    background_tx: mpsc::Sender<Background>,
+    background_rx: mpsc::Receiver<Background>,
+    /// The fallback is under way: the stream ends when it is done.
+    falling_back: bool,
     /// When the last interrupt arrived, until its `clear` is written.
     interrupt_at: Option<Instant>,
     /// When the Twilio message being handled arrived (start of the inbound latency).
@@ -58,63 +132,86 @@ struct Call {
     out_buf: String,
     opened: Instant,
     frames_out: u64,
+    outcome: &'static str,
 }
 
 impl Call {
-    fn new(app: Arc<App>, ws: WebSocket, span: tracing::Span) -> Call {
+    fn new(app: Arc<App>, ws: WebSocket, slot: StreamSlot, span: tracing::Span) -> Call {
         let cfg = CallConfig {
             pacer: PacerConfig { lead: Duration::from_millis(app.cfg.pacer_lead_ms), ..Default::default() },
+            transfer_allow: app.cfg.transfer_allow.clone(),
             ..Default::default()
         };
+        let (background_tx, background_rx) = mpsc::channel(8);
         Call {
             app,
             ws,
             span,
             session: CallSession::new(cfg),
+            stream_slot: Some(slot),
+            call_slot: None,
+            room_deleter: None,
             joined: None,
+            watchdog: None,
             audio: SelectAll::new(),
             sources: HashMap::new(),
             next_source: 1,
+            background_tx,
+            background_rx,
+            falling_back: false,
             interrupt_at: None,
             ws_at: None,
             out_buf: String::with_capacity(512),
             opened: Instant::now(),
             frames_out: 0,
+            outcome: "failed",
         }
+    }
+
+    fn info(&self) -> Option<&CallInfo> {
+        self.call_slot.as_ref().map(|s| &s.info)
     }
 
     async fn run(mut self) {
         let mut end_all = self.app.registry.end_all_signal();
         let start_deadline = tokio::time::Instant::now() + START_TIMEOUT;
         loop {
-            let wake = self.session.poll_timeout().map(tokio::time::Instant::from_std);
-            let waiting_for_start = self.joined.is_none() && !self.session.is_ended();
+            let wake = earliest(self.session.poll_timeout(), self.watchdog.as_ref().and_then(|w| w.poll_timeout()));
+            let waiting_for_start = self.call_slot.is_none() && !self.session.is_ended();
             tokio::select! {
                 biased;
                 _ = end_all.changed() => self.session.end(EndReason::Driver("bridge shutting down".into())),
                 msg = self.ws.recv() => self.on_ws(msg),
-                ev = recv_event(&mut self.joined) => self.on_room_event(ev).await,
+                Some(bg) = self.background_rx.recv() => self.on_background(bg),
+                ev = recv_event(&mut self.joined) => self.on_room_event(ev),
                 Some((src, pcm, received)) = self.audio.next(), if !self.audio.is_empty() => {
                     self.session.handle_room_audio(src, &pcm, Instant::now());
                     // Packet off the network → decoded → queued for pacing (the pacer's wait excluded).
                     self.app.metrics.outbound_latency_seconds.observe(received.elapsed().as_secs_f64());
                 }
-                _ = sleep_until(wake) => {}
+                _ = sleep_until(wake.map(tokio::time::Instant::from_std)) => {}
                 _ = tokio::time::sleep_until(start_deadline), if waiting_for_start => {
                     self.app.metrics.error("start_timeout");
                     self.session.end(EndReason::Driver("no start message".into()));
                 }
             }
+            self.poll_watchdog();
             if !self.drain().await {
                 break;
             }
         }
-        self.cleanup().await;
+        match tokio::time::timeout(CLEANUP_TIMEOUT, self.cleanup()).await {
+            Ok(()) => {}
+            Err(_) => tracing::warn!("cleanup took longer than {CLEANUP_TIMEOUT:?}: abandoned (guards release the call)"),
+        }
     }
 
     fn on_ws(&mut self, msg: Option<Result<Message, axum::Error>>) {
         let now = Instant::now();
         self.ws_at = Some(now);
+        if let (Some(w), Some(Ok(_))) = (&mut self.watchdog, &msg) {
+            w.twilio_message(now);
+        }
         match msg {
             Some(Ok(Message::Text(text))) => {
                 if let Err(e) = self.session.handle_twilio(text.as_str(), now) {
@@ -135,7 +232,14 @@ impl Call {
         }
     }
 
-    async fn on_room_event(&mut self, ev: Option<RoomEvent>) {
+    fn on_background(&mut self, bg: Background) {
+        match bg {
+            Background::TransferFailed => self.session.transfer_failed(),
+            Background::FallbackDone => self.session.end(EndReason::Driver("fallback".into())),
+        }
+    }
+
+    fn on_room_event(&mut self, ev: Option<RoomEvent>) {
         let now = Instant::now();
         let Some(ev) = ev else {
             self.session.end(EndReason::Driver("room event stream ended".into()));
@@ -149,22 +253,35 @@ impl Call {
                 };
                 let src = SourceId(self.next_source);
                 self.next_source += 1;
-                self.sources.insert(track.sid().to_owned(), src);
+                self.sources.insert(track.sid().to_owned(), (src, participant.identity.clone()));
                 tracing::info!(participant = %participant.identity, track = %track.sid(), "hearing room track");
                 let frames = futures_util::stream::unfold(stream, |mut s| async move {
                     s.recv().await.map(|f| ((f.samples, f.received), s))
                 })
                 .map(move |(pcm, received)| (src, pcm, received));
                 self.audio.push(frames.boxed());
+                self.publishers_changed(now);
             }
             RoomEvent::TrackUnsubscribed { track_sid, .. } => {
-                if let Some(src) = self.sources.remove(&track_sid) {
+                if let Some((src, _)) = self.sources.remove(&track_sid) {
                     self.session.remove_room_source(src);
                 }
+                self.publishers_changed(now);
+            }
+            RoomEvent::ParticipantDisconnected(p) => {
+                let gone: Vec<String> =
+                    self.sources.iter().filter(|(_, (_, who))| *who == p.identity).map(|(sid, _)| sid.clone()).collect();
+                for sid in gone {
+                    if let Some((src, _)) = self.sources.remove(&sid) {
+                        self.session.remove_room_source(src);
+                    }
+                }
+                self.publishers_changed(now);
             }
             RoomEvent::DataReceived(m) if m.topic.as_deref() == Some(CONTROL_TOPIC) => {
+                let from = self.sender_kind(&m.participant_identity);
                 let was_interrupts = self.session.stats().interrupts;
-                match self.session.handle_control(&m.payload, now) {
+                match self.session.handle_control(&m.payload, from, now) {
                     Ok(()) if self.session.stats().interrupts > was_interrupts => self.interrupt_at = Some(now),
                     Ok(()) => {}
                     Err(e) => {
@@ -180,18 +297,94 @@ impl Call {
         }
     }
 
+    /// LiveKit's kind of the participant that sent a packet: only agents steer the call.
+    fn sender_kind(&self, identity: &str) -> ControlSender {
+        let Some(j) = &self.joined else { return ControlSender::Other };
+        let is_agent = !identity.is_empty()
+            && j.room.remote_participants().iter().any(|p| p.identity == identity && p.kind == ParticipantKind::Agent);
+        if is_agent {
+            ControlSender::Agent
+        } else {
+            ControlSender::Other
+        }
+    }
+
+    fn publishers_changed(&mut self, now: Instant) {
+        let mut who: Vec<&str> = self.sources.values().map(|(_, id)| id.as_str()).collect();
+        who.sort_unstable();
+        who.dedup();
+        if let Some(w) = &mut self.watchdog {
+            w.others_publishing(who.len(), now);
+        }
+    }
+
+    /// Carries out what the watchdog says is due.
+    fn poll_watchdog(&mut self) {
+        let now = Instant::now();
+        while let Some(action) = self.watchdog.as_mut().and_then(|w| w.poll(now)) {
+            let Some(info) = self.info().cloned() else { return };
+            match action {
+                WatchdogAction::Redispatch => {
+                    tracing::warn!("nobody in the room is talking to the caller: dispatching an agent again");
+                    self.app.metrics.error("agent_redispatch");
+                    let app = self.app.clone();
+                    tokio::spawn(
+                        async move {
+                            if let Err(e) = app.livekit.redispatch(&info).await {
+                                app.metrics.error("agent_redispatch_failed");
+                                tracing::error!(error = %e, "agent dispatch failed");
+                            }
+                        }
+                        .instrument(self.span.clone()),
+                    );
+                }
+                WatchdogAction::Fallback(why) => {
+                    tracing::warn!(reason = why.as_str(), "nobody to talk to: the caller gets the fallback");
+                    self.outcome = match why {
+                        proto::watchdog::FallbackReason::NoAgent => "fallback_no_agent",
+                        proto::watchdog::FallbackReason::AgentLeft => "fallback_agent_left",
+                    };
+                    self.fall_back(&info);
+                }
+                WatchdogAction::Hangup(why) => {
+                    tracing::warn!(reason = why.as_str(), "ending the call");
+                    self.outcome = why.as_str();
+                    self.rest_in_background(&info, None);
+                    self.session.end(EndReason::Driver(why.as_str().into()));
+                }
+            }
+        }
+    }
+
+    /// The caller hears the fallback: the call's TwiML is replaced through Twilio's REST API
+    /// (the stream ends when Twilio has it, or when the request fails — the call ends then).
+    fn fall_back(&mut self, info: &CallInfo) {
+        if self.falling_back {
+            return;
+        }
+        self.falling_back = true;
+        let app = self.app.clone();
+        let sid = info.call_sid.clone();
+        let done = self.background_tx.clone();
+        tokio::spawn(
+            async move {
+                if let Err(e) = app.twilio.redirect(&sid, &app.fallback_twiml()).await {
+                    app.metrics.error("twilio_rest");
+                    tracing::error!(error = %e, "Twilio REST fallback failed: ending the stream");
+                }
+                let _ = done.send(Background::FallbackDone).await;
+            }
+            .instrument(self.span.clone()),
+        );
+    }
+
     /// Carries out everything the session has to say. False once the call is over.
     async fn drain(&mut self) -> bool {
         loop {
             let now = Instant::now();
             let Some(out) = self.session.poll_output(now) else { break };
             match out {
-                CallOutput::Start(start) => {
-                    if let Err(why) = self.start(*start).await {
-                        tracing::warn!(reason = %why, "stream refused");
-                        self.session.end(EndReason::Driver(why));
-                    }
-                }
+                CallOutput::Start(start) => self.start(*start).await,
                 CallOutput::TwilioMedia(frame) => {
                     self.out_buf.clear();
                     proto::twilio::write_media_json(self.session.stream_sid(), &frame, &mut self.out_buf);
@@ -200,12 +393,12 @@ impl Call {
                 }
                 CallOutput::TwilioMark(id) => {
                     self.out_buf.clear();
-                    let _ = write!(self.out_buf, r#"{{"event":"mark","streamSid":"{}","mark":{{"name":"{id}"}}}}"#, self.session.stream_sid());
+                    proto::twilio::write_mark_json(self.session.stream_sid(), &id.to_string(), &mut self.out_buf);
                     self.send_text().await;
                 }
                 CallOutput::TwilioClear => {
                     self.out_buf.clear();
-                    let _ = write!(self.out_buf, r#"{{"event":"clear","streamSid":"{}"}}"#, self.session.stream_sid());
+                    proto::twilio::write_clear_json(self.session.stream_sid(), &mut self.out_buf);
                     self.send_text().await;
                     if let Some(t) = self.interrupt_at.take() {
                         self.app.metrics.interrupt_to_clear_seconds.observe(t.elapsed().as_secs_f64());
@@ -219,23 +412,30 @@ impl Call {
                         let _ = j.sink.try_push_at(&pcm, captured);
                     }
                 }
-                CallOutput::Control(c) => self.publish(DataPacketBuilder::new(c.to_bytes()).topic(CONTROL_TOPIC)).await,
+                CallOutput::Control(c) => self.send_to_room(RoomSend::Data(DataPacketBuilder::new(c.to_bytes()).topic(CONTROL_TOPIC))),
                 CallOutput::SipDtmf(digit) => {
-                    if let (Some(j), Some(code)) = (&self.joined, dtmf_code(&digit)) {
-                        if let Err(e) = j.room.send_dtmf(code, &digit, vec![]).await {
-                            tracing::warn!(error = %e, "could not publish DTMF");
-                        }
+                    if let Some(code) = dtmf_code(&digit) {
+                        self.send_to_room(RoomSend::Dtmf { code, digit });
                     }
                 }
                 CallOutput::Hangup { reason } => {
                     tracing::info!(reason = reason.as_deref().unwrap_or(""), "agent hung up");
-                    self.rest_in_background(None);
+                    self.outcome = "completed";
+                    if let Some(info) = self.info().cloned() {
+                        self.rest_in_background(&info, None);
+                    }
                     // Closing the stream ends `<Connect>`, which also ends the call if REST fails.
                     self.session.end(EndReason::Driver("agent hung up".into()));
                 }
                 CallOutput::Transfer { to } => {
-                    tracing::info!(to = %to, "agent transferred the call");
-                    self.rest_in_background(Some(proto::twiml::dial_number(&to, None)));
+                    tracing::info!(to = %Masked(&to), "agent transferred the call");
+                    if let Some(info) = self.info().cloned() {
+                        self.rest_in_background(&info, Some(proto::twiml::dial_number(&to, None)));
+                    }
+                }
+                CallOutput::ControlRefused { command, reason } => {
+                    self.app.metrics.control_refused.with_label_values(&[reason.as_str()]).inc();
+                    tracing::warn!(command, reason = reason.as_str(), "control command refused; the call goes on");
                 }
                 CallOutput::MarkEchoed { rtt } => self.app.metrics.mark_rtt_seconds.observe(rtt.as_secs_f64()),
                 CallOutput::End(reason) => {
@@ -260,20 +460,20 @@ impl Call {
         }
     }
 
-    async fn publish(&mut self, packet: DataPacketBuilder) {
-        if let Some(j) = &self.joined {
-            if let Err(e) = j.room.send_data(packet).await {
-                self.app.metrics.error("room_data");
-                tracing::warn!(error = %e, "could not publish a control message");
-            }
+    /// Queues a packet for the room's sender task; a full queue drops it (counted) rather than
+    /// stall the caller's audio behind a room that is reconnecting.
+    fn send_to_room(&self, packet: RoomSend) {
+        let Some(j) = &self.joined else { return };
+        if j.sends.try_send(packet).is_err() {
+            self.app.metrics.room_sends_dropped.inc();
         }
     }
 
     /// Hang-up (`twiml: None`) or transfer through Twilio's REST API, off the media path.
-    fn rest_in_background(&self, twiml: Option<String>) {
-        let Some(j) = &self.joined else { return };
+    fn rest_in_background(&self, info: &CallInfo, twiml: Option<String>) {
         let app = self.app.clone();
-        let sid = j.info.call_sid.clone();
+        let sid = info.call_sid.clone();
+        let report = self.background_tx.clone();
         tokio::spawn(
             async move {
                 let res = match &twiml {
@@ -283,52 +483,60 @@ impl Call {
                 if let Err(e) = res {
                     app.metrics.error("twilio_rest");
                     tracing::error!(error = %e, "Twilio REST call failed");
+                    if twiml.is_some() {
+                        let _ = report.send(Background::TransferFailed).await;
+                    }
                 }
             }
             .instrument(self.span.clone()),
         );
     }
 
-    /// `start`: check the one-time token, then join the call's room as the phone.
-    async fn start(&mut self, start: proto::twilio::StreamStart) -> Result<(), String> {
+    /// `start`: check the one-time token, then join the call's room as the phone. A refusal
+    /// ends the stream; a failure after the token was good gives the caller the fallback.
+    async fn start(&mut self, start: proto::twilio::StreamStart) {
         let call_sid = start.call_sid.clone();
         self.span.record("call_sid", call_sid.as_str());
         let token = start.custom_parameters.get("token").map(String::as_str).unwrap_or("");
-        let claims = proto::stream_token::verify(&self.app.stream_secret, token, &call_sid, unix_now()).map_err(|e| {
-            self.app.metrics.error("stream_token_invalid");
-            format!("stream token: {e}")
-        })?;
-        let info = self.app.registry.activate(&call_sid, &claims.nonce, Instant::now()).ok_or_else(|| {
+        let claims = match proto::stream_token::verify(&self.app.stream_secret, token, &call_sid, unix_now()) {
+            Ok(c) => c,
+            Err(e) => {
+                self.app.metrics.error("stream_token_invalid");
+                tracing::warn!(reason = %e, "stream refused: stream token");
+                self.session.end(EndReason::Driver(format!("stream token: {e}")));
+                return;
+            }
+        };
+        let Some(slot) = self.app.registry.activate(&call_sid, &claims.nonce, Instant::now()) else {
             self.app.metrics.error("stream_token_reused");
-            "stream token already used or reservation expired".to_string()
-        })?;
+            tracing::warn!("stream refused: stream token already used or reservation expired");
+            self.session.end(EndReason::Driver("stream token already used or reservation expired".into()));
+            return;
+        };
+        self.stream_slot = None;
+        let info = slot.info.clone();
+        self.call_slot = Some(slot);
+        self.room_deleter = Some(RoomDeleter { app: self.app.clone(), call_sid: call_sid.clone(), armed: true });
         self.app.metrics.active_calls.set(self.app.registry.active_count() as i64);
-        let jwt = self.app.livekit.phone_token(&info).map_err(|e| format!("token: {e}"))?;
-        let (room, events) = Room::connect(self.app.livekit.url(), &jwt, RoomOptions::default()).await.map_err(|e| {
-            self.app.metrics.error("room_join_failed");
-            format!("joining the room: {e}")
-        })?;
-        let sink = room
-            .publish_audio(AudioTrackOptions {
-                name: "phone".into(),
-                sample_rate: 8_000,
-                complexity: self.app.cfg.opus_complexity,
-                dtx: self.app.cfg.opus_dtx,
-                on_sent: Some(SendLatencyObserver(Arc::new({
-                    let h = self.app.metrics.inbound_latency_seconds.clone();
-                    move |d| h.observe(d.as_secs_f64())
-                }))),
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| {
-                self.app.metrics.error("room_publish_failed");
-                format!("publishing audio: {e}")
-            })?;
-        self.app.metrics.setup_seconds.observe(self.opened.elapsed().as_secs_f64());
-        tracing::info!(room = %room.name(), identity = %phone_identity(&call_sid), "caller joined the room");
-        self.joined = Some(Joined { room, events, sink, info });
-        Ok(())
+        match join_room(&self.app, &self.span, &info).await {
+            Ok(joined) => {
+                self.app.metrics.setup_seconds.observe(self.opened.elapsed().as_secs_f64());
+                tracing::info!(room = %joined.room.name(), identity = %phone_identity(&call_sid), "caller joined the room");
+                self.joined = Some(joined);
+                let wd = WatchdogConfig {
+                    agent_join_timeout: self.app.cfg.agent_join_timeout,
+                    media_timeout: self.app.cfg.media_timeout,
+                    max_duration: self.app.cfg.max_call_duration,
+                };
+                self.watchdog = Some(CallWatchdog::new(wd, Instant::now()));
+                self.outcome = "completed";
+            }
+            Err(why) => {
+                tracing::error!(reason = %why, "could not join the room: the caller gets the fallback");
+                self.outcome = "room_failed";
+                self.fall_back(&info);
+            }
+        }
     }
 
     async fn cleanup(mut self) {
@@ -338,7 +546,8 @@ impl Call {
         m.frames_out.inc_by(self.frames_out);
         m.inbound_gap_frames.inc_by(stats.inbound.filled_frames);
         m.outbound_underruns.inc_by(stats.pacer.underruns);
-        let _ = self.ws.send(Message::Close(Some(CloseFrame { code: 1000, reason: "call ended".into() }))).await;
+        let close = Message::Close(Some(CloseFrame { code: 1000, reason: "call ended".into() }));
+        let _ = tokio::time::timeout(SEND_TIMEOUT, self.ws.send(close)).await;
         if let Some(j) = self.joined.take() {
             let sink = j.sink.stats();
             tracing::info!(
@@ -348,25 +557,74 @@ impl Call {
                 "caller track"
             );
             j.room.close().await;
-            let call_sid = j.info.call_sid.clone();
-            self.app.registry.finish(&call_sid);
-            m.active_calls.set(self.app.registry.active_count() as i64);
-            m.calls.with_label_values(&["completed"]).inc();
-            if let Err(e) = self.app.livekit.delete_room(&call_sid).await {
-                tracing::warn!(error = %e, "could not delete the room");
-            }
-        } else {
-            m.calls.with_label_values(&["failed"]).inc();
         }
+        if let Some(d) = &mut self.room_deleter {
+            d.delete_now().await;
+        }
+        let started = self.call_slot.is_some();
+        // The slot goes last: /health and the drain count the call until its room is gone.
+        self.call_slot = None;
+        m.active_calls.set(self.app.registry.active_count() as i64);
+        m.calls.with_label_values(&[if started { self.outcome } else { "failed" }]).inc();
         tracing::info!(
+            outcome = if started { self.outcome } else { "failed" },
             frames_in = stats.frames_in,
             frames_out = self.frames_out,
             gaps = stats.inbound.filled_frames,
             underruns = stats.pacer.underruns,
             interrupts = stats.interrupts,
             twilio_malformed = stats.twilio_malformed,
+            control_refused = stats.control_refused,
             "call ended"
         );
+    }
+}
+
+/// Joins the call's room as the phone and publishes the caller's track.
+async fn join_room(app: &Arc<App>, span: &tracing::Span, info: &CallInfo) -> Result<Joined, String> {
+    let jwt = app.livekit.phone_token(info).map_err(|e| format!("token: {e}"))?;
+    let (room, events) = Room::connect(app.livekit.url(), &jwt, RoomOptions::default()).await.map_err(|e| {
+        app.metrics.error("room_join_failed");
+        format!("joining the room: {e}")
+    })?;
+    let sink = room
+        .publish_audio(AudioTrackOptions {
+            name: "phone".into(),
+            sample_rate: 8_000,
+            complexity: app.cfg.opus_complexity,
+            dtx: app.cfg.opus_dtx,
+            on_sent: Some(SendLatencyObserver(Arc::new({
+                let h = app.metrics.inbound_latency_seconds.clone();
+                move |d| h.observe(d.as_secs_f64())
+            }))),
+            ..Default::default()
+        })
+        .await;
+    let sink = match sink {
+        Ok(s) => s,
+        Err(e) => {
+            app.metrics.error("room_publish_failed");
+            room.close().await;
+            return Err(format!("publishing audio: {e}"));
+        }
+    };
+    let (sends, queue) = mpsc::channel(ROOM_SEND_QUEUE);
+    tokio::spawn(send_to_room(room.clone(), queue, app.clone()).instrument(span.clone()));
+    Ok(Joined { room, events, sink, sends })
+}
+
+/// The call's sender task: control messages and DTMF to the room, in order, waiting as long as
+/// the room needs (a reconnect) without holding up the call's audio.
+async fn send_to_room(room: Room, mut queue: mpsc::Receiver<RoomSend>, app: Arc<App>) {
+    while let Some(p) = queue.recv().await {
+        let res = match p {
+            RoomSend::Data(packet) => room.send_data(packet).await,
+            RoomSend::Dtmf { code, digit } => room.send_dtmf(code, &digit, vec![]).await,
+        };
+        if let Err(e) = res {
+            app.metrics.error("room_data");
+            tracing::warn!(error = %e, "could not send to the room");
+        }
     }
 }
 
@@ -381,6 +639,13 @@ async fn sleep_until(t: Option<tokio::time::Instant>) {
     match t {
         Some(t) => tokio::time::sleep_until(t).await,
         None => std::future::pending().await,
+    }
+}
+
+fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
     }
 }
 

@@ -4,6 +4,30 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use proto::dial_policy::NumberAllowList;
+use secrecy::{ExposeSecret, SecretString};
+
+/// The key and secret of `livekit-server --dev` (and devroom), used only with `--dev`.
+pub const DEV_API_KEY: &str = "devkey";
+pub const DEV_API_SECRET: &str = "secret";
+
+/// A duration as a number of seconds (`10`, `0.5`) or with a unit (`500ms`, `15s`, `4h`).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    if let Ok(secs) = s.parse::<f64>() {
+        return Duration::try_from_secs_f64(secs).map_err(|e| format!("{s:?}: {e}"));
+    }
+    humantime::parse_duration(s).map_err(|e| format!("{s:?}: {e} (e.g. 10, 500ms, 15s, 4h)"))
+}
+
+/// Why the configuration cannot run a bridge.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error("TWILIO_AUTH_TOKEN is not set: refusing to accept unsigned Twilio requests (use --insecure-no-signature for local development)")]
+    NoAuthToken,
+    #[error("LIVEKIT_API_KEY and LIVEKIT_API_SECRET are not set: refusing to start (use --dev for a local livekit-server --dev or devroom, key devkey / secret secret)")]
+    NoLiveKitKeys,
+}
 
 #[derive(Debug, Parser)]
 #[command(name = "bridge", version, about = "Twilio phone calls into LiveKit rooms")]
@@ -41,7 +65,7 @@ pub struct Config {
     #[arg(long, env = "TWILIO_ACCOUNT_SID", default_value = "")]
     pub twilio_account_sid: String,
     #[arg(long, env = "TWILIO_AUTH_TOKEN", hide_env_values = true)]
-    pub twilio_auth_token: Option<String>,
+    pub twilio_auth_token: Option<SecretString>,
     /// Twilio REST base URL (hang-up and transfer).
     #[arg(long, env = "TWILIO_API_BASE", default_value = "https://api.twilio.com")]
     pub twilio_api_base: String,
@@ -50,13 +74,51 @@ pub struct Config {
     pub insecure_no_signature: bool,
     #[arg(long, env = "LIVEKIT_URL", default_value = "ws://127.0.0.1:7880")]
     pub livekit_url: String,
-    #[arg(long, env = "LIVEKIT_API_KEY", default_value = "devkey")]
-    pub livekit_api_key: String,
-    #[arg(long, env = "LIVEKIT_API_SECRET", default_value = "secret", hide_env_values = true)]
-    pub livekit_api_secret: String,
+    /// Required unless --dev.
+    #[arg(long, env = "LIVEKIT_API_KEY")]
+    pub livekit_api_key: Option<String>,
+    /// Required unless --dev.
+    #[arg(long, env = "LIVEKIT_API_SECRET", hide_env_values = true)]
+    pub livekit_api_secret: Option<SecretString>,
+    /// Development: without LIVEKIT_API_KEY/LIVEKIT_API_SECRET use devkey/secret (livekit-server --dev, devroom).
+    #[arg(long)]
+    pub dev: bool,
     /// Most concurrent calls; beyond it callers hear a busy message. 0 = no limit.
     #[arg(long, env = "MAX_CALLS", default_value_t = 0)]
     pub max_calls: usize,
+    /// Numbers a transfer may dial: E.164 numbers or prefixes ending in `*`, comma-separated
+    /// (`+15551234567,+44203*`). Empty: no transfer is allowed.
+    #[arg(long, env = "TRANSFER_ALLOW", default_value = "")]
+    pub transfer_allow: NumberAllowList,
+    /// Numbers an outbound call may dial (same format as TRANSFER_ALLOW). Empty: none.
+    #[arg(long, env = "DIAL_ALLOW", default_value = "")]
+    pub dial_allow: NumberAllowList,
+    /// Nobody else in the room publishing audio this long after the caller joined (or after
+    /// everyone left): dispatch an agent again once, then the caller hears the fallback.
+    #[arg(long, env = "AGENT_JOIN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub agent_join_timeout: Duration,
+    /// No message from Twilio for this long ends the call.
+    #[arg(long, env = "MEDIA_TIMEOUT", default_value = "15s", value_parser = parse_duration)]
+    pub media_timeout: Duration,
+    /// Calls are ended after this long.
+    #[arg(long, env = "MAX_CALL_DURATION", default_value = "4h", value_parser = parse_duration)]
+    pub max_call_duration: Duration,
+    /// What callers hear when nobody can take the call (no agent, LiveKit unreachable).
+    #[arg(
+        long,
+        env = "FALLBACK_MESSAGE",
+        default_value = "Sorry, we cannot take your call right now. Please try again later."
+    )]
+    pub fallback_message: String,
+    /// Instead of the message, redirect the call to this TwiML URL (e.g. voicemail or a human queue).
+    #[arg(long, env = "FALLBACK_URL")]
+    pub fallback_url: Option<String>,
+    /// Most open HTTP/WebSocket connections; beyond it new connections are closed at once.
+    #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 4096)]
+    pub max_connections: usize,
+    /// Time limit for one HTTP request (webhooks, API); also the time a client has to send its headers.
+    #[arg(long, env = "HTTP_REQUEST_TIMEOUT", default_value = "15s", value_parser = parse_duration)]
+    pub http_request_timeout: Duration,
     /// On SIGTERM, how long active calls may go on before they are ended.
     #[arg(long, env = "DRAIN_SECONDS", default_value_t = 30)]
     pub drain_seconds: u64,
@@ -90,14 +152,44 @@ pub struct Config {
     pub sip_host: String,
     #[arg(long, env = "LIVEKIT_SIP_USERNAME", default_value = "")]
     pub sip_username: String,
-    #[arg(long, env = "LIVEKIT_SIP_PASSWORD", default_value = "", hide_env_values = true)]
-    pub sip_password: String,
+    #[arg(long, env = "LIVEKIT_SIP_PASSWORD", hide_env_values = true)]
+    pub sip_password: Option<SecretString>,
     /// SIP transport parameter on the URI.
     #[arg(long, env = "LIVEKIT_SIP_TRANSPORT", default_value = "tcp")]
     pub sip_transport: String,
 }
 
 impl Config {
+    /// Refuses configurations that would run insecurely without being asked to.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        if self.twilio_auth_token.is_none() && !self.insecure_no_signature {
+            return Err(ConfigError::NoAuthToken);
+        }
+        self.check_livekit()
+    }
+
+    /// LiveKit's key and secret are set, or `--dev` was given.
+    pub fn check_livekit(&self) -> Result<(), ConfigError> {
+        if (self.livekit_api_key.is_none() || self.livekit_api_secret.is_none()) && !self.dev {
+            return Err(ConfigError::NoLiveKitKeys);
+        }
+        Ok(())
+    }
+
+    /// The LiveKit API key (devkey with `--dev` when none is set).
+    pub fn livekit_key(&self) -> &str {
+        self.livekit_api_key.as_deref().unwrap_or(DEV_API_KEY)
+    }
+
+    /// The LiveKit API secret (secret with `--dev` when none is set).
+    pub fn livekit_secret(&self) -> &str {
+        self.livekit_api_secret.as_ref().map(|s| s.expose_secret()).unwrap_or(DEV_API_SECRET)
+    }
+
+    pub fn twilio_token(&self) -> Option<&str> {
+        self.twilio_auth_token.as_ref().map(|s| s.expose_secret())
+    }
+
     pub fn drain(&self) -> Duration {
         Duration::from_secs(self.drain_seconds)
     }
@@ -154,5 +246,51 @@ mod tests {
         let c = cfg(&["--public-url", "http://127.0.0.1:9000", "--livekit-url", "wss://lk.example.com"]);
         assert_eq!(c.stream_url(), "wss://127.0.0.1:9000/media-stream");
         assert_eq!(c.livekit_http(), "https://lk.example.com");
+    }
+
+    #[test]
+    fn refuses_to_run_without_secrets_unless_told() {
+        assert_eq!(cfg(&[]).check(), Err(ConfigError::NoAuthToken));
+        assert_eq!(cfg(&["--twilio-auth-token", "t"]).check(), Err(ConfigError::NoLiveKitKeys));
+        assert_eq!(cfg(&["--twilio-auth-token", "t", "--livekit-api-key", "k"]).check(), Err(ConfigError::NoLiveKitKeys));
+        let c = cfg(&["--twilio-auth-token", "t", "--dev"]);
+        assert_eq!(c.check(), Ok(()));
+        assert_eq!((c.livekit_key(), c.livekit_secret()), ("devkey", "secret"));
+        let c = cfg(&["--insecure-no-signature", "--livekit-api-key", "APIk", "--livekit-api-secret", "s3"]);
+        assert_eq!(c.check(), Ok(()));
+        assert_eq!((c.livekit_key(), c.livekit_secret()), ("APIk", "s3"));
+    }
+
+    #[test]
+    fn secrets_never_show_in_debug() {
+        let c = cfg(&[
+            "--twilio-auth-token",
+            "SECRET-TWILIO",
+            "--livekit-api-secret",
+            "SECRET-LIVEKIT",
+            "--sip-password",
+            "SECRET-SIP",
+        ]);
+        let dbg = format!("{c:?}");
+        assert!(!dbg.contains("SECRET-"), "{dbg}");
+        assert_eq!(c.twilio_token(), Some("SECRET-TWILIO"));
+    }
+
+    #[test]
+    fn durations_and_allow_lists_parse() {
+        assert_eq!(parse_duration("10"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("0.5"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("4h"), Ok(Duration::from_secs(4 * 3600)));
+        assert!(parse_duration("-1").is_err());
+        assert!(parse_duration("soon").is_err());
+        let c = cfg(&[]);
+        assert_eq!(c.agent_join_timeout, Duration::from_secs(10));
+        assert_eq!(c.media_timeout, Duration::from_secs(15));
+        assert_eq!(c.max_call_duration, Duration::from_secs(4 * 3600));
+        assert!(c.transfer_allow.is_empty() && c.dial_allow.is_empty());
+        let c = cfg(&["--transfer-allow", "+15551234567,+44203*"]);
+        assert!(c.transfer_allow.allows("+442035550000"));
+        assert!(Cli::try_parse_from(["bridge", "--transfer-allow", "*"]).is_err());
     }
 }

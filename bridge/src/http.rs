@@ -1,4 +1,4 @@
-//! HTTP endpoints: the Twilio webhooks, the Media Streams upgrade, health and metrics.
+//! HTTP endpoints: the Twilio webhooks, the Media Streams upgrade, health, readiness and metrics.
 
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -10,8 +10,10 @@ use axum::http::{header, HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
+use proto::redact::Masked;
 use proto::twiml::{self, ConnectStream, DialSip};
 use rand::RngCore;
+use secrecy::ExposeSecret;
 
 use crate::config::{Config, Mode};
 use crate::livekit::{room_name, LiveKit};
@@ -23,6 +25,8 @@ use crate::twilio_rest::TwilioRest;
 pub const STREAM_TOKEN_TTL_SECS: u64 = 30;
 /// Twilio sends 20 ms frames of ~300 bytes; anything near this is not Twilio.
 const MAX_WS_MESSAGE: usize = 64 * 1024;
+/// Twilio's webhook bodies are a few hundred bytes of form fields.
+const MAX_WEBHOOK_BODY: usize = 64 * 1024;
 
 pub struct App {
     pub cfg: Config,
@@ -42,11 +46,7 @@ impl App {
             registry: Registry::new(cfg.max_calls, std::time::Duration::from_secs(STREAM_TOKEN_TTL_SECS)),
             metrics: Metrics::new(),
             livekit: LiveKit::new(&cfg),
-            twilio: TwilioRest::new(
-                &cfg.twilio_api_base,
-                &cfg.twilio_account_sid,
-                cfg.twilio_auth_token.as_deref().unwrap_or(""),
-            ),
+            twilio: TwilioRest::new(&cfg.twilio_api_base, &cfg.twilio_account_sid, cfg.twilio_token().unwrap_or("")),
             stream_secret,
             cfg,
         })
@@ -54,16 +54,25 @@ impl App {
 
     /// Checks `X-Twilio-Signature` on a form POST against `PUBLIC_URL` + the request path.
     fn form_signed(&self, uri: &Uri, headers: &HeaderMap, params: &[(String, String)]) -> bool {
-        let Some(token) = &self.cfg.twilio_auth_token else { return self.cfg.insecure_no_signature };
+        let Some(token) = self.cfg.twilio_token() else { return self.cfg.insecure_no_signature };
         let url = self.cfg.http_url(uri.path_and_query().map(|p| p.as_str()).unwrap_or(uri.path()));
         let sig = headers.get("x-twilio-signature").and_then(|v| v.to_str().ok()).unwrap_or("");
         proto::signature::validate_form(token, &url, params, sig)
     }
 
     fn ws_signed(&self, headers: &HeaderMap) -> bool {
-        let Some(token) = &self.cfg.twilio_auth_token else { return self.cfg.insecure_no_signature };
+        let Some(token) = self.cfg.twilio_token() else { return self.cfg.insecure_no_signature };
         let sig = headers.get("x-twilio-signature").and_then(|v| v.to_str().ok()).unwrap_or("");
         proto::signature::validate_websocket(token, &self.cfg.stream_url(), sig)
+    }
+
+    /// What a caller hears when nobody can take the call: `FALLBACK_URL` if set, else
+    /// `FALLBACK_MESSAGE`, then the call ends.
+    pub fn fallback_twiml(&self) -> String {
+        match &self.cfg.fallback_url {
+            Some(url) => twiml::redirect(url),
+            None => twiml::busy(&self.cfg.fallback_message),
+        }
     }
 }
 
@@ -73,7 +82,13 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/call-status", post(call_status))
         .route("/media-stream", get(media_stream))
         .route("/health", get(health))
+        .route("/ready", get(ready))
         .route("/metrics", get(metrics))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_WEBHOOK_BODY))
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            app.cfg.http_request_timeout,
+        ))
         .with_state(app)
 }
 
@@ -125,10 +140,17 @@ async fn incoming_call(State(app): State<Arc<App>>, uri: Uri, headers: HeaderMap
     let nonce: String = nonce_bytes.iter().map(|b| format!("{b:02x}")).collect();
     match app.registry.admit(info.clone(), nonce.clone(), Instant::now()) {
         Ok(()) => {}
+        Err(Refusal::Replay) => {
+            // A captured webhook played again must not mint a token that could take over the
+            // live call; the real call is untouched.
+            app.metrics.error("webhook_replay");
+            tracing::warn!("refused: a webhook for this CallSid was already answered (replay?)");
+            return (StatusCode::CONFLICT, "this call was already answered").into_response();
+        }
         Err(why) => {
             let outcome = if why == Refusal::Full { "busy" } else { "draining" };
             app.metrics.calls.with_label_values(&[outcome]).inc();
-            tracing::info!(outcome, from = %info.from, "call refused");
+            tracing::info!(outcome, from = %Masked(&info.from), "call refused");
             return xml(twiml::busy(&app.cfg.busy_message));
         }
     }
@@ -137,8 +159,8 @@ async fn incoming_call(State(app): State<Arc<App>>, uri: Uri, headers: HeaderMap
         app.registry.release(&info.call_sid);
         app.metrics.error("room_create_failed");
         app.metrics.calls.with_label_values(&["room_failed"]).inc();
-        tracing::error!(call_sid = %info.call_sid, error = %e, "could not create the call's room");
-        return xml(twiml::busy("We cannot take your call right now. Please try again later."));
+        tracing::error!(call_sid = %info.call_sid, error = %e, "could not create the call's room: caller gets the fallback");
+        return xml(app.fallback_twiml());
     }
     let token = proto::stream_token::mint(
         &app.stream_secret,
@@ -159,7 +181,7 @@ async fn incoming_call(State(app): State<Arc<App>>, uri: Uri, headers: HeaderMap
     };
     match answer.to_twiml() {
         Ok(x) => {
-            tracing::info!(call_sid = %info.call_sid, from = %info.from, to = %info.to, "call admitted");
+            tracing::info!(call_sid = %info.call_sid, from = %Masked(&info.from), to = %Masked(&info.to), "call admitted");
             xml(x)
         }
         Err(e) => {
@@ -176,7 +198,7 @@ fn sip_answer(cfg: &Config, info: &CallInfo) -> Response {
     let dial = DialSip {
         uri: format!("sip:{}@{};transport={}", info.to, cfg.sip_host, cfg.sip_transport),
         username: (!cfg.sip_username.is_empty()).then(|| cfg.sip_username.clone()),
-        password: (!cfg.sip_password.is_empty()).then(|| cfg.sip_password.clone()),
+        password: cfg.sip_password.as_ref().map(|p| p.expose_secret().to_owned()).filter(|p| !p.is_empty()),
         headers: vec![("X-CallSid".into(), info.call_sid.clone()), ("X-From".into(), info.from.clone())],
         action: None,
     };
@@ -202,7 +224,9 @@ async fn call_status(State(app): State<Arc<App>>, uri: Uri, headers: HeaderMap, 
     let known = ["completed", "busy", "failed", "no-answer", "canceled", "in-progress", "ringing", "queued"];
     let label = if known.contains(&status) { status } else { "other" };
     app.metrics.calls.with_label_values(&[&format!("status_{label}")]).inc();
-    tracing::info!(call_sid = %param(&params, "CallSid"), status, duration = %param(&params, "CallDuration"), "call status");
+    let sid = param(&params, "CallSid");
+    let sid = if is_sid(sid, "CA") { sid } else { "invalid" };
+    tracing::info!(call_sid = %sid, status = label, duration = %param(&params, "CallDuration").parse::<u64>().unwrap_or(0), "call status");
     StatusCode::NO_CONTENT.into_response()
 }
 
@@ -214,23 +238,42 @@ async fn media_stream(State(app): State<Arc<App>>, headers: HeaderMap, ws: WebSo
         tracing::warn!(path = "/media-stream", "refused: bad X-Twilio-Signature");
         return (StatusCode::FORBIDDEN, "invalid X-Twilio-Signature").into_response();
     }
-    if !app.registry.accepts_streams() {
+    // The signature on the upgrade covers only the URL, so one captured upgrade could open any
+    // number of sockets: each holds a place until its `start`, bounded like calls.
+    let Some(slot) = app.registry.open_stream() else {
         app.metrics.error("stream_refused_full");
         return (StatusCode::SERVICE_UNAVAILABLE, "not accepting calls").into_response();
-    }
+    };
     // Twilio's messages are ~400 bytes; tungstenite's default 128 KiB read buffer is zero-filled
     // on first read, which made it the largest resident cost of a call. Bigger frames still fit
     // (the buffer grows to the frame's length).
     ws.max_message_size(MAX_WS_MESSAGE)
         .max_frame_size(MAX_WS_MESSAGE)
         .read_buffer_size(WS_READ_BUFFER)
-        .on_upgrade(move |socket| crate::call_task::run(app, socket))
+        .on_upgrade(move |socket| crate::call_task::run(app, socket, slot))
 }
 
+/// Liveness: the process serves HTTP.
 async fn health(State(app): State<Arc<App>>) -> Response {
     axum::Json(serde_json::json!({"status": "ok", "active_calls": app.registry.active_count()})).into_response()
 }
 
+/// Readiness: 200 while new calls are admitted, 503 when draining or full (the load balancer
+/// sends the next call elsewhere).
+async fn ready(State(app): State<Arc<App>>) -> Response {
+    let draining = app.registry.is_draining();
+    let ok = app.registry.accepts_calls(Instant::now());
+    let status = if ok { "ready" } else if draining { "draining" } else { "full" };
+    let body = axum::Json(serde_json::json!({
+        "status": status,
+        "active_calls": app.registry.active_count(),
+        "max_calls": app.cfg.max_calls,
+    }));
+    let code = if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (code, body).into_response()
+}
+
 async fn metrics(State(app): State<Arc<App>>) -> Response {
+    app.metrics.observe_runtime(&app.registry);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], app.metrics.render()).into_response()
 }

@@ -8,7 +8,12 @@ use livekit_api::access_token::{AccessToken, VideoGrants};
 use livekit_api::services::agent_dispatch::AgentDispatchClient;
 use livekit_api::services::room::{CreateRoomOptions, RoomClient};
 
+use secrecy::{ExposeSecret, SecretString};
+
 use crate::config::Config;
+
+/// RoomService and AgentDispatch requests give up after this (the caller is waiting).
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 use crate::registry::CallInfo;
 
 pub fn room_name(call_sid: &str) -> String {
@@ -34,7 +39,7 @@ pub struct LiveKit {
     rooms: RoomClient,
     dispatch: AgentDispatchClient,
     api_key: String,
-    api_secret: String,
+    api_secret: SecretString,
     url: String,
     empty_timeout: u32,
     agent_name: String,
@@ -44,11 +49,11 @@ impl LiveKit {
     pub fn new(cfg: &Config) -> LiveKit {
         let host = cfg.livekit_http();
         LiveKit {
-            rooms: RoomClient::with_api_key(&host, &cfg.livekit_api_key, &cfg.livekit_api_secret)
-                .with_request_timeout(Duration::from_secs(5)),
-            dispatch: AgentDispatchClient::with_api_key(&host, &cfg.livekit_api_key, &cfg.livekit_api_secret),
-            api_key: cfg.livekit_api_key.clone(),
-            api_secret: cfg.livekit_api_secret.clone(),
+            rooms: RoomClient::with_api_key(&host, cfg.livekit_key(), cfg.livekit_secret())
+                .with_request_timeout(REQUEST_TIMEOUT),
+            dispatch: AgentDispatchClient::with_api_key(&host, cfg.livekit_key(), cfg.livekit_secret()),
+            api_key: cfg.livekit_key().to_owned(),
+            api_secret: SecretString::from(cfg.livekit_secret()),
             url: cfg.livekit_url.clone(),
             empty_timeout: cfg.room_empty_timeout,
             agent_name: cfg.agent_name.clone(),
@@ -90,6 +95,24 @@ impl LiveKit {
         Ok(())
     }
 
+    /// Asks LiveKit to dispatch an agent into the call's room again (nobody answered). With
+    /// automatic dispatch (no `AGENT_NAME`) this asks for the unnamed agent.
+    pub async fn redispatch(&self, info: &CallInfo) -> anyhow::Result<()> {
+        let metadata = serde_json::json!({"callSid": info.call_sid, "redispatch": true}).to_string();
+        tokio::time::timeout(
+            REQUEST_TIMEOUT,
+            self.dispatch.create_dispatch(livekit_protocol::CreateAgentDispatchRequest {
+                agent_name: self.agent_name.clone(),
+                room: room_name(&info.call_sid),
+                metadata,
+                ..Default::default()
+            }),
+        )
+        .await
+        .map_err(|_| anyhow::anyhow!("agent dispatch timed out"))??;
+        Ok(())
+    }
+
     /// A token that can join only this call's room, as the phone (kind `sip`).
     pub fn phone_token(&self, info: &CallInfo) -> anyhow::Result<String> {
         let grants = VideoGrants {
@@ -100,7 +123,7 @@ impl LiveKit {
             can_publish_data: Some(true),
             ..Default::default()
         };
-        Ok(AccessToken::with_api_key(&self.api_key, &self.api_secret)
+        Ok(AccessToken::with_api_key(&self.api_key, self.api_secret.expose_secret())
             .with_identity(&phone_identity(&info.call_sid))
             .with_name(&info.from)
             .with_kind("sip")

@@ -13,15 +13,17 @@ async fn main() -> anyhow::Result<()> {
         tracing_subscriber::fmt().with_env_filter(filter).init();
     }
     if let Some(Command::SipSetup) = cli.command {
+        cfg.check_livekit()?;
         let report = bridge::sip_setup::run(&cfg).await?;
         println!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(());
     }
-    if cfg.twilio_auth_token.is_none() && !cfg.insecure_no_signature {
-        anyhow::bail!("TWILIO_AUTH_TOKEN is not set: refusing to accept unsigned Twilio requests (use --insecure-no-signature for local development)");
-    }
+    cfg.check()?;
     if cfg.twilio_auth_token.is_none() {
         tracing::warn!("--insecure-no-signature: X-Twilio-Signature is NOT checked");
+    }
+    if cfg.livekit_api_secret.is_none() {
+        tracing::warn!("--dev: using LiveKit's development key and secret (devkey / secret)");
     }
     let listener = tokio::net::TcpListener::bind(cfg.listen).await.with_context(|| format!("binding {}", cfg.listen))?;
     tracing::info!(listen = %cfg.listen, public = %cfg.public_base(), livekit = %cfg.livekit_url, mode = ?cfg.mode, "bridge up");

@@ -19,6 +19,13 @@ pub struct Metrics {
     pub inbound_latency_seconds: Histogram,
     pub outbound_latency_seconds: Histogram,
     pub errors: IntCounterVec,
+    pub control_refused: IntCounterVec,
+    /// Control messages and DTMF packets for the room dropped because its queue was full.
+    pub room_sends_dropped: IntCounter,
+    /// Tasks alive in the process's tokio runtime (a leak shows as growth at constant load).
+    pub tokio_tasks: IntGauge,
+    pub pending_calls: IntGauge,
+    pub unstarted_streams: IntGauge,
 }
 
 /// 25 µs … 200 ms, doubling: resolves the ≤ 2 ms target and shows stalls.
@@ -71,6 +78,19 @@ impl Metrics {
             )
             .unwrap(),
             errors: IntCounterVec::new(Opts::new("bridge_errors_total", "Errors by kind"), &["kind"]).unwrap(),
+            control_refused: IntCounterVec::new(
+                Opts::new("bridge_control_refused_total", "Control commands refused (the call went on), by reason"),
+                &["reason"],
+            )
+            .unwrap(),
+            room_sends_dropped: IntCounter::new(
+                "bridge_room_sends_dropped_total",
+                "Control/DTMF packets for the room dropped: its send queue was full",
+            )
+            .unwrap(),
+            tokio_tasks: IntGauge::new("bridge_tokio_tasks", "Tasks alive in the tokio runtime").unwrap(),
+            pending_calls: IntGauge::new("bridge_pending_calls", "Calls admitted whose stream has not started").unwrap(),
+            unstarted_streams: IntGauge::new("bridge_unstarted_streams", "Media Streams sockets waiting for start").unwrap(),
             registry,
         };
         let r = &m.registry;
@@ -86,7 +106,22 @@ impl Metrics {
         r.register(Box::new(m.mark_rtt_seconds.clone())).unwrap();
         r.register(Box::new(m.interrupt_to_clear_seconds.clone())).unwrap();
         r.register(Box::new(m.errors.clone())).unwrap();
+        r.register(Box::new(m.control_refused.clone())).unwrap();
+        r.register(Box::new(m.room_sends_dropped.clone())).unwrap();
+        r.register(Box::new(m.tokio_tasks.clone())).unwrap();
+        r.register(Box::new(m.pending_calls.clone())).unwrap();
+        r.register(Box::new(m.unstarted_streams.clone())).unwrap();
         m
+    }
+
+    /// Gauges read at scrape time.
+    pub fn observe_runtime(&self, calls: &crate::registry::Registry) {
+        if let Ok(h) = tokio::runtime::Handle::try_current() {
+            self.tokio_tasks.set(h.metrics().num_alive_tasks() as i64);
+        }
+        self.active_calls.set(calls.active_count() as i64);
+        self.pending_calls.set(calls.pending_count() as i64);
+        self.unstarted_streams.set(calls.unstarted_count() as i64);
     }
 
     pub fn error(&self, kind: &str) {

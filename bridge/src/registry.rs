@@ -1,15 +1,28 @@
-//! The registry of calls: admission control (MAX_CALLS), one-time stream reservations, draining.
-//! The only shared state besides the metrics.
+//! The registry of calls: admission control (MAX_CALLS), one-time stream reservations, replay
+//! refusal, the sockets still waiting for `start`, draining. The only shared state besides the
+//! metrics.
+//!
+//! Places are handed out as guards ([`StreamSlot`], [`CallSlot`]) that give them back when
+//! dropped, so no path — an error, an early return, a panic — can leak one.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
+/// How long a CallSid is remembered after its webhook: a signed `/incoming-call` replayed within
+/// this window is refused.
+pub const REPLAY_WINDOW: Duration = Duration::from_secs(3600);
+/// Most CallSids remembered (~100 bytes each). Beyond it the oldest is forgotten early: at 28
+/// new calls a second for an hour.
+pub const REPLAY_MEMORY: usize = 100_000;
+/// Sockets waiting for `start` when MAX_CALLS is unlimited.
+pub const MAX_UNSTARTED_STREAMS: usize = 256;
+
 /// What `/incoming-call` learned about a call, kept until its stream starts.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct CallInfo {
     pub call_sid: String,
     pub account_sid: String,
@@ -17,10 +30,25 @@ pub struct CallInfo {
     pub to: String,
 }
 
+impl std::fmt::Debug for CallInfo {
+    // The caller's number is personal data: masked wherever a CallInfo is printed.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use proto::redact::Masked;
+        f.debug_struct("CallInfo")
+            .field("call_sid", &self.call_sid)
+            .field("account_sid", &self.account_sid)
+            .field("from", &Masked(&self.from))
+            .field("to", &Masked(&self.to))
+            .finish()
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {
     Full,
     Draining,
+    /// The CallSid is live or was seen within [`REPLAY_WINDOW`]: a replayed webhook.
+    Replay,
 }
 
 struct Pending {
@@ -40,7 +68,7 @@ pub struct Registry {
     max_calls: usize,
     pending_ttl: Duration,
     draining: AtomicBool,
-    inner: Mutex<Inner>,
+    inner: Arc<Mutex<Inner>>,
     /// Flips to true when every call must end now (drain deadline).
     end_all: watch::Sender<bool>,
 }
@@ -49,6 +77,71 @@ pub struct Registry {
 struct Inner {
     pending: HashMap<String, Pending>,
     active: HashMap<String, ActiveCall>,
+    /// Media Streams sockets accepted and not yet started (or refused).
+    unstarted: usize,
+    seen: SeenCalls,
+}
+
+/// CallSids seen recently, oldest first, bounded in time and count.
+#[derive(Default)]
+struct SeenCalls {
+    order: VecDeque<(Instant, String)>,
+    set: HashSet<String>,
+}
+
+impl SeenCalls {
+    fn prune(&mut self, now: Instant) {
+        while let Some((t, _)) = self.order.front() {
+            if now.duration_since(*t) < REPLAY_WINDOW && self.order.len() < REPLAY_MEMORY {
+                break;
+            }
+            if let Some((_, sid)) = self.order.pop_front() {
+                self.set.remove(&sid);
+            }
+        }
+    }
+
+    fn contains(&self, sid: &str) -> bool {
+        self.set.contains(sid)
+    }
+
+    fn insert(&mut self, sid: &str, now: Instant) {
+        if self.set.insert(sid.to_owned()) {
+            self.order.push_back((now, sid.to_owned()));
+        }
+    }
+}
+
+impl Inner {
+    fn lock(inner: &Mutex<Inner>) -> std::sync::MutexGuard<'_, Inner> {
+        // A panic while holding the lock cannot leave the maps inconsistent (single inserts and
+        // removes), so a poisoned lock is still usable.
+        inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// A Media Streams socket's place until its `start` arrives; given back on drop.
+pub struct StreamSlot {
+    inner: Arc<Mutex<Inner>>,
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        let mut inner = Inner::lock(&self.inner);
+        inner.unstarted = inner.unstarted.saturating_sub(1);
+    }
+}
+
+/// An active call's place; the call leaves the registry when this is dropped.
+pub struct CallSlot {
+    inner: Arc<Mutex<Inner>>,
+    pub info: CallInfo,
+}
+
+impl Drop for CallSlot {
+    fn drop(&mut self) {
+        Inner::lock(&self.inner).active.remove(&self.info.call_sid);
+    }
 }
 
 impl Registry {
@@ -57,32 +150,37 @@ impl Registry {
             max_calls,
             pending_ttl,
             draining: AtomicBool::new(false),
-            inner: Mutex::new(Inner::default()),
+            inner: Arc::new(Mutex::new(Inner::default())),
             end_all: watch::channel(false).0,
         }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        // A panic while holding the lock cannot leave the maps inconsistent (single inserts and
-        // removes), so a poisoned lock is still usable.
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+        Inner::lock(&self.inner)
     }
 
     /// Reserves a place for a new call. Pending reservations count against MAX_CALLS so two
-    /// webhooks cannot both take the last place.
+    /// webhooks cannot both take the last place. A CallSid that is pending, active or was seen
+    /// within the replay window is refused: the real call is not disturbed.
     pub fn admit(&self, info: CallInfo, nonce: String, now: Instant) -> Result<(), Refusal> {
         if self.is_draining() {
             return Err(Refusal::Draining);
         }
         let mut inner = self.lock();
+        inner.seen.prune(now);
+        let sid = info.call_sid.as_str();
+        if inner.seen.contains(sid) || inner.pending.contains_key(sid) || inner.active.contains_key(sid) {
+            return Err(Refusal::Replay);
+        }
+        // Expired reservations no longer count; they stay until `take_expired` hands their
+        // rooms to the sweeper.
         let ttl = self.pending_ttl;
-        inner.pending.retain(|_, p| now.duration_since(p.admitted_at) < ttl);
-        let retry = inner.pending.contains_key(&info.call_sid);
-        let used = inner.pending.len() + inner.active.len() - retry as usize;
+        let live_pending = inner.pending.values().filter(|p| now.duration_since(p.admitted_at) < ttl).count();
+        let used = live_pending + inner.active.len();
         if self.max_calls > 0 && used >= self.max_calls {
             return Err(Refusal::Full);
         }
-        // A retried webhook for the same call replaces its reservation (and token).
+        inner.seen.insert(sid, now);
         inner.pending.insert(info.call_sid.clone(), Pending { info, nonce, admitted_at: now });
         Ok(())
     }
@@ -92,9 +190,38 @@ impl Registry {
         self.lock().pending.remove(call_sid);
     }
 
+    /// Reservations whose stream never came, removed: the driver deletes their rooms.
+    pub fn take_expired(&self, now: Instant) -> Vec<CallInfo> {
+        let ttl = self.pending_ttl;
+        let mut inner = self.lock();
+        let expired: Vec<String> =
+            inner.pending.iter().filter(|(_, p)| now.duration_since(p.admitted_at) >= ttl).map(|(k, _)| k.clone()).collect();
+        expired.into_iter().filter_map(|sid| inner.pending.remove(&sid)).map(|p| p.info).collect()
+    }
+
+    /// A place for a socket until its `start` arrives. Unstarted sockets count against MAX_CALLS
+    /// with the active calls (or against [`MAX_UNSTARTED_STREAMS`] when unlimited), so sockets
+    /// that never send `start` cannot pile up.
+    pub fn open_stream(&self) -> Option<StreamSlot> {
+        if self.is_draining() {
+            return None;
+        }
+        let mut inner = self.lock();
+        let full = if self.max_calls > 0 {
+            inner.active.len() + inner.unstarted >= self.max_calls
+        } else {
+            inner.unstarted >= MAX_UNSTARTED_STREAMS
+        };
+        if full {
+            return None;
+        }
+        inner.unstarted += 1;
+        Some(StreamSlot { inner: self.inner.clone() })
+    }
+
     /// Consumes the reservation whose token carried `nonce`, making the call active. A second
     /// stream with the same token finds nothing.
-    pub fn activate(&self, call_sid: &str, nonce: &str, now: Instant) -> Option<CallInfo> {
+    pub fn activate(&self, call_sid: &str, nonce: &str, now: Instant) -> Option<CallSlot> {
         let mut inner = self.lock();
         let p = inner.pending.get(call_sid)?;
         if p.nonce != nonce || now.duration_since(p.admitted_at) >= self.pending_ttl {
@@ -102,20 +229,32 @@ impl Registry {
         }
         let p = inner.pending.remove(call_sid)?;
         inner.active.insert(call_sid.to_owned(), ActiveCall { info: p.info.clone(), started: now });
-        Some(p.info)
-    }
-
-    pub fn finish(&self, call_sid: &str) {
-        self.lock().active.remove(call_sid);
+        Some(CallSlot { inner: self.inner.clone(), info: p.info })
     }
 
     pub fn active_count(&self) -> usize {
         self.lock().active.len()
     }
 
-    /// Whether a new Media Streams socket may be accepted at all.
-    pub fn accepts_streams(&self) -> bool {
-        !self.is_draining() && (self.max_calls == 0 || self.active_count() < self.max_calls)
+    /// Calls admitted whose stream has not started.
+    pub fn pending_count(&self) -> usize {
+        self.lock().pending.len()
+    }
+
+    /// Sockets open and waiting for `start`.
+    pub fn unstarted_count(&self) -> usize {
+        self.lock().unstarted
+    }
+
+    /// Whether a new call would be admitted at `now` (for `/ready`).
+    pub fn accepts_calls(&self, now: Instant) -> bool {
+        if self.is_draining() {
+            return false;
+        }
+        let inner = self.lock();
+        let ttl = self.pending_ttl;
+        let live_pending = inner.pending.values().filter(|p| now.duration_since(p.admitted_at) < ttl).count();
+        self.max_calls == 0 || live_pending + inner.active.len() < self.max_calls
     }
 
     pub fn active(&self) -> Vec<ActiveCall> {
@@ -144,7 +283,7 @@ mod tests {
     use super::*;
 
     fn info(sid: &str) -> CallInfo {
-        CallInfo { call_sid: sid.into(), account_sid: "AC".into(), from: "+1".into(), to: "+2".into() }
+        CallInfo { call_sid: sid.into(), account_sid: "AC".into(), from: "+15550000001".into(), to: "+2".into() }
     }
 
     #[test]
@@ -154,11 +293,11 @@ mod tests {
         r.admit(info("CA1"), "n1".into(), t).unwrap();
         r.admit(info("CA2"), "n2".into(), t).unwrap();
         assert_eq!(r.admit(info("CA3"), "n3".into(), t), Err(Refusal::Full));
-        // A retry of an admitted call is not a new call.
-        r.admit(info("CA2"), "n2b".into(), t).unwrap();
-        assert!(r.activate("CA1", "n1", t).is_some());
+        assert!(!r.accepts_calls(t));
+        let slot = r.activate("CA1", "n1", t).unwrap();
         assert_eq!(r.admit(info("CA3"), "n3".into(), t), Err(Refusal::Full));
-        r.finish("CA1");
+        drop(slot);
+        assert_eq!(r.active_count(), 0);
         r.admit(info("CA3"), "n3".into(), t).unwrap();
     }
 
@@ -168,22 +307,84 @@ mod tests {
         let t = Instant::now();
         r.admit(info("CA1"), "n1".into(), t).unwrap();
         assert!(r.activate("CA1", "wrong", t).is_none());
-        assert!(r.activate("CA1", "n1", t).is_some());
+        let _live = r.activate("CA1", "n1", t).unwrap();
         assert!(r.activate("CA1", "n1", t).is_none(), "a token works once");
         r.admit(info("CA2"), "n2".into(), t).unwrap();
         assert!(r.activate("CA2", "n2", t + Duration::from_secs(31)).is_none());
-        // Expired reservations stop counting against the limit.
+        // Expired reservations stop counting against the limit, and are handed out for cleanup.
         let r = Registry::new(1, Duration::from_secs(30));
         r.admit(info("CA1"), "n1".into(), t).unwrap();
+        let gone = r.take_expired(t + Duration::from_secs(31));
+        assert_eq!(gone.iter().map(|i| i.call_sid.as_str()).collect::<Vec<_>>(), vec!["CA1"]);
         r.admit(info("CA2"), "n2".into(), t + Duration::from_secs(31)).unwrap();
+    }
+
+    #[test]
+    fn replayed_webhooks_are_refused_for_an_hour_without_touching_the_call() {
+        let r = Registry::new(0, Duration::from_secs(30));
+        let t = Instant::now();
+        r.admit(info("CA1"), "n1".into(), t).unwrap();
+        // Replayed while pending: refused, and the original token still works.
+        assert_eq!(r.admit(info("CA1"), "evil".into(), t), Err(Refusal::Replay));
+        let live = r.activate("CA1", "n1", t).unwrap();
+        assert_eq!(r.admit(info("CA1"), "evil".into(), t + Duration::from_secs(60)), Err(Refusal::Replay));
+        assert_eq!(r.active_count(), 1);
+        drop(live);
+        // Still refused after the call, until the window passes.
+        assert_eq!(r.admit(info("CA1"), "evil".into(), t + Duration::from_secs(3599)), Err(Refusal::Replay));
+        r.admit(info("CA1"), "n2".into(), t + Duration::from_secs(3601)).unwrap();
+    }
+
+    #[test]
+    fn replay_memory_is_bounded() {
+        let r = Registry::new(0, Duration::from_millis(1));
+        let t = Instant::now();
+        for i in 0..REPLAY_MEMORY + 10 {
+            r.admit(info(&format!("CA{i}")), "n".into(), t).unwrap();
+            if i % 1000 == 0 {
+                r.take_expired(t + Duration::from_millis(2));
+            }
+        }
+        r.admit(info("CAlast"), "n".into(), t).unwrap();
+        let inner = r.lock();
+        assert!(inner.seen.order.len() <= REPLAY_MEMORY && inner.seen.set.len() <= REPLAY_MEMORY);
+    }
+
+    #[test]
+    fn unstarted_sockets_count_against_the_limit_and_come_back() {
+        let r = Registry::new(2, Duration::from_secs(30));
+        let t = Instant::now();
+        let a = r.open_stream().unwrap();
+        let b = r.open_stream().unwrap();
+        assert!(r.open_stream().is_none(), "two silent sockets fill MAX_CALLS=2");
+        drop(a);
+        let c = r.open_stream().unwrap();
+        r.admit(info("CA1"), "n1".into(), t).unwrap();
+        let _call = r.activate("CA1", "n1", t).unwrap();
+        drop(b);
+        assert!(r.open_stream().is_none(), "one active call + one unstarted socket");
+        drop(c);
+        assert_eq!(r.unstarted_count(), 0);
+        let unlimited = Registry::new(0, Duration::from_secs(30));
+        let held: Vec<_> = (0..MAX_UNSTARTED_STREAMS).map(|_| unlimited.open_stream().unwrap()).collect();
+        assert!(unlimited.open_stream().is_none());
+        drop(held);
+        assert!(unlimited.open_stream().is_some());
     }
 
     #[test]
     fn draining_refuses_new_calls_and_streams() {
         let r = Registry::new(0, Duration::from_secs(30));
-        assert!(r.accepts_streams());
+        assert!(r.accepts_calls(Instant::now()));
         r.start_draining();
         assert_eq!(r.admit(info("CA1"), "n".into(), Instant::now()), Err(Refusal::Draining));
-        assert!(!r.accepts_streams());
+        assert!(r.open_stream().is_none());
+        assert!(!r.accepts_calls(Instant::now()));
+    }
+
+    #[test]
+    fn call_info_debug_masks_numbers() {
+        let d = format!("{:?}", info("CA1"));
+        assert!(d.contains("+1555***0001") && !d.contains("+15550000001"), "{d}");
     }
 }

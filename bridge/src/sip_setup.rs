@@ -23,7 +23,7 @@ pub struct SipSetupReport {
 }
 
 pub async fn run(cfg: &Config) -> anyhow::Result<SipSetupReport> {
-    let sip = SIPClient::with_api_key(&cfg.livekit_http(), &cfg.livekit_api_key, &cfg.livekit_api_secret);
+    let sip = SIPClient::with_api_key(&cfg.livekit_http(), cfg.livekit_key(), cfg.livekit_secret());
     // Twilio copies these INVITE headers; LiveKit maps them to the participant's attributes.
     let headers_to_attributes = [
         ("X-CallSid".to_owned(), "sip.twilio.callSid".to_owned()),
@@ -41,7 +41,7 @@ pub async fn run(cfg: &Config) -> anyhow::Result<SipSetupReport> {
                     vec![],
                     CreateSIPInboundTrunkOptions {
                         auth_username: (!cfg.sip_username.is_empty()).then(|| cfg.sip_username.clone()),
-                        auth_password: (!cfg.sip_password.is_empty()).then(|| cfg.sip_password.clone()),
+                        auth_password: cfg.sip_password.as_ref().map(|p| secrecy::ExposeSecret::expose_secret(p).to_owned()).filter(|p| !p.is_empty()),
                         headers_to_attributes: Some(headers_to_attributes),
                         ..Default::default()
                     },

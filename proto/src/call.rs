@@ -15,6 +15,7 @@
 use std::time::{Duration, Instant};
 
 use crate::control::Control;
+use crate::dial_policy::NumberAllowList;
 use crate::g711::{ulaw_decode, ulaw_encode};
 use crate::inbound::{InboundAudio, InboundConfig, InboundStats};
 use crate::mixer::{Mixer, MixerStats, SourceId, MIX_FRAME};
@@ -32,6 +33,8 @@ pub struct CallConfig {
     pub playback_report_every: Duration,
     /// Per-source cap of the mixer, in 20 ms frames.
     pub mixer_max_frames: usize,
+    /// Numbers a `transfer` may go to (`TRANSFER_ALLOW`); empty: none.
+    pub transfer_allow: NumberAllowList,
 }
 
 impl Default for CallConfig {
@@ -42,6 +45,7 @@ impl Default for CallConfig {
             utterance_gap: Duration::from_millis(200),
             playback_report_every: Duration::from_millis(250),
             mixer_max_frames: 25,
+            transfer_allow: NumberAllowList::none(),
         }
     }
 }
@@ -54,6 +58,37 @@ pub enum EndReason {
     BadStart(String),
     /// The driver ended it (socket closed, room gone, shutdown, …).
     Driver(String),
+}
+
+/// Who sent a control packet, as the room reports the participant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ControlSender {
+    /// A participant of LiveKit kind `agent` (set by dispatch or the token's `kind` claim).
+    Agent,
+    /// Anyone else: a browser viewer, another phone, the server API.
+    Other,
+}
+
+/// Why a control command was not carried out (the call goes on).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// Only agents steer a call.
+    NotAgent,
+    /// The number is not on `TRANSFER_ALLOW`.
+    TransferNotAllowed,
+    /// A transfer for this call is already under way.
+    TransferInFlight,
+}
+
+impl Refusal {
+    /// The `reason` label of `bridge_control_refused_total`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Refusal::NotAgent => "not_agent",
+            Refusal::TransferNotAllowed => "transfer_not_allowed",
+            Refusal::TransferInFlight => "transfer_in_flight",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -71,8 +106,11 @@ pub enum CallOutput {
     SipDtmf(String),
     /// The agent asked to end the call (Twilio REST `Status=completed`).
     Hangup { reason: Option<String> },
-    /// The agent asked to transfer (Twilio REST `Twiml=<Dial>`).
+    /// The agent asked to transfer (Twilio REST `Twiml=<Dial>`) to an allowed number. Report
+    /// a failed REST request with [`CallSession::transfer_failed`].
     Transfer { to: String },
+    /// A control command was refused: count and log it.
+    ControlRefused { command: &'static str, reason: Refusal },
     /// A mark came back this long after it was sent (for the mark round-trip metric).
     MarkEchoed { rtt: Duration },
     End(EndReason),
@@ -86,6 +124,7 @@ pub struct CallStats {
     pub media_before_start: u64,
     pub frames_in: u64,
     pub control_malformed: u64,
+    pub control_refused: u64,
     pub interrupts: u64,
     pub playback_reports: u64,
     /// Room audio dropped right after an interrupt (still in flight from the agent).
@@ -117,6 +156,8 @@ pub struct CallSession {
     /// After an interrupt, room audio is dropped until the room goes quiet.
     muted: bool,
     last_report: Option<(UtteranceId, Instant)>,
+    /// A transfer was handed to the driver and has not failed: refuse another.
+    transfer_in_flight: bool,
     out: std::collections::VecDeque<CallOutput>,
     stats: CallStats,
 }
@@ -141,6 +182,7 @@ impl CallSession {
             last_room_audio: None,
             muted: false,
             last_report: None,
+            transfer_in_flight: false,
             out: std::collections::VecDeque::new(),
             stats: CallStats::default(),
         }
@@ -276,8 +318,10 @@ impl CallSession {
         self.mixer.remove(src);
     }
 
-    /// A control packet from the room. Malformed ones are counted and returned.
-    pub fn handle_control(&mut self, payload: &[u8], now: Instant) -> Result<(), crate::control::ControlError> {
+    /// A control packet from the room. Malformed ones are counted and returned; commands
+    /// (`interrupt`, `hangup`, `transfer`) from anyone but an agent, and transfers to numbers
+    /// not on the allow list, are refused ([`CallOutput::ControlRefused`]) and the call goes on.
+    pub fn handle_control(&mut self, payload: &[u8], from: ControlSender, now: Instant) -> Result<(), crate::control::ControlError> {
         let msg = match Control::parse(payload) {
             Ok(m) => m,
             Err(e) => {
@@ -285,14 +329,44 @@ impl CallSession {
                 return Err(e);
             }
         };
+        let command = match &msg {
+            Control::Interrupt { .. } => "interrupt",
+            Control::Hangup { .. } => "hangup",
+            Control::Transfer { .. } => "transfer",
+            // Ours (playback, dtmf) or for browsers (transcript): nothing to do.
+            Control::Playback { .. } | Control::Dtmf { .. } | Control::Transcript { .. } | Control::Unknown { .. } => return Ok(()),
+        };
+        if from != ControlSender::Agent {
+            self.refuse(command, Refusal::NotAgent);
+            return Ok(());
+        }
         match msg {
             Control::Interrupt { .. } => self.interrupt(now),
             Control::Hangup { reason } => self.out.push_back(CallOutput::Hangup { reason }),
-            Control::Transfer { to } => self.out.push_back(CallOutput::Transfer { to }),
-            // Ours (playback, dtmf) or for browsers (transcript): nothing to do.
-            Control::Playback { .. } | Control::Dtmf { .. } | Control::Transcript { .. } | Control::Unknown { .. } => {}
+            Control::Transfer { to } => {
+                let to = to.trim();
+                if !self.cfg.transfer_allow.allows(to) {
+                    self.refuse(command, Refusal::TransferNotAllowed);
+                } else if self.transfer_in_flight {
+                    self.refuse(command, Refusal::TransferInFlight);
+                } else {
+                    self.transfer_in_flight = true;
+                    self.out.push_back(CallOutput::Transfer { to: to.to_owned() });
+                }
+            }
+            _ => {}
         }
         Ok(())
+    }
+
+    /// The driver's transfer request failed: another may be tried.
+    pub fn transfer_failed(&mut self) {
+        self.transfer_in_flight = false;
+    }
+
+    fn refuse(&mut self, command: &'static str, reason: Refusal) {
+        self.stats.control_refused += 1;
+        self.out.push_back(CallOutput::ControlRefused { command, reason });
     }
 
     /// Barge-in: Twilio `clear` goes out on the next poll, before anything else.

@@ -3,7 +3,7 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use proto::call::{CallConfig, CallOutput, CallSession, EndReason};
+use proto::call::{CallConfig, CallOutput, CallSession, ControlSender, EndReason, Refusal};
 use proto::control::Control;
 use proto::g711::{ulaw_decode, ulaw_encode};
 use proto::mixer::SourceId;
@@ -71,8 +71,11 @@ struct Sim {
 
 impl Sim {
     fn new() -> Sim {
+        Sim::with_config(CallConfig::default())
+    }
+    fn with_config(cfg: CallConfig) -> Sim {
         let t0 = Instant::now();
-        let mut s = Sim { t0, now: t0, call: CallSession::new(CallConfig::default()), tw: Twilio::default(), seen: Seen::default() };
+        let mut s = Sim { t0, now: t0, call: CallSession::new(cfg), tw: Twilio::default(), seen: Seen::default() };
         s.twilio(r#"{"event":"connected","protocol":"Call","version":"1.0.0"}"#);
         s.twilio(&start_msg());
         s
@@ -214,7 +217,7 @@ fn interrupt_clears_at_once_and_reports_what_was_heard() {
     let mut sim = Sim::new();
     sim.run(600, speak(100, 2000));
     let at = sim.now;
-    sim.call.handle_control(&Control::Interrupt { utterance_id: None }.to_bytes(), at).unwrap();
+    sim.call.handle_control(&Control::Interrupt { utterance_id: None }.to_bytes(), ControlSender::Agent, at).unwrap();
     // The very next output is the clear: no media or mark may precede it.
     assert!(matches!(sim.call.poll_output(at), Some(CallOutput::TwilioClear)));
     sim.tw.clears.push(at);
@@ -256,12 +259,12 @@ fn no_audio_between_utterances() {
 
 #[test]
 fn dtmf_hangup_transfer_and_stop() {
-    let mut sim = Sim::new();
+    let mut sim = Sim::with_config(CallConfig { transfer_allow: "+1555*".parse().unwrap(), ..Default::default() });
     sim.twilio(r#"{"event":"dtmf","streamSid":"MZ1","sequenceNumber":"5","dtmf":{"track":"inbound_track","digit":"7"}}"#);
     assert_eq!(sim.seen.controls.last().unwrap().1, Control::Dtmf { digit: "7".into() });
     assert_eq!(sim.seen.other.last().unwrap(), &CallOutput::SipDtmf("7".into()));
-    sim.call.handle_control(&Control::Hangup { reason: Some("done".into()) }.to_bytes(), sim.now).unwrap();
-    sim.call.handle_control(&Control::Transfer { to: "+15550001111".into() }.to_bytes(), sim.now).unwrap();
+    sim.call.handle_control(&Control::Hangup { reason: Some("done".into()) }.to_bytes(), ControlSender::Agent, sim.now).unwrap();
+    sim.call.handle_control(&Control::Transfer { to: " +15550001111".into() }.to_bytes(), ControlSender::Agent, sim.now).unwrap();
     sim.drain();
     let n = sim.seen.other.len();
     assert_eq!(sim.seen.other[n - 2], CallOutput::Hangup { reason: Some("done".into()) });
@@ -282,7 +285,7 @@ fn malformed_and_early_messages_are_counted_and_harmless() {
     assert!(call.handle_twilio("{not json", t0).is_err());
     call.handle_twilio(&media_msg(1, vec![0; 160]), t0).unwrap(); // before start
     call.handle_twilio(r#"{"event":"brandNew"}"#, t0).unwrap();
-    assert!(call.handle_control(b"\x00garbage", t0).is_err());
+    assert!(call.handle_control(b"\x00garbage", ControlSender::Agent, t0).is_err());
     let s = call.stats();
     assert_eq!((s.twilio_malformed, s.media_before_start, s.twilio_unknown, s.control_malformed), (1, 1, 1, 1));
     assert!(call.poll_output(t0).is_none());
@@ -322,4 +325,49 @@ fn timeout_wakes_for_pacing_and_for_end_of_utterance() {
     sim.now = t0 + MS * 60;
     sim.drain();
     assert_eq!(sim.call.poll_timeout(), Some(t0 + MS * 200));
+}
+
+#[test]
+fn only_agents_steer_the_call_and_only_to_allowed_numbers() {
+    let mut sim = Sim::with_config(CallConfig { transfer_allow: "+15551234567,+44203*".parse().unwrap(), ..Default::default() });
+    let send = |sim: &mut Sim, c: Control, from: ControlSender| {
+        sim.call.handle_control(&c.to_bytes(), from, sim.now).unwrap();
+        sim.drain();
+    };
+    let refused = |sim: &Sim| -> Vec<(&'static str, Refusal)> {
+        sim.seen.other.iter().filter_map(|o| match o {
+            CallOutput::ControlRefused { command, reason } => Some((*command, *reason)),
+            _ => None,
+        }).collect()
+    };
+    // A browser viewer (any non-agent) can neither hang up, transfer nor interrupt.
+    sim.run(400, speak(100, 2000));
+    send(&mut sim, Control::Hangup { reason: None }, ControlSender::Other);
+    send(&mut sim, Control::Transfer { to: "+15551234567".into() }, ControlSender::Other);
+    send(&mut sim, Control::Interrupt { utterance_id: None }, ControlSender::Other);
+    assert_eq!(refused(&sim), vec![("hangup", Refusal::NotAgent), ("transfer", Refusal::NotAgent), ("interrupt", Refusal::NotAgent)]);
+    assert!(sim.tw.clears.is_empty(), "a viewer's interrupt must not clear the caller's audio");
+    // Playback and transcripts from anyone are harmless and not refusals.
+    send(&mut sim, Control::Transcript { role: "user".into(), text: "hi".into(), is_final: true, fields: Default::default() }, ControlSender::Other);
+    assert_eq!(refused(&sim).len(), 3);
+
+    // The agent: numbers off the list are refused, whatever the model made up.
+    for bad in ["+19005550100", "+1555123456", "+15551234567 ext 9", "sales", "+4420*"] {
+        send(&mut sim, Control::Transfer { to: bad.into() }, ControlSender::Agent);
+    }
+    assert_eq!(refused(&sim).len(), 8);
+    assert!(refused(&sim)[3..].iter().all(|r| *r == ("transfer", Refusal::TransferNotAllowed)));
+    // One transfer at a time; after the driver reports a failure another may go.
+    send(&mut sim, Control::Transfer { to: "+442031234567".into() }, ControlSender::Agent);
+    send(&mut sim, Control::Transfer { to: "+15551234567".into() }, ControlSender::Agent);
+    assert_eq!(refused(&sim).last(), Some(&("transfer", Refusal::TransferInFlight)));
+    sim.call.transfer_failed();
+    send(&mut sim, Control::Transfer { to: "+15551234567".into() }, ControlSender::Agent);
+    let transfers: Vec<_> = sim.seen.other.iter().filter_map(|o| match o {
+        CallOutput::Transfer { to } => Some(to.as_str()),
+        _ => None,
+    }).collect();
+    assert_eq!(transfers, vec!["+442031234567", "+15551234567"]);
+    assert_eq!(sim.call.stats().control_refused, 9);
+    assert!(!sim.call.is_ended());
 }

@@ -33,10 +33,12 @@ pub async fn start_devroom() -> devroom::Running {
 /// One REST call update: (CallSid, form fields, Authorization header).
 pub type RestUpdate = (String, Vec<(String, String)>, Option<String>);
 
-/// Twilio's REST API as far as the bridge uses it: records each call update.
+/// Twilio's REST API as far as the bridge uses it: records each call update (and answers 500
+/// while `fail` is set).
 #[derive(Clone, Default)]
 pub struct FakeRest {
     pub updates: Arc<Mutex<Vec<RestUpdate>>>,
+    pub fail: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl FakeRest {
@@ -50,6 +52,9 @@ impl FakeRest {
             let form: Vec<(String, String)> = serde_urlencoded::from_bytes(&body).unwrap_or_default();
             let auth = headers.get("authorization").and_then(|v| v.to_str().ok()).map(str::to_owned);
             rest.updates.lock().unwrap().push((call.trim_end_matches(".json").to_owned(), form, auth));
+            if rest.fail.load(std::sync::atomic::Ordering::SeqCst) {
+                return (axum::http::StatusCode::INTERNAL_SERVER_ERROR, "fake outage").into_response();
+            }
             axum::Json(serde_json::json!({"sid": call, "status": "completed"})).into_response()
         }
         use axum::response::IntoResponse;
@@ -66,30 +71,9 @@ pub struct BridgeHandle {
     pub app: Arc<bridge::http::App>,
 }
 
-/// Starts the bridge on a free port; `extra` are more command-line flags.
+/// Starts the bridge on a free port against devroom; `extra` are more command-line flags.
 pub async fn start_bridge(livekit: &devroom::Running, rest_base: &str, extra: &[&str]) -> BridgeHandle {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let lk = format!("ws://{}", livekit.http_addr);
-    let mut args = vec![
-        "bridge",
-        "--public-url",
-        &base,
-        "--twilio-auth-token",
-        AUTH_TOKEN,
-        "--twilio-account-sid",
-        ACCOUNT_SID,
-        "--twilio-api-base",
-        rest_base,
-        "--livekit-url",
-        &lk,
-    ];
-    args.extend_from_slice(extra);
-    let cli = bridge::config::Cli::try_parse_from(args).unwrap();
-    let app = bridge::http::App::new(cli.config);
-    let serve_app = app.clone();
-    tokio::spawn(async move { bridge::serve(serve_app, listener).await });
-    BridgeHandle { base, app }
+    start_bridge_at(&format!("ws://{}", livekit.http_addr), rest_base, extra).await
 }
 
 pub fn token(identity: &str, room: &str, kind: &str) -> String {
@@ -177,4 +161,221 @@ pub fn tone_snr_median(s: &[i16], rate: u32, freq: f64) -> f64 {
     let mut v: Vec<f64> = s.chunks_exact(win).map(|c| tone_snr(c, rate, freq).0).collect();
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     v.get(v.len() / 2).copied().unwrap_or(f64::NEG_INFINITY)
+}
+
+impl FakeRest {
+    /// The updates so far: (CallSid, form).
+    pub fn calls(&self) -> Vec<(String, Vec<(String, String)>)> {
+        self.updates.lock().unwrap().iter().map(|(sid, form, _)| (sid.clone(), form.clone())).collect()
+    }
+
+    /// Waits until an update matching `pred` arrives.
+    pub async fn wait_for(&self, within: Duration, pred: impl Fn(&str, &[(String, String)]) -> bool) -> Option<Vec<(String, String)>> {
+        let deadline = tokio::time::Instant::now() + within;
+        while tokio::time::Instant::now() < deadline {
+            if let Some((_, f)) = self.calls().into_iter().find(|(sid, f)| pred(sid, f)) {
+                return Some(f);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        None
+    }
+}
+
+pub fn form_value<'a>(form: &'a [(String, String)], key: &str) -> Option<&'a str> {
+    form.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+}
+
+/// Polls `cond` every 20 ms until it holds or `within` passes.
+pub async fn eventually(within: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if cond() {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A LiveKit whose RoomService and AgentDispatch answer (and are recorded) but whose signalling
+/// (`/rtc`) is down: rooms are created, joining them fails.
+#[derive(Clone, Default)]
+pub struct SignalDownLiveKit {
+    /// Twirp paths called, e.g. `/twirp/livekit.RoomService/DeleteRoom`.
+    pub calls: Arc<Mutex<Vec<String>>>,
+}
+
+impl SignalDownLiveKit {
+    pub async fn start(&self) -> String {
+        use axum::response::IntoResponse;
+        async fn twirp(State(lk): State<SignalDownLiveKit>, uri: axum::http::Uri) -> axum::response::Response {
+            lk.calls.lock().unwrap().push(uri.path().to_owned());
+            // An empty protobuf message is every field at its default.
+            ([(axum::http::header::CONTENT_TYPE, "application/protobuf")], Vec::<u8>::new()).into_response()
+        }
+        async fn rtc() -> axum::response::Response {
+            (axum::http::StatusCode::SERVICE_UNAVAILABLE, "signalling down").into_response()
+        }
+        let app = Router::new()
+            .route("/twirp/{*method}", post(twirp))
+            .route("/rtc", axum::routing::get(rtc))
+            .route("/rtc/v1", axum::routing::get(rtc))
+            .with_state(self.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        format!("ws://{addr}")
+    }
+
+    pub fn called(&self, path_end: &str) -> usize {
+        self.calls.lock().unwrap().iter().filter(|p| p.ends_with(path_end)).count()
+    }
+}
+
+/// Starts the bridge against any LiveKit URL (see [`start_bridge`]).
+pub async fn start_bridge_at(livekit_url: &str, rest_base: &str, extra: &[&str]) -> BridgeHandle {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let mut args = vec![
+        "bridge",
+        "--public-url",
+        &base,
+        "--twilio-auth-token",
+        AUTH_TOKEN,
+        "--twilio-account-sid",
+        ACCOUNT_SID,
+        "--twilio-api-base",
+        rest_base,
+        "--livekit-url",
+        livekit_url,
+        "--dev",
+    ];
+    args.extend_from_slice(extra);
+    let cli = bridge::config::Cli::try_parse_from(args).unwrap();
+    let app = bridge::http::App::new(cli.config);
+    let serve_app = app.clone();
+    tokio::spawn(async move { bridge::serve(serve_app, listener).await });
+    BridgeHandle { base, app }
+}
+
+pub type RawWs = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Twilio played by hand, for the faults a well-behaved simulator never makes.
+pub struct RawTwilio {
+    pub base: String,
+    pub call_sid: String,
+    pub stream_sid: String,
+}
+
+impl RawTwilio {
+    pub fn new(bridge: &BridgeHandle, call_sid: &str) -> RawTwilio {
+        RawTwilio { base: bridge.base.clone(), call_sid: call_sid.to_owned(), stream_sid: format!("MZ{:032x}", 77) }
+    }
+
+    /// The signed voice webhook: (HTTP status, body).
+    pub async fn webhook(&self) -> (u16, String) {
+        let http = callsim::webhook::client(Duration::from_secs(20)).unwrap();
+        let params = [
+            ("CallSid", self.call_sid.clone()),
+            ("AccountSid", ACCOUNT_SID.to_owned()),
+            ("From", "+15550000001".to_owned()),
+            ("To", "+15550000002".to_owned()),
+            ("CallStatus", "ringing".to_owned()),
+        ];
+        callsim::webhook::post_signed(&http, &format!("{}/incoming-call", self.base), AUTH_TOKEN, &params).await.unwrap()
+    }
+
+    /// The stream token from a `<Connect><Stream>` answer.
+    pub fn token_from(twiml: &str) -> String {
+        match proto::twiml::parse(twiml).unwrap() {
+            proto::twiml::Answer::Stream(s) => s.parameters.into_iter().find(|(k, _)| k == "token").unwrap().1,
+            other => panic!("not a stream answer: {other:?}"),
+        }
+    }
+
+    /// A signed Media Streams upgrade (Err: the HTTP status of a refusal).
+    pub async fn open(&self) -> Result<RawWs, u16> {
+        let ws_url = self.base.replace("http://", "ws://") + "/media-stream";
+        let stream_url = self.base.replace("http://", "wss://") + "/media-stream";
+        let sig = proto::signature::compute::<&str, &str>(AUTH_TOKEN, &stream_url, &[]);
+        let mut req = tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(ws_url.as_str()).unwrap();
+        req.headers_mut().insert("X-Twilio-Signature", sig.parse().unwrap());
+        match tokio_tungstenite::connect_async(req).await {
+            Ok((ws, _)) => Ok(ws),
+            Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => Err(resp.status().as_u16()),
+            Err(e) => panic!("upgrade: {e}"),
+        }
+    }
+
+    pub fn start_msg(&self, token: &str) -> String {
+        proto::twilio::Inbound::Start {
+            sequence_number: 1,
+            stream_sid: self.stream_sid.clone(),
+            start: proto::twilio::StreamStart {
+                account_sid: ACCOUNT_SID.to_owned(),
+                call_sid: self.call_sid.clone(),
+                stream_sid: self.stream_sid.clone(),
+                tracks: vec!["inbound".into()],
+                custom_parameters: [("token".to_string(), token.to_owned())].into(),
+                ..Default::default()
+            },
+        }
+        .to_json()
+    }
+
+    pub fn media_msg(&self, chunk: u64, payload: Vec<u8>) -> String {
+        proto::twilio::Inbound::Media {
+            sequence_number: chunk.saturating_add(1),
+            stream_sid: self.stream_sid.clone(),
+            media: proto::twilio::MediaChunk { track: "inbound".into(), chunk, timestamp_ms: chunk.saturating_sub(1).saturating_mul(20), payload },
+        }
+        .to_json()
+    }
+
+    pub fn stop_msg(&self) -> String {
+        format!(
+            r#"{{"event":"stop","sequenceNumber":"999","stop":{{"accountSid":"{ACCOUNT_SID}","callSid":"{}"}},"streamSid":"{}"}}"#,
+            self.call_sid, self.stream_sid
+        )
+    }
+
+    /// Webhook, upgrade and `start`: a stream the bridge has accepted.
+    pub async fn connect(&self) -> RawWs {
+        let (status, body) = self.webhook().await;
+        assert_eq!(status, 200, "{body}");
+        let token = Self::token_from(&body);
+        let mut ws = self.open().await.expect("upgrade accepted");
+        use futures_util::SinkExt;
+        ws.send(text(r#"{"event":"connected","protocol":"Call","version":"1.0.0"}"#)).await.unwrap();
+        ws.send(text(&self.start_msg(&token))).await.unwrap();
+        ws
+    }
+}
+
+pub fn text(s: &str) -> tokio_tungstenite::tungstenite::Message {
+    tokio_tungstenite::tungstenite::Message::Text(s.to_owned().into())
+}
+
+/// Reads until the server closes the socket (true) or `within` passes (false).
+pub async fn closed_by_server(ws: &mut RawWs, within: Duration) -> bool {
+    use futures_util::StreamExt;
+    let res = tokio::time::timeout(within, async {
+        while let Some(m) = ws.next().await {
+            match m {
+                Ok(tokio_tungstenite::tungstenite::Message::Close(_)) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    res.is_ok()
+}
+
+/// Rooms devroom has now (RoomService ListRooms).
+pub async fn room_names(livekit: &devroom::Running) -> Vec<String> {
+    let client = livekit_api::services::room::RoomClient::with_api_key(&format!("http://{}", livekit.http_addr), "devkey", "secret");
+    client.list_rooms(vec![]).await.unwrap().into_iter().map(|r| r.name).collect()
 }
