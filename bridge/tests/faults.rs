@@ -442,3 +442,60 @@ async fn a_dtmf_storm_never_stalls_the_callers_audio() {
     voice.abort();
     agent.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_tells_the_load_balancer_and_drain_ends_calls_at_the_deadline() {
+    let lk = start_devroom().await;
+    let rest = FakeRest::default();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let (bridge, server) = start_bridge_until(
+        &format!("ws://{}", lk.http_addr),
+        &rest.start().await,
+        &["--max-calls", "1", "--drain-seconds", "2"],
+        async move {
+            let _ = stop_rx.await;
+        },
+    )
+    .await;
+    let http = callsim::webhook::client(Duration::from_secs(5)).unwrap();
+    let ready = |http: reqwest::Client, base: String| async move {
+        let r = http.get(format!("{base}/ready")).send().await.unwrap();
+        (r.status().as_u16(), r.text().await.unwrap())
+    };
+    let (code, body) = ready(http.clone(), bridge.base.clone()).await;
+    assert_eq!(code, 200, "{body}");
+
+    let sid = call_sid(119);
+    let (agent, mut events) = join(&lk, "agent-119", &format!("call-{sid}")).await;
+    let caller = callsim::spawn_call(callsim(&bridge, &sid).duration_secs(60.0));
+    wait_for_phone(&mut events).await;
+    let (code, body) = ready(http.clone(), bridge.base.clone()).await;
+    assert_eq!((code, body.contains("\"full\"")), (503, true), "{body}");
+
+    // SIGTERM: not ready, still alive, the call goes on until the drain deadline.
+    stop_tx.send(()).unwrap();
+    let mut draining = false;
+    for _ in 0..50 {
+        let (code, body) = ready(http.clone(), bridge.base.clone()).await;
+        if code == 503 && body.contains("\"draining\"") {
+            draining = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(draining);
+    let health = http.get(format!("{}/health", bridge.base)).send().await.unwrap();
+    assert_eq!(health.status().as_u16(), 200);
+    assert!(health.text().await.unwrap().contains("\"active_calls\":1"));
+    let turned_away = callsim::run_call(callsim(&bridge, &call_sid(120)).duration_secs(1.0)).await.unwrap();
+    assert_eq!(turned_away.outcome, callsim::Outcome::Rejected, "{turned_away:?}");
+
+    let report = timeout(Duration::from_secs(20), caller.finish()).await.expect("the drain ends the call").unwrap();
+    assert_eq!(report.closed_by, Some(callsim::ClosedBy::Server), "{report:?}");
+    assert!(report.stream_ms < 30_000.0, "{report:?}");
+    // The server stops only once the call is cleaned up: room deleted, nothing active.
+    timeout(Duration::from_secs(20), server).await.expect("server stops").unwrap().unwrap();
+    assert_eq!(bridge.app.registry.active_count(), 0);
+    assert!(!room_names(&lk).await.contains(&format!("call-{sid}")), "room deleted before exit");
+    agent.close().await;
+}

@@ -237,6 +237,17 @@ impl SignalDownLiveKit {
 
 /// Starts the bridge against any LiveKit URL (see [`start_bridge`]).
 pub async fn start_bridge_at(livekit_url: &str, rest_base: &str, extra: &[&str]) -> BridgeHandle {
+    start_bridge_until(livekit_url, rest_base, extra, std::future::pending()).await.0
+}
+
+/// Starts the bridge; it drains and stops when `shutdown` completes (as on SIGTERM). The
+/// handle's task ends when the server has stopped.
+pub async fn start_bridge_until(
+    livekit_url: &str,
+    rest_base: &str,
+    extra: &[&str],
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> (BridgeHandle, tokio::task::JoinHandle<anyhow::Result<()>>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let mut args = vec![
@@ -257,8 +268,8 @@ pub async fn start_bridge_at(livekit_url: &str, rest_base: &str, extra: &[&str])
     let cli = bridge::config::Cli::try_parse_from(args).unwrap();
     let app = bridge::http::App::new(cli.config);
     let serve_app = app.clone();
-    tokio::spawn(async move { bridge::serve(serve_app, listener).await });
-    BridgeHandle { base, app }
+    let server = tokio::spawn(async move { bridge::serve_until(serve_app, listener, shutdown).await });
+    (BridgeHandle { base, app }, server)
 }
 
 pub type RawWs = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
