@@ -27,7 +27,7 @@ use tracing::Instrument;
 
 use crate::http::{unix_now, App};
 use crate::livekit::phone_identity;
-use crate::registry::{CallInfo, CallSlot, StreamSlot};
+use crate::registry::{ActivateRefusal, CallInfo, CallSlot, StreamSlot};
 
 /// Twilio must send `start` this soon after the socket opens.
 const START_TIMEOUT: Duration = Duration::from_secs(10);
@@ -493,12 +493,20 @@ impl Call {
     }
 
     /// `start`: check the one-time token, then join the call's room as the phone. A refusal
-    /// ends the stream; a failure after the token was good gives the caller the fallback.
+    /// ends the stream; a failure after the token was good gives the caller the fallback. The
+    /// webhook may have been answered by another replica: the token vouches for the call's
+    /// description, which comes back with it in the custom parameters.
     async fn start(&mut self, start: proto::twilio::StreamStart) {
         let call_sid = start.call_sid.clone();
         self.span.record("call_sid", call_sid.as_str());
-        let token = start.custom_parameters.get("token").map(String::as_str).unwrap_or("");
-        let claims = match proto::stream_token::verify(&self.app.stream_secret, token, &call_sid, unix_now()) {
+        let param = |k: &str| start.custom_parameters.get(k).cloned().unwrap_or_default();
+        let account_sid = match param("accountSid") {
+            a if a.is_empty() => start.account_sid.clone(),
+            a => a,
+        };
+        let info = CallInfo { call_sid: call_sid.clone(), account_sid, from: param("from"), to: param("to") };
+        let token = param("token");
+        let claims = match proto::stream_token::verify(&self.app.stream_secret, &token, &info.description(), unix_now()) {
             Ok(c) => c,
             Err(e) => {
                 self.app.metrics.error("stream_token_invalid");
@@ -507,12 +515,40 @@ impl Call {
                 return;
             }
         };
-        let Some(slot) = self.app.registry.activate(&call_sid, &claims.nonce, Instant::now()) else {
-            self.app.metrics.error("stream_token_reused");
-            tracing::warn!("stream refused: stream token already used or reservation expired");
-            self.session.end(EndReason::Driver("stream token already used or reservation expired".into()));
-            return;
+        let slot = match self.app.registry.activate(info, &claims.nonce, Instant::now()) {
+            Ok(slot) => slot,
+            Err(why) => {
+                let kind = match why {
+                    ActivateRefusal::AlreadyStreamed => "stream_token_reused",
+                    ActivateRefusal::Full | ActivateRefusal::Draining => "stream_refused_full",
+                };
+                self.app.metrics.error(kind);
+                tracing::warn!(reason = ?why, "stream refused");
+                self.session.end(EndReason::Driver(format!("stream refused: {why:?}")));
+                return;
+            }
         };
+        // One stream per call across every replica.
+        let ttl = self.app.cfg.max_call_duration + Duration::from_secs(300);
+        match self.app.shared.claim_stream(&self.app.livekit, &call_sid, ttl).await {
+            Ok(true) => {}
+            Ok(false) => {
+                self.app.metrics.error("stream_token_reused");
+                tracing::warn!("stream refused: this call already streams on another replica");
+                self.session.end(EndReason::Driver("stream already claimed".into()));
+                return; // the slot drops; the room belongs to the live stream
+            }
+            Err(e) => {
+                self.app.metrics.error("shared_state");
+                tracing::error!(error = %e, "shared state unavailable: the caller gets the fallback");
+                let info = slot.info.clone();
+                self.call_slot = Some(slot);
+                self.stream_slot = None;
+                self.outcome = "room_failed";
+                self.fall_back(&info);
+                return;
+            }
+        }
         self.stream_slot = None;
         let info = slot.info.clone();
         self.call_slot = Some(slot);

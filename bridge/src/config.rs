@@ -80,6 +80,14 @@ pub struct Config {
     /// Required unless --dev.
     #[arg(long, env = "LIVEKIT_API_SECRET", hide_env_values = true)]
     pub livekit_api_secret: Option<SecretString>,
+    /// Key for the stream tokens every replica must be able to check; by default derived from
+    /// TWILIO_AUTH_TOKEN and LIVEKIT_API_SECRET, which every replica already shares.
+    #[arg(long, env = "BRIDGE_SECRET", hide_env_values = true)]
+    pub bridge_secret: Option<SecretString>,
+    /// Redis shared by the replicas (redis://host:6379/0): one-time webhooks and streams across
+    /// replicas, atomically. Without it the replicas use LiveKit itself (rooms and participants).
+    #[arg(long, env = "REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<SecretString>,
     /// Development: without LIVEKIT_API_KEY/LIVEKIT_API_SECRET use devkey/secret (livekit-server --dev, devroom).
     #[arg(long)]
     pub dev: bool,
@@ -186,6 +194,18 @@ impl Config {
         self.livekit_api_secret.as_ref().map(|s| s.expose_secret()).unwrap_or(DEV_API_SECRET)
     }
 
+    /// The stream-token key: `BRIDGE_SECRET`, or derived from the Twilio auth token and the
+    /// LiveKit API secret — the same on every replica with the same environment.
+    pub fn stream_token_key(&self) -> [u8; 32] {
+        match &self.bridge_secret {
+            Some(s) => proto::stream_token::derive_key(&[s.expose_secret().as_bytes()]),
+            None => proto::stream_token::derive_key(&[
+                self.twilio_token().unwrap_or("").as_bytes(),
+                self.livekit_secret().as_bytes(),
+            ]),
+        }
+    }
+
     pub fn twilio_token(&self) -> Option<&str> {
         self.twilio_auth_token.as_ref().map(|s| s.expose_secret())
     }
@@ -270,10 +290,25 @@ mod tests {
             "SECRET-LIVEKIT",
             "--sip-password",
             "SECRET-SIP",
+            "--bridge-secret",
+            "SECRET-BRIDGE",
+            "--redis-url",
+            "redis://:SECRET-REDIS@localhost",
         ]);
         let dbg = format!("{c:?}");
         assert!(!dbg.contains("SECRET-"), "{dbg}");
         assert_eq!(c.twilio_token(), Some("SECRET-TWILIO"));
+    }
+
+    #[test]
+    fn replicas_with_the_same_environment_share_the_stream_token_key() {
+        let a = cfg(&["--twilio-auth-token", "t", "--livekit-api-secret", "s"]);
+        let b = cfg(&["--twilio-auth-token", "t", "--livekit-api-secret", "s"]);
+        assert_eq!(a.stream_token_key(), b.stream_token_key());
+        assert_ne!(a.stream_token_key(), cfg(&["--twilio-auth-token", "t", "--livekit-api-secret", "x"]).stream_token_key());
+        let explicit = cfg(&["--twilio-auth-token", "t", "--livekit-api-secret", "s", "--bridge-secret", "b"]);
+        assert_ne!(explicit.stream_token_key(), a.stream_token_key());
+        assert_eq!(explicit.stream_token_key(), cfg(&["--bridge-secret", "b"]).stream_token_key());
     }
 
     #[test]

@@ -15,10 +15,12 @@ use proto::twiml::{self, ConnectStream, DialSip};
 use rand::RngCore;
 use secrecy::ExposeSecret;
 
+
 use crate::config::{Config, Mode};
 use crate::livekit::{room_name, LiveKit};
 use crate::metrics::Metrics;
 use crate::registry::{CallInfo, Refusal, Registry};
+use crate::shared_state::SharedState;
 use crate::twilio_rest::TwilioRest;
 
 /// How long a stream reservation (and its token) lives between `/incoming-call` and `start`.
@@ -34,22 +36,25 @@ pub struct App {
     pub metrics: Metrics,
     pub livekit: LiveKit,
     pub twilio: TwilioRest,
-    /// Signs stream tokens; random per process (a restart invalidates only pending calls).
+    /// Signs stream tokens; the same on every replica (see [`Config::stream_token_key`]).
     pub stream_secret: [u8; 32],
+    /// One-time webhooks and streams across replicas.
+    pub shared: SharedState,
 }
 
 impl App {
-    pub fn new(cfg: Config) -> Arc<App> {
-        let mut stream_secret = [0u8; 32];
-        rand::thread_rng().fill_bytes(&mut stream_secret);
-        Arc::new(App {
+    /// Connects to the shared state (Redis, when configured) and builds the app.
+    pub async fn new(cfg: Config) -> anyhow::Result<Arc<App>> {
+        let shared = SharedState::connect(cfg.redis_url.as_ref().map(|u| u.expose_secret())).await?;
+        Ok(Arc::new(App {
             registry: Registry::new(cfg.max_calls, std::time::Duration::from_secs(STREAM_TOKEN_TTL_SECS)),
             metrics: Metrics::new(),
             livekit: LiveKit::new(&cfg),
             twilio: TwilioRest::new(&cfg.twilio_api_base, &cfg.twilio_account_sid, cfg.twilio_token().unwrap_or("")),
-            stream_secret,
+            stream_secret: cfg.stream_token_key(),
+            shared,
             cfg,
-        })
+        }))
     }
 
     /// Checks `X-Twilio-Signature` on a form POST against `PUBLIC_URL` + the request path.
@@ -155,6 +160,23 @@ async fn incoming_call(State(app): State<Arc<App>>, uri: Uri, headers: HeaderMap
         }
     }
     drop(_g);
+    // Another replica may have answered this webhook already.
+    match app.shared.first_webhook(&app.livekit, &info.call_sid).await {
+        Ok(true) => {}
+        Ok(false) => {
+            app.registry.release(&info.call_sid);
+            app.metrics.error("webhook_replay");
+            tracing::warn!(call_sid = %info.call_sid, "refused: another replica already answered this CallSid (replay?)");
+            return (StatusCode::CONFLICT, "this call was already answered").into_response();
+        }
+        Err(e) => {
+            app.registry.release(&info.call_sid);
+            app.metrics.error("shared_state");
+            app.metrics.calls.with_label_values(&["room_failed"]).inc();
+            tracing::error!(call_sid = %info.call_sid, error = %e, "shared state unavailable: caller gets the fallback");
+            return xml(app.fallback_twiml());
+        }
+    }
     if let Err(e) = app.livekit.create_call_room(&info).await {
         app.registry.release(&info.call_sid);
         app.metrics.error("room_create_failed");
@@ -162,18 +184,14 @@ async fn incoming_call(State(app): State<Arc<App>>, uri: Uri, headers: HeaderMap
         tracing::error!(call_sid = %info.call_sid, error = %e, "could not create the call's room: caller gets the fallback");
         return xml(app.fallback_twiml());
     }
-    let token = proto::stream_token::mint(
-        &app.stream_secret,
-        &info.call_sid,
-        unix_now() + STREAM_TOKEN_TTL_SECS,
-        &nonce,
-    );
+    let token = proto::stream_token::mint(&app.stream_secret, &info.description(), unix_now() + STREAM_TOKEN_TTL_SECS, &nonce);
     let answer = ConnectStream {
         url: app.cfg.stream_url(),
         name: Some(room_name(&info.call_sid)),
         status_callback: None,
         parameters: vec![
             ("callSid".into(), info.call_sid.clone()),
+            ("accountSid".into(), info.account_sid.clone()),
             ("from".into(), info.from.clone()),
             ("to".into(), info.to.clone()),
             ("token".into(), token),

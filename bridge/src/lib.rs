@@ -7,6 +7,7 @@ pub mod http;
 pub mod livekit;
 pub mod metrics;
 pub mod registry;
+pub mod shared_state;
 pub mod sip_setup;
 pub mod twilio_rest;
 
@@ -103,9 +104,13 @@ async fn sweep_expired_reservations(app: Arc<http::App>) {
     loop {
         tick.tick().await;
         for info in app.registry.take_expired(std::time::Instant::now()) {
-            app.metrics.error("stream_never_started");
             let app = app.clone();
             tokio::spawn(async move {
+                // The stream may have gone to another replica: its room is then in use.
+                if !matches!(app.shared.stream_started(&app.livekit, &info.call_sid).await, Ok(false)) {
+                    return;
+                }
+                app.metrics.error("stream_never_started");
                 if let Err(e) = app.livekit.delete_room(&info.call_sid).await {
                     tracing::warn!(call_sid = %info.call_sid, error = %e, "could not delete the room of a call whose stream never started");
                 }

@@ -95,6 +95,26 @@ impl LiveKit {
         Ok(())
     }
 
+    /// Whether a bridge already created this call's room (a room of that name whose metadata
+    /// names the call; a room someone merely joined first does not count).
+    pub async fn call_room_created(&self, call_sid: &str) -> anyhow::Result<bool> {
+        let rooms = self.rooms.list_rooms(vec![room_name(call_sid)]).await?;
+        Ok(rooms.iter().any(|r| {
+            serde_json::from_str::<serde_json::Value>(&r.metadata)
+                .is_ok_and(|m| m.get("callSid").and_then(|v| v.as_str()) == Some(call_sid))
+        }))
+    }
+
+    /// Whether `identity` is in room `room` now (a room that does not exist has nobody).
+    pub async fn participant_present(&self, room: &str, identity: &str) -> anyhow::Result<bool> {
+        use livekit_api::services::{ServiceError, TwirpError};
+        match self.rooms.list_participants(room).await {
+            Ok(ps) => Ok(ps.iter().any(|p| p.identity == identity)),
+            Err(ServiceError::Twirp(TwirpError::Twirp(code))) if code.code == "not_found" => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// Asks LiveKit to dispatch an agent into the call's room again (nobody answered). With
     /// automatic dispatch (no `AGENT_NAME`) this asks for the unnamed agent.
     pub async fn redispatch(&self, info: &CallInfo) -> anyhow::Result<()> {

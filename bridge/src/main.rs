@@ -27,6 +27,7 @@ async fn main() -> anyhow::Result<()> {
     }
     let listener = tokio::net::TcpListener::bind(cfg.listen).await.with_context(|| format!("binding {}", cfg.listen))?;
     tracing::info!(listen = %cfg.listen, public = %cfg.public_base(), livekit = %cfg.livekit_url, mode = ?cfg.mode, "bridge up");
-    let app = bridge::http::App::new(cfg);
+    let app = bridge::http::App::new(cfg).await?;
+    tracing::info!(shared_state = app.shared.name(), "replica state");
     bridge::serve(app, listener).await
 }

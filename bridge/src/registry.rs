@@ -30,6 +30,18 @@ pub struct CallInfo {
     pub to: String,
 }
 
+impl CallInfo {
+    /// What the stream token vouches for.
+    pub fn description(&self) -> proto::stream_token::CallDescription<'_> {
+        proto::stream_token::CallDescription {
+            call_sid: &self.call_sid,
+            account_sid: &self.account_sid,
+            from: &self.from,
+            to: &self.to,
+        }
+    }
+}
+
 impl std::fmt::Debug for CallInfo {
     // The caller's number is personal data: masked wherever a CallInfo is printed.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -41,6 +53,15 @@ impl std::fmt::Debug for CallInfo {
             .field("to", &Masked(&self.to))
             .finish()
     }
+}
+
+/// Why a stream with a good token is not carried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ActivateRefusal {
+    /// This CallSid already streamed (here): a replayed token.
+    AlreadyStreamed,
+    Full,
+    Draining,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,7 +100,10 @@ struct Inner {
     active: HashMap<String, ActiveCall>,
     /// Media Streams sockets accepted and not yet started (or refused).
     unstarted: usize,
+    /// CallSids whose webhook was answered here.
     seen: SeenCalls,
+    /// CallSids that streamed here.
+    streamed: SeenCalls,
 }
 
 /// CallSids seen recently, oldest first, bounded in time and count.
@@ -219,17 +243,34 @@ impl Registry {
         Some(StreamSlot { inner: self.inner.clone() })
     }
 
-    /// Consumes the reservation whose token carried `nonce`, making the call active. A second
-    /// stream with the same token finds nothing.
-    pub fn activate(&self, call_sid: &str, nonce: &str, now: Instant) -> Option<CallSlot> {
+    /// Makes a call active on this replica once its stream token checked out. The webhook may
+    /// have been answered here (its reservation, which must carry the same nonce, is consumed)
+    /// or by another replica (then this replica's MAX_CALLS decides). A CallSid streams once.
+    pub fn activate(&self, info: CallInfo, nonce: &str, now: Instant) -> Result<CallSlot, ActivateRefusal> {
         let mut inner = self.lock();
-        let p = inner.pending.get(call_sid)?;
-        if p.nonce != nonce || now.duration_since(p.admitted_at) >= self.pending_ttl {
-            return None;
+        let sid = info.call_sid.clone();
+        inner.streamed.prune(now);
+        if inner.streamed.contains(&sid) || inner.active.contains_key(&sid) {
+            return Err(ActivateRefusal::AlreadyStreamed);
         }
-        let p = inner.pending.remove(call_sid)?;
-        inner.active.insert(call_sid.to_owned(), ActiveCall { info: p.info.clone(), started: now });
-        Some(CallSlot { inner: self.inner.clone(), info: p.info })
+        match inner.pending.get(&sid) {
+            Some(p) if p.nonce != nonce => return Err(ActivateRefusal::AlreadyStreamed),
+            Some(_) => {
+                inner.pending.remove(&sid);
+            }
+            None => {
+                if self.is_draining() {
+                    return Err(ActivateRefusal::Draining);
+                }
+                // The caller's socket is already counted among the unstarted; it becomes the call.
+                if self.max_calls > 0 && inner.active.len() >= self.max_calls {
+                    return Err(ActivateRefusal::Full);
+                }
+            }
+        }
+        inner.streamed.insert(&sid, now);
+        inner.active.insert(sid, ActiveCall { info: info.clone(), started: now });
+        Ok(CallSlot { inner: self.inner.clone(), info })
     }
 
     pub fn active_count(&self) -> usize {
@@ -294,7 +335,7 @@ mod tests {
         r.admit(info("CA2"), "n2".into(), t).unwrap();
         assert_eq!(r.admit(info("CA3"), "n3".into(), t), Err(Refusal::Full));
         assert!(!r.accepts_calls(t));
-        let slot = r.activate("CA1", "n1", t).unwrap();
+        let slot = r.activate(info("CA1"), "n1", t).unwrap();
         assert_eq!(r.admit(info("CA3"), "n3".into(), t), Err(Refusal::Full));
         drop(slot);
         assert_eq!(r.active_count(), 0);
@@ -306,11 +347,11 @@ mod tests {
         let r = Registry::new(0, Duration::from_secs(30));
         let t = Instant::now();
         r.admit(info("CA1"), "n1".into(), t).unwrap();
-        assert!(r.activate("CA1", "wrong", t).is_none());
-        let _live = r.activate("CA1", "n1", t).unwrap();
-        assert!(r.activate("CA1", "n1", t).is_none(), "a token works once");
-        r.admit(info("CA2"), "n2".into(), t).unwrap();
-        assert!(r.activate("CA2", "n2", t + Duration::from_secs(31)).is_none());
+        assert_eq!(r.activate(info("CA1"), "wrong", t).err(), Some(ActivateRefusal::AlreadyStreamed));
+        let live = r.activate(info("CA1"), "n1", t).unwrap();
+        assert_eq!(r.activate(info("CA1"), "n1", t).err(), Some(ActivateRefusal::AlreadyStreamed), "a token works once");
+        drop(live);
+        assert_eq!(r.activate(info("CA1"), "n1", t).err(), Some(ActivateRefusal::AlreadyStreamed), "even after the call");
         // Expired reservations stop counting against the limit, and are handed out for cleanup.
         let r = Registry::new(1, Duration::from_secs(30));
         r.admit(info("CA1"), "n1".into(), t).unwrap();
@@ -326,7 +367,7 @@ mod tests {
         r.admit(info("CA1"), "n1".into(), t).unwrap();
         // Replayed while pending: refused, and the original token still works.
         assert_eq!(r.admit(info("CA1"), "evil".into(), t), Err(Refusal::Replay));
-        let live = r.activate("CA1", "n1", t).unwrap();
+        let live = r.activate(info("CA1"), "n1", t).unwrap();
         assert_eq!(r.admit(info("CA1"), "evil".into(), t + Duration::from_secs(60)), Err(Refusal::Replay));
         assert_eq!(r.active_count(), 1);
         drop(live);
@@ -360,7 +401,7 @@ mod tests {
         drop(a);
         let c = r.open_stream().unwrap();
         r.admit(info("CA1"), "n1".into(), t).unwrap();
-        let _call = r.activate("CA1", "n1", t).unwrap();
+        let _call = r.activate(info("CA1"), "n1", t).unwrap();
         drop(b);
         assert!(r.open_stream().is_none(), "one active call + one unstarted socket");
         drop(c);
@@ -370,6 +411,18 @@ mod tests {
         assert!(unlimited.open_stream().is_none());
         drop(held);
         assert!(unlimited.open_stream().is_some());
+    }
+
+    #[test]
+    fn a_stream_whose_webhook_another_replica_answered_is_carried_within_max_calls() {
+        let r = Registry::new(1, Duration::from_secs(30));
+        let t = Instant::now();
+        let a = r.activate(info("CA1"), "n1", t).unwrap();
+        assert_eq!(r.activate(info("CA2"), "n2", t).err(), Some(ActivateRefusal::Full));
+        drop(a);
+        let _b = r.activate(info("CA2"), "n2", t).unwrap();
+        r.start_draining();
+        assert_eq!(r.activate(info("CA3"), "n3", t).err(), Some(ActivateRefusal::Draining));
     }
 
     #[test]

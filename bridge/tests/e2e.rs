@@ -295,15 +295,24 @@ async fn hundred_concurrent_calls() {
     let lk = start_devroom().await;
     let rest = FakeRest::default();
     let bridge = start_bridge(&lk, &rest.start().await, &[]).await;
+    // The most calls up at once, sampled throughout.
+    let peak = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let sampler = {
+        let (peak, app) = (peak.clone(), bridge.app.clone());
+        tokio::spawn(async move {
+            loop {
+                peak.fetch_max(app.registry.active_count(), std::sync::atomic::Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
     let mut calls = vec![];
     for i in 0..100u32 {
         calls.push(callsim::spawn_call(callsim(&bridge, &call_sid(1000 + i)).tone(500.0).duration_secs(4.0)));
         tokio::time::sleep(Duration::from_millis(30)).await;
     }
-    let mut peak = 0;
     let mut completed = 0;
     for c in calls {
-        peak = peak.max(bridge.app.registry.active_count());
         let r = timeout(Duration::from_secs(60), c.finish()).await.expect("call ends").unwrap();
         if r.outcome == callsim::Outcome::Completed && r.frames_sent >= 190 {
             completed += 1;
@@ -312,6 +321,8 @@ async fn hundred_concurrent_calls() {
         }
     }
     assert_eq!(completed, 100);
+    sampler.abort();
+    let peak = peak.load(std::sync::atomic::Ordering::Relaxed);
     assert!(peak >= 50, "calls overlapped: peak {peak}");
     let m = bridge.app.metrics.render();
     assert!(m.contains("bridge_calls_total{outcome=\"completed\"} 100"), "{m}");

@@ -266,7 +266,7 @@ pub async fn start_bridge_until(
     ];
     args.extend_from_slice(extra);
     let cli = bridge::config::Cli::try_parse_from(args).unwrap();
-    let app = bridge::http::App::new(cli.config);
+    let app = bridge::http::App::new(cli.config).await.unwrap();
     let serve_app = app.clone();
     let server = tokio::spawn(async move { bridge::serve_until(serve_app, listener, shutdown).await });
     (BridgeHandle { base, app }, server)
@@ -276,14 +276,32 @@ pub type RawWs = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsS
 
 /// Twilio played by hand, for the faults a well-behaved simulator never makes.
 pub struct RawTwilio {
+    /// Where requests go (one replica).
     pub base: String,
+    /// The `PUBLIC_URL` signatures are computed over (the load balancer's, with replicas).
+    pub public: String,
     pub call_sid: String,
     pub stream_sid: String,
 }
 
 impl RawTwilio {
     pub fn new(bridge: &BridgeHandle, call_sid: &str) -> RawTwilio {
-        RawTwilio { base: bridge.base.clone(), call_sid: call_sid.to_owned(), stream_sid: format!("MZ{:032x}", 77) }
+        RawTwilio::at(&bridge.base, &bridge.base, call_sid)
+    }
+
+    /// Requests to `base`, signed as if sent to `public`.
+    pub fn at(base: &str, public: &str, call_sid: &str) -> RawTwilio {
+        RawTwilio {
+            base: base.to_owned(),
+            public: public.to_owned(),
+            call_sid: call_sid.to_owned(),
+            stream_sid: format!("MZ{:032x}", 77),
+        }
+    }
+
+    /// The same call's requests, sent to another replica.
+    pub fn to(&self, base: &str) -> RawTwilio {
+        RawTwilio { base: base.to_owned(), ..RawTwilio::at(&self.base, &self.public, &self.call_sid) }
     }
 
     /// The signed voice webhook: (HTTP status, body).
@@ -296,7 +314,16 @@ impl RawTwilio {
             ("To", "+15550000002".to_owned()),
             ("CallStatus", "ringing".to_owned()),
         ];
-        callsim::webhook::post_signed(&http, &format!("{}/incoming-call", self.base), AUTH_TOKEN, &params).await.unwrap()
+        let sig = proto::signature::compute(AUTH_TOKEN, &format!("{}/incoming-call", self.public), &params);
+        let resp = http
+            .post(format!("{}/incoming-call", self.base))
+            .header("X-Twilio-Signature", sig)
+            .header("Content-Type", "application/x-www-form-urlencoded")
+            .body(callsim::webhook::form_body(&params))
+            .send()
+            .await
+            .unwrap();
+        (resp.status().as_u16(), resp.text().await.unwrap())
     }
 
     /// The stream token from a `<Connect><Stream>` answer.
@@ -310,7 +337,7 @@ impl RawTwilio {
     /// A signed Media Streams upgrade (Err: the HTTP status of a refusal).
     pub async fn open(&self) -> Result<RawWs, u16> {
         let ws_url = self.base.replace("http://", "ws://") + "/media-stream";
-        let stream_url = self.base.replace("http://", "wss://") + "/media-stream";
+        let stream_url = self.public.replace("http://", "wss://").replace("https://", "wss://") + "/media-stream";
         let sig = proto::signature::compute::<&str, &str>(AUTH_TOKEN, &stream_url, &[]);
         let mut req = tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(ws_url.as_str()).unwrap();
         req.headers_mut().insert("X-Twilio-Signature", sig.parse().unwrap());
@@ -330,7 +357,14 @@ impl RawTwilio {
                 call_sid: self.call_sid.clone(),
                 stream_sid: self.stream_sid.clone(),
                 tracks: vec!["inbound".into()],
-                custom_parameters: [("token".to_string(), token.to_owned())].into(),
+                custom_parameters: [
+                    ("token".to_string(), token.to_owned()),
+                    ("callSid".to_string(), self.call_sid.clone()),
+                    ("accountSid".to_string(), ACCOUNT_SID.to_owned()),
+                    ("from".to_string(), "+15550000001".to_owned()),
+                    ("to".to_string(), "+15550000002".to_owned()),
+                ]
+                .into(),
                 ..Default::default()
             },
         }
@@ -357,11 +391,15 @@ impl RawTwilio {
     pub async fn connect(&self) -> RawWs {
         let (status, body) = self.webhook().await;
         assert_eq!(status, 200, "{body}");
-        let token = Self::token_from(&body);
+        self.stream(&Self::token_from(&body)).await
+    }
+
+    /// Upgrade and `start` with this token.
+    pub async fn stream(&self, token: &str) -> RawWs {
         let mut ws = self.open().await.expect("upgrade accepted");
         use futures_util::SinkExt;
         ws.send(text(r#"{"event":"connected","protocol":"Call","version":"1.0.0"}"#)).await.unwrap();
-        ws.send(text(&self.start_msg(&token))).await.unwrap();
+        ws.send(text(&self.start_msg(token))).await.unwrap();
         ws
     }
 }
