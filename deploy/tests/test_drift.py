@@ -58,25 +58,24 @@ def problems_of(copy, binaries, metric_names):
     return drift.check(copy, binaries, metric_names)
 
 
-def test_unknown_variable_in_compose_fails(copy, binaries, metric_names):
-    edit(copy / "compose.yaml", "      BRIDGE_LISTEN: 127.0.0.1:8080\n",
-         "      BRIDGE_LISTEN: 127.0.0.1:8080\n      BRIDGE_FROBNICATE: \"1\"\n")
+@pytest.mark.parametrize("file, old, new, expected", [
+    # an unknown variable in compose
+    ("compose.yaml", "      BRIDGE_LISTEN: 127.0.0.1:8080\n",
+     "      BRIDGE_LISTEN: 127.0.0.1:8080\n      BRIDGE_FROBNICATE: \"1\"\n",
+     "service bridge: BRIDGE_FROBNICATE is not a variable"),
+    # an unknown variable in Kubernetes
+    ("k8s/agent-deployment.yaml", "            - name: AGENT_MAX_JOBS\n",
+     "            - name: AGENT_MAX_CALLS\n              value: \"3\"\n            - name: AGENT_MAX_JOBS\n",
+     "Deployment agent, container agent: AGENT_MAX_CALLS is not a variable"),
+    # a bridge variable given to the agent
+    ("compose.yaml", "      AGENT_METRICS_LISTEN: 127.0.0.1:9100\n",
+     "      AGENT_METRICS_LISTEN: 127.0.0.1:9100\n      MAX_CALLS: \"5\"\n",
+     "service agent: MAX_CALLS is not a variable `agent --help` lists"),
+], ids=["compose", "k8s", "wrong-binary"])
+def test_unknown_variable_fails(copy, binaries, metric_names, file, old, new, expected):
+    edit(copy / file, old, new)
     p = problems_of(copy, binaries, metric_names)
-    assert any("service bridge: BRIDGE_FROBNICATE is not a variable" in x for x in p), p
-
-
-def test_unknown_variable_in_k8s_fails(copy, binaries, metric_names):
-    edit(copy / "k8s" / "agent-deployment.yaml", "            - name: AGENT_MAX_JOBS\n",
-         "            - name: AGENT_MAX_CALLS\n              value: \"3\"\n            - name: AGENT_MAX_JOBS\n")
-    p = problems_of(copy, binaries, metric_names)
-    assert any("Deployment agent, container agent: AGENT_MAX_CALLS is not a variable" in x for x in p), p
-
-
-def test_bridge_variable_given_to_agent_fails(copy, binaries, metric_names):
-    edit(copy / "compose.yaml", "      AGENT_METRICS_LISTEN: 127.0.0.1:9100\n",
-         "      AGENT_METRICS_LISTEN: 127.0.0.1:9100\n      MAX_CALLS: \"5\"\n")
-    p = problems_of(copy, binaries, metric_names)
-    assert any("service agent: MAX_CALLS is not a variable `agent --help` lists" in x for x in p), p
+    assert any(expected in x for x in p), p
 
 
 def test_missing_required_variable_fails(copy, binaries, metric_names):
