@@ -1,6 +1,7 @@
 """The runtime image installs what the binaries load at run time: the Debian package of every
 shared library they link (readelf NEEDED → dpkg -S), and the agent's offline model data."""
 
+import fnmatch
 import os
 import re
 import shutil
@@ -74,3 +75,41 @@ def test_runtime_image_has_the_offline_models(repo, runtime_packages):
     assert owner_package(model_dir) in runtime_packages
     assert "espeak-ng-data" in runtime_packages
     assert "ca-certificates" in runtime_packages
+
+
+def test_dockerfile_builds_and_installs_every_binary(deploy_dir):
+    text = (deploy_dir / "Dockerfile").read_text()
+    build = re.search(r"cargo build --release --locked ([^\n\\]*)", text).group(1)
+    assert set(re.findall(r"-p (\w+)", build)) == set(drift.BINARIES), build
+    installed = re.search(r"install -D -m 0755 -t /out (.*)", text).group(1).split()
+    assert sorted(installed) == sorted(f"target/release/{b}" for b in drift.BINARIES)
+    cmd = re.search(r'^CMD \["(\w+)"\]', text, re.M).group(1)
+    assert cmd in drift.BINARIES
+
+
+def dockerignored(path: str, patterns: list[str]) -> bool:
+    """Whether .dockerignore leaves `path` out of the build context (patterns without `!`)."""
+    parts = path.split("/")
+    prefixes = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+    for pat in patterns:
+        pat = pat.strip("/")
+        for pre in prefixes:
+            if fnmatch.fnmatch(pre, pat) or (pat.startswith("**/") and fnmatch.fnmatch(pre, pat[3:])):
+                return True
+    return False
+
+
+def test_dockerignore_keeps_the_workspace_sources(repo):
+    lines = (repo / ".dockerignore").read_text().splitlines()
+    patterns = [l.strip() for l in lines if l.strip() and not l.startswith("#")]
+    assert not any(p.startswith("!") for p in patterns), "negations are not modelled here"
+    cargo = (repo / "Cargo.toml").read_text()
+    members = re.findall(r'"([a-z]+)"', re.search(r"members = \[([^\]]*)\]", cargo).group(1))
+    tracked = subprocess.run(["git", "ls-files", "Cargo.toml", "Cargo.lock", *members], cwd=repo,
+                             capture_output=True, text=True, check=True).stdout.split()
+    assert len(tracked) > 50
+    left_out = [f for f in tracked if dockerignored(f, patterns)]
+    assert not left_out, f".dockerignore leaves build inputs out of the image build: {left_out[:10]}"
+    # and it does leave out what must never be sent to a builder
+    for f in ("target/debug/bridge", ".git/config", "deploy/.env", "demo-out/calls.db"):
+        assert dockerignored(f, patterns), f
