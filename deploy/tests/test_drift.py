@@ -90,7 +90,9 @@ def test_missing_required_variable_fails(copy, binaries, metric_names):
 def test_port_mismatch_fails(copy, binaries, metric_names):
     edit(copy / "k8s" / "bridge-deployment.yaml", "              value: 0.0.0.0:8080", "              value: 0.0.0.0:8081")
     edit(copy / "compose.yaml", "BRIDGE_LISTEN: 127.0.0.1:8080", "BRIDGE_LISTEN: 127.0.0.1:8090")
+    edit(copy / "compose.yaml", "REDIS_URL: redis://127.0.0.1:6379/1", "REDIS_URL: redis://127.0.0.1:6380/1")
     p = problems_of(copy, binaries, metric_names)
+    assert any("service bridge: REDIS_URL redis://127.0.0.1:6380/1 is not the compose redis port 6379" in x for x in p), p
     assert any("listens on 8081 (BRIDGE_LISTEN) but declares no such containerPort" in x for x in p), p
     assert any("Caddyfile" in x and "reverse_proxy 127.0.0.1:8080" in x for x in p), p
 

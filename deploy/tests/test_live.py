@@ -2,12 +2,14 @@
 the names), come up, and serve every path the deploy files probe, scrape or route to.
 
 Only what cannot work on a test machine is changed: listen addresses move to free loopback
-ports and /var/lib/callbridge to a temporary directory. LiveKit is not running; the bridge needs
-it only per call, and the agent's worker keeps retrying while its /health answers.
+ports, /var/lib/callbridge to a temporary directory, and a REDIS_URL to a redis-server started
+for the test (the bridge connects at start). LiveKit is not running; the bridge needs it only
+per call, and the agent's worker keeps retrying while its /health answers.
 """
 
 import contextlib
 import os
+import re
 import shutil
 import signal
 import socket
@@ -53,6 +55,26 @@ def running(exe, args, env, log_path):
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+@contextlib.contextmanager
+def redis_server(tmp_path):
+    """A throwaway redis-server on a free loopback port (Debian `redis-server`)."""
+    exe = shutil.which("redis-server")
+    if exe is None:
+        pytest.fail("redis-server is not installed (apt-get install redis-server)")
+    port = free_port()
+    log = tmp_path / "redis.log"
+    args = ["--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no", "--dir", str(tmp_path)]
+    with running(exe, args, dict(os.environ), log) as proc:
+        deadline = time.monotonic() + 10
+        while True:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+                break
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"redis-server did not start:\n{log.read_text()[-2000:]}")
+            time.sleep(0.05)
+        yield port
 
 
 def wait_healthy(proc, base, log_path, deadline_s=30):
@@ -131,11 +153,15 @@ def test_binary_runs_with_deploy_env_and_serves_its_paths(site, bin_dir, deploy_
     for k, v in env.items():
         if v.startswith(DATA_DIR):
             env[k] = str(data) + v[len(DATA_DIR):]
+    stack = contextlib.ExitStack()
+    if "REDIS_URL" in env:
+        rport = stack.enter_context(redis_server(tmp_path))
+        env["REDIS_URL"] = re.sub(r"^(redis://)[^/]*", rf"\g<1>127.0.0.1:{rport}", env["REDIS_URL"])
     full_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(tmp_path), "TMPDIR": str(tmp_path),
                 "RUST_LOG": "info", **env}
     log = tmp_path / f"{s.binary}.log"
     base = f"http://127.0.0.1:{port}"
-    with running(bin_dir / s.binary, s.args, full_env, log) as proc:
+    with stack, running(bin_dir / s.binary, s.args, full_env, log) as proc:
         wait_healthy(proc, base, log)
         paths = drift.endpoints(deploy_dir)[s.binary]
         assert "/health" in paths
@@ -148,3 +174,7 @@ def test_binary_runs_with_deploy_env_and_serves_its_paths(site, bin_dir, deploy_
                 assert code == 200, f"{label}: {path} answered {code}"
         # sanity: the probe really tells served from unserved paths
         assert status(base + "/no-such-path") == 404
+    if s.binary == "bridge":
+        # the bridge logs which shared state it uses between replicas: Redis when REDIS_URL is set
+        want = "redis" if "REDIS_URL" in env else "livekit"
+        assert re.search(rf'"shared_state":"{want}"', log.read_text()), log.read_text()[-2000:]
