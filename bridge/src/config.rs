@@ -27,7 +27,14 @@ pub enum ConfigError {
     NoAuthToken,
     #[error("LIVEKIT_API_KEY and LIVEKIT_API_SECRET are not set: refusing to start (use --dev for a local livekit-server --dev or devroom, key devkey / secret secret)")]
     NoLiveKitKeys,
+    #[error("BRIDGE_SECRET is set but shorter than {MIN_BRIDGE_SECRET} characters: stream tokens would be forgeable")]
+    WeakBridgeSecret,
+    #[error("{0} is set but empty: unset it or give it a value")]
+    Empty(&'static str),
 }
+
+/// `BRIDGE_SECRET` keys the stream tokens: at least this long.
+pub const MIN_BRIDGE_SECRET: usize = 16;
 
 #[derive(Debug, Parser)]
 #[command(name = "bridge", version, about = "Twilio phone calls into LiveKit rooms")]
@@ -173,6 +180,22 @@ impl Config {
         if self.twilio_auth_token.is_none() && !self.insecure_no_signature {
             return Err(ConfigError::NoAuthToken);
         }
+        // An empty variable is "set" for clap: never let it stand for a secret or a URL.
+        if self.bridge_secret.as_ref().is_some_and(|s| s.expose_secret().len() < MIN_BRIDGE_SECRET) {
+            return Err(ConfigError::WeakBridgeSecret);
+        }
+        if self.twilio_token() == Some("") {
+            return Err(ConfigError::Empty("TWILIO_AUTH_TOKEN"));
+        }
+        if self.livekit_api_secret.as_ref().is_some_and(|s| s.expose_secret().is_empty()) {
+            return Err(ConfigError::Empty("LIVEKIT_API_SECRET"));
+        }
+        if self.fallback_url.as_deref() == Some("") {
+            return Err(ConfigError::Empty("FALLBACK_URL"));
+        }
+        if self.redis_url.as_ref().is_some_and(|s| s.expose_secret().is_empty()) {
+            return Err(ConfigError::Empty("REDIS_URL"));
+        }
         self.check_livekit()
     }
 
@@ -282,6 +305,22 @@ mod tests {
     }
 
     #[test]
+    fn empty_or_weak_secrets_are_refused() {
+        let base = ["--twilio-auth-token", "t", "--dev"];
+        let with = |extra: &[&str]| {
+            let mut v = base.to_vec();
+            v.extend_from_slice(extra);
+            cfg(&v).check()
+        };
+        assert_eq!(with(&["--bridge-secret", ""]), Err(ConfigError::WeakBridgeSecret));
+        assert_eq!(with(&["--bridge-secret", "short"]), Err(ConfigError::WeakBridgeSecret));
+        assert_eq!(with(&["--bridge-secret", "0123456789abcdef"]), Ok(()));
+        assert_eq!(with(&["--fallback-url", ""]), Err(ConfigError::Empty("FALLBACK_URL")));
+        assert_eq!(with(&["--redis-url", ""]), Err(ConfigError::Empty("REDIS_URL")));
+        assert_eq!(cfg(&["--twilio-auth-token", "", "--dev"]).check(), Err(ConfigError::Empty("TWILIO_AUTH_TOKEN")));
+    }
+
+    #[test]
     fn secrets_never_show_in_debug() {
         let c = cfg(&[
             "--twilio-auth-token",
@@ -291,7 +330,7 @@ mod tests {
             "--sip-password",
             "SECRET-SIP",
             "--bridge-secret",
-            "SECRET-BRIDGE",
+            "SECRET-BRIDGE-0123456789",
             "--redis-url",
             "redis://:SECRET-REDIS@localhost",
         ]);

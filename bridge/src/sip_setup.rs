@@ -23,6 +23,12 @@ pub struct SipSetupReport {
 }
 
 pub async fn run(cfg: &Config) -> anyhow::Result<SipSetupReport> {
+    // Without credentials the trunk would take calls from anyone who finds the SIP port.
+    let password_set = cfg.sip_password.as_ref().is_some_and(|p| !secrecy::ExposeSecret::expose_secret(p).is_empty());
+    anyhow::ensure!(
+        !cfg.sip_username.is_empty() && password_set,
+        "LIVEKIT_SIP_USERNAME and LIVEKIT_SIP_PASSWORD must be set: an inbound trunk without them accepts anyone's calls"
+    );
     let sip = SIPClient::with_api_key(&cfg.livekit_http(), cfg.livekit_key(), cfg.livekit_secret());
     // Twilio copies these INVITE headers; LiveKit maps them to the participant's attributes.
     let headers_to_attributes = [
