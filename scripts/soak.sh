@@ -43,7 +43,7 @@ if command -v espeak-ng >/dev/null; then
   AUDIO=(--wav "$OUT/caller.wav")
 fi
 
-metric() { curl -s http://127.0.0.1:$BR_PORT/metrics | awk -v m="$1" '$1 == m {print $2; exit}'; }
+metric() { curl -s http://127.0.0.1:$BR_PORT/metrics | awk -v m="$1" '$1 == m {v = $2} END {print v}'; }
 rss_kb() { awk '/VmRSS/ {print $2}' /proc/$BR/status; }
 fds() { ls /proc/$BR/fd | wc -l; }
 
@@ -58,15 +58,20 @@ for w in $(seq 1 "$WAVES"); do
   python3 - "$OUT/wave-$w.json" "$w" "${active%.*}" "$(rss_kb)" "$(fds)" "$(metric bridge_tokio_tasks)" "$(metric bridge_unstarted_streams)" >> "$OUT/samples.jsonl" <<'PY'
 import json, sys
 rep, w, active, rss, fds, tasks, unstarted = sys.argv[1:]
-a = json.load(open(rep)).get("aggregate", {})
+a = json.load(open(rep)); a = a.get("aggregate", a)
 print(json.dumps({"wave": int(w), "calls": a.get("calls"), "completed": a.get("completed"),
                   "not_completed": a.get("not_completed"), "active_after": int(active),
+                  "gaps_within_utterances": (a.get("gaps") or {}).get("within_utterance_count"),
                   "rss_kb": int(rss), "fds": int(fds), "tokio_tasks": int(float(tasks or 0)),
                   "unstarted": int(float(unstarted or 0))}))
 PY
   tail -1 "$OUT/samples.jsonl" >&2
 done
 curl -s http://127.0.0.1:$BR_PORT/metrics > "$OUT/metrics.txt"
+# What the bridge still holds after the last wave (sockets by kind), for leak hunting.
+ls -l /proc/$BR/fd > "$OUT/fds.txt" 2>/dev/null || true
+ss -tanup 2>/dev/null | grep "pid=$BR," > "$OUT/sockets.txt" || true
+if [ -n "${HOLD:-}" ]; then echo "holding: bridge pid $BR, port $BR_PORT (Ctrl-C to end)" >&2; sleep "$HOLD"; fi
 
 rc=0
 python3 - "$OUT/samples.jsonl" "$TOTAL" "$WARMUP" "$RSS_SLACK_KB" "$FD_SLACK" "$TASK_SLACK" "$OUT/metrics.txt" <<'PY' || rc=$?

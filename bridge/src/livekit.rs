@@ -5,16 +5,19 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use livekit_api::access_token::{AccessToken, VideoGrants};
-use livekit_api::services::agent_dispatch::AgentDispatchClient;
-use livekit_api::services::room::{CreateRoomOptions, RoomClient};
-
+use livekit_api::services::room::CreateRoomOptions;
+use livekit_api::services::LiveKitApi;
 use secrecy::{ExposeSecret, SecretString};
+use tokio::sync::{Semaphore, SemaphorePermit};
 
 use crate::config::Config;
+use crate::registry::CallInfo;
 
 /// RoomService and AgentDispatch requests give up after this (the caller is waiting).
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
-use crate::registry::CallInfo;
+/// Requests to LiveKit's API in flight at once. Each may hold a pooled HTTP connection, so this
+/// also bounds the connections (and their tasks) a burst of calls leaves behind.
+const MAX_IN_FLIGHT: usize = 16;
 
 pub fn room_name(call_sid: &str) -> String {
     format!("call-{call_sid}")
@@ -36,8 +39,9 @@ pub fn phone_attributes(info: &CallInfo, call_status: &str) -> HashMap<String, S
 }
 
 pub struct LiveKit {
-    rooms: RoomClient,
-    dispatch: AgentDispatchClient,
+    /// One HTTP connection pool for every service.
+    api: LiveKitApi,
+    in_flight: Semaphore,
     api_key: String,
     api_secret: SecretString,
     url: String,
@@ -49,9 +53,8 @@ impl LiveKit {
     pub fn new(cfg: &Config) -> LiveKit {
         let host = cfg.livekit_http();
         LiveKit {
-            rooms: RoomClient::with_api_key(&host, cfg.livekit_key(), cfg.livekit_secret())
-                .with_request_timeout(REQUEST_TIMEOUT),
-            dispatch: AgentDispatchClient::with_api_key(&host, cfg.livekit_key(), cfg.livekit_secret()),
+            api: LiveKitApi::with_api_key(&host, cfg.livekit_key(), cfg.livekit_secret()).with_request_timeout(REQUEST_TIMEOUT),
+            in_flight: Semaphore::new(MAX_IN_FLIGHT),
             api_key: cfg.livekit_key().to_owned(),
             api_secret: SecretString::from(cfg.livekit_secret()),
             url: cfg.livekit_url.clone(),
@@ -64,6 +67,10 @@ impl LiveKit {
         &self.url
     }
 
+    async fn permit(&self) -> SemaphorePermit<'_> {
+        self.in_flight.acquire().await.expect("never closed")
+    }
+
     /// Creates `call-<CallSid>` with the call in its metadata, and dispatches the named agent.
     pub async fn create_call_room(&self, info: &CallInfo) -> anyhow::Result<()> {
         let metadata = serde_json::json!({
@@ -71,14 +78,17 @@ impl LiveKit {
         })
         .to_string();
         let name = room_name(&info.call_sid);
-        self.rooms
+        let _permit = self.permit().await;
+        self.api
+            .room()
             .create_room(
                 &name,
                 CreateRoomOptions { empty_timeout: self.empty_timeout, metadata: metadata.clone(), ..Default::default() },
             )
             .await?;
         if !self.agent_name.is_empty() {
-            self.dispatch
+            self.api
+                .agent_dispatch()
                 .create_dispatch(livekit_protocol::CreateAgentDispatchRequest {
                     agent_name: self.agent_name.clone(),
                     room: name,
@@ -91,14 +101,16 @@ impl LiveKit {
     }
 
     pub async fn delete_room(&self, call_sid: &str) -> anyhow::Result<()> {
-        self.rooms.delete_room(&room_name(call_sid)).await?;
+        let _permit = self.permit().await;
+        self.api.room().delete_room(&room_name(call_sid)).await?;
         Ok(())
     }
 
     /// Whether a bridge already created this call's room (a room of that name whose metadata
     /// names the call; a room someone merely joined first does not count).
     pub async fn call_room_created(&self, call_sid: &str) -> anyhow::Result<bool> {
-        let rooms = self.rooms.list_rooms(vec![room_name(call_sid)]).await?;
+        let _permit = self.permit().await;
+        let rooms = self.api.room().list_rooms(vec![room_name(call_sid)]).await?;
         Ok(rooms.iter().any(|r| {
             serde_json::from_str::<serde_json::Value>(&r.metadata)
                 .is_ok_and(|m| m.get("callSid").and_then(|v| v.as_str()) == Some(call_sid))
@@ -108,7 +120,8 @@ impl LiveKit {
     /// Whether `identity` is in room `room` now (a room that does not exist has nobody).
     pub async fn participant_present(&self, room: &str, identity: &str) -> anyhow::Result<bool> {
         use livekit_api::services::{ServiceError, TwirpError};
-        match self.rooms.list_participants(room).await {
+        let _permit = self.permit().await;
+        match self.api.room().list_participants(room).await {
             Ok(ps) => Ok(ps.iter().any(|p| p.identity == identity)),
             Err(ServiceError::Twirp(TwirpError::Twirp(code))) if code.code == "not_found" => Ok(false),
             Err(e) => Err(e.into()),
@@ -119,9 +132,10 @@ impl LiveKit {
     /// automatic dispatch (no `AGENT_NAME`) this asks for the unnamed agent.
     pub async fn redispatch(&self, info: &CallInfo) -> anyhow::Result<()> {
         let metadata = serde_json::json!({"callSid": info.call_sid, "redispatch": true}).to_string();
+        let _permit = self.permit().await;
         tokio::time::timeout(
             REQUEST_TIMEOUT,
-            self.dispatch.create_dispatch(livekit_protocol::CreateAgentDispatchRequest {
+            self.api.agent_dispatch().create_dispatch(livekit_protocol::CreateAgentDispatchRequest {
                 agent_name: self.agent_name.clone(),
                 room: room_name(&info.call_sid),
                 metadata,
