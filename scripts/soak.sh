@@ -15,7 +15,9 @@ cd "$(dirname "$0")/.."
 
 TOTAL=${TOTAL:-1000}; WAVE=${WAVE:-50}; SECS=${SECS:-8}; RAMP=${RAMP:-25}; WARMUP=${WARMUP:-3}
 # Flat means: after warm-up, no more growth than this between the first and the last sample.
-RSS_SLACK_KB=${RSS_SLACK_KB:-8192}; FD_SLACK=${FD_SLACK:-8}; TASK_SLACK=${TASK_SLACK:-8}
+# Idle HTTP connections to LiveKit's API (each one fd and one task) are counted apart: the
+# bridge pools at most 16 (bridge/src/livekit.rs), and they expire after 90 s idle.
+RSS_SLACK_KB=${RSS_SLACK_KB:-8192}; FD_SLACK=${FD_SLACK:-4}; TASK_SLACK=${TASK_SLACK:-4}; MAX_POOL=16
 BIN=target/release
 for b in devroom bridge callsim examples/load_agent; do
   [ -x "$BIN/$b" ] || { echo "missing $BIN/$b: cargo build --release -p bridge -p devroom -p callsim --bins --examples" >&2; exit 2; }
@@ -46,6 +48,8 @@ fi
 metric() { curl -s http://127.0.0.1:$BR_PORT/metrics | awk -v m="$1" '$1 == m {v = $2} END {print v}'; }
 rss_kb() { awk '/VmRSS/ {print $2}' /proc/$BR/status; }
 fds() { ls /proc/$BR/fd | wc -l; }
+# Established connections from the bridge to LiveKit's HTTP port: the API client's pool.
+pool() { ss -tnp state established "( dport = :$LK_PORT )" 2>/dev/null | grep -c "pid=$BR," || true; }
 
 : > "$OUT/samples.jsonl"
 for w in $(seq 1 "$WAVES"); do
@@ -55,15 +59,15 @@ for w in $(seq 1 "$WAVES"); do
   # Every call of the wave is over: wait (bounded) for the bridge to clean up.
   active=1
   for _ in $(seq 100); do active=$(metric bridge_active_calls); [ "${active%.*}" = 0 ] && break; sleep 0.1; done
-  python3 - "$OUT/wave-$w.json" "$w" "${active%.*}" "$(rss_kb)" "$(fds)" "$(metric bridge_tokio_tasks)" "$(metric bridge_unstarted_streams)" >> "$OUT/samples.jsonl" <<'PY'
+  python3 - "$OUT/wave-$w.json" "$w" "${active%.*}" "$(rss_kb)" "$(fds)" "$(metric bridge_tokio_tasks)" "$(metric bridge_unstarted_streams)" "$(pool)" >> "$OUT/samples.jsonl" <<'PY'
 import json, sys
-rep, w, active, rss, fds, tasks, unstarted = sys.argv[1:]
+rep, w, active, rss, fds, tasks, unstarted, pool = sys.argv[1:]
 a = json.load(open(rep)); a = a.get("aggregate", a)
 print(json.dumps({"wave": int(w), "calls": a.get("calls"), "completed": a.get("completed"),
                   "not_completed": a.get("not_completed"), "active_after": int(active),
                   "gaps_within_utterances": (a.get("gaps") or {}).get("within_utterance_count"),
                   "rss_kb": int(rss), "fds": int(fds), "tokio_tasks": int(float(tasks or 0)),
-                  "unstarted": int(float(unstarted or 0))}))
+                  "livekit_pool": int(pool or 0), "unstarted": int(float(unstarted or 0))}))
 PY
   tail -1 "$OUT/samples.jsonl" >&2
 done
@@ -74,10 +78,13 @@ ss -tanup 2>/dev/null | grep "pid=$BR," > "$OUT/sockets.txt" || true
 if [ -n "${HOLD:-}" ]; then echo "holding: bridge pid $BR, port $BR_PORT (Ctrl-C to end)" >&2; sleep "$HOLD"; fi
 
 rc=0
-python3 - "$OUT/samples.jsonl" "$TOTAL" "$WARMUP" "$RSS_SLACK_KB" "$FD_SLACK" "$TASK_SLACK" "$OUT/metrics.txt" <<'PY' || rc=$?
+python3 - "$OUT/samples.jsonl" "$TOTAL" "$WARMUP" "$RSS_SLACK_KB" "$FD_SLACK" "$TASK_SLACK" "$OUT/metrics.txt" "$MAX_POOL" <<'PY' || rc=$?
 import json, re, sys
-path, total, warmup, rss_slack, fd_slack, task_slack, metrics = sys.argv[1:]
+path, total, warmup, rss_slack, fd_slack, task_slack, metrics, max_pool = sys.argv[1:]
 s = [json.loads(l) for l in open(path)]
+for x in s:  # what is left once the bounded API connection pool is set apart
+    x["other_fds"] = x["fds"] - x["livekit_pool"]
+    x["other_tasks"] = x["tokio_tasks"] - x["livekit_pool"]
 total, warmup = int(total), int(warmup)
 after = s[warmup:] if len(s) > warmup else s[-1:]
 text = open(metrics).read()
@@ -92,6 +99,9 @@ out = {
   "rss_kb": {"first_after_warmup": after[0]["rss_kb"], "last": after[-1]["rss_kb"], "max": max(x["rss_kb"] for x in after)},
   "fds": {"first_after_warmup": after[0]["fds"], "last": after[-1]["fds"], "max": max(x["fds"] for x in after)},
   "tokio_tasks": {"first_after_warmup": after[0]["tokio_tasks"], "last": after[-1]["tokio_tasks"], "max": max(x["tokio_tasks"] for x in after)},
+  "livekit_pool_max": max(x["livekit_pool"] for x in s),
+  "other_fds": {"first_after_warmup": after[0]["other_fds"], "max": max(x["other_fds"] for x in after)},
+  "other_tasks": {"first_after_warmup": after[0]["other_tasks"], "max": max(x["other_tasks"] for x in after)},
   "bridge_calls_completed": m('bridge_calls_total{outcome="completed"}'),
   "bridge_errors": {k: float(v) for k, v in re.findall(r'^bridge_errors_total\{kind="([^"]+)"\} (\S+)', text, re.M)},
 }
@@ -99,8 +109,9 @@ checks = {
   "all calls completed": out["completed"] == total and out["not_completed"] == 0,
   "active calls back to 0 after every wave": out["active_after_each_wave"] == 0,
   "RSS flat after warm-up": out["rss_kb"]["max"] - out["rss_kb"]["first_after_warmup"] <= int(rss_slack),
-  "fds flat after warm-up": out["fds"]["max"] - out["fds"]["first_after_warmup"] <= int(fd_slack),
-  "tokio tasks flat after warm-up": out["tokio_tasks"]["max"] - out["tokio_tasks"]["first_after_warmup"] <= int(task_slack),
+  "fds flat after warm-up (besides the API pool)": out["other_fds"]["max"] - out["other_fds"]["first_after_warmup"] <= int(fd_slack),
+  "tokio tasks flat after warm-up (besides the API pool)": out["other_tasks"]["max"] - out["other_tasks"]["first_after_warmup"] <= int(task_slack),
+  "LiveKit API pool bounded": out["livekit_pool_max"] <= int(max_pool),
 }
 out["checks"] = checks
 print(json.dumps(out, indent=1))
