@@ -490,9 +490,21 @@ impl AudioFrame {
     }
 }
 
+/// Codec of a remote audio track's packets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AudioCodec {
+    /// Opus, 48 kHz RTP clock.
+    Opus,
+    /// G.711 μ-law, 8 kHz (livekit-server ≥ 1.9.1 forwards it; SIP participants publish it).
+    Pcmu,
+    /// G.711 A-law, 8 kHz.
+    Pcma,
+}
+
 /// An encoded packet from the network, on its way to an [`AudioStream`].
 #[derive(Debug, Clone)]
 pub(crate) struct IncomingAudio {
+    pub codec: AudioCodec,
     pub rtp_time: u64,
     pub payload: Arc<[u8]>,
     /// When the driver got the packet from the network.
@@ -594,6 +606,7 @@ impl RemoteAudioTrack {
         Ok(AudioStream {
             rx,
             decoder,
+            g711: None,
             dropped,
             next_rtp: None,
             ready: VecDeque::new(),
@@ -608,6 +621,8 @@ impl RemoteAudioTrack {
 pub struct AudioStream {
     rx: mpsc::Receiver<IncomingAudio>,
     decoder: OpusDecoder,
+    /// G.711 packets: 8 kHz samples cut into 20 ms chunks and resampled to the stream's rate.
+    g711: Option<G711Decoder>,
     dropped: Arc<AtomicU64>,
     next_rtp: Option<u64>,
     ready: VecDeque<AudioFrame>,
@@ -647,7 +662,12 @@ impl AudioStream {
                 let gap = (pkt.rtp_time - expected) / RTP_SAMPLES_PER_FRAME as u64;
                 if (1..=MAX_CONCEALED_FRAMES).contains(&gap) {
                     for i in 0..gap {
-                        match self.decoder.conceal() {
+                        let concealed = match pkt.codec {
+                            AudioCodec::Opus => self.decoder.conceal(),
+                            // G.711 has no PLC of its own: silence.
+                            AudioCodec::Pcmu | AudioCodec::Pcma => Ok(vec![0; samples_per_frame(self.decoder.rate)]),
+                        };
+                        match concealed {
                             Ok(samples) => self.ready.push_back(AudioFrame {
                                 samples,
                                 sample_rate: self.decoder.rate,
@@ -663,6 +683,10 @@ impl AudioStream {
                 // Late or duplicate packet: its slot was already played or concealed.
                 return;
             }
+        }
+        if pkt.codec != AudioCodec::Opus {
+            self.handle_g711(pkt);
+            return;
         }
         match self.decoder.decode(&pkt.payload) {
             Ok(samples) => {
@@ -683,6 +707,49 @@ impl AudioStream {
         }
     }
 
+    fn handle_g711(&mut self, pkt: IncomingAudio) {
+        let rate = self.decoder.rate;
+        if self.g711.is_none() {
+            match ::proto::resample::Resampler::new(8_000, rate) {
+                Ok(resampler) => self.g711 = Some(G711Decoder { resampler, pending: Vec::with_capacity(320), pending_rtp: 0 }),
+                Err(e) => {
+                    self.decode_errors += 1;
+                    tracing::debug!(track = %self.track_sid, error = %e, "no G.711 resampler to this rate; packet skipped");
+                    return;
+                }
+            }
+        }
+        let Some(g) = self.g711.as_mut() else { return };
+        if pkt.payload.is_empty() || pkt.payload.len() > MAX_PACKET {
+            self.decode_errors += 1;
+            return;
+        }
+        if g.pending.is_empty() {
+            g.pending_rtp = pkt.rtp_time;
+        }
+        g.pending.extend(pkt.payload.iter().map(|&b| match pkt.codec {
+            AudioCodec::Pcma => ::proto::g711::alaw_decode(b),
+            _ => ::proto::g711::ulaw_decode(b),
+        }));
+        // 8 kHz samples are 6 ticks of the 48 kHz RTP time base.
+        self.next_rtp = Some(pkt.rtp_time + pkt.payload.len() as u64 * 6);
+        let chunk = ::proto::resample::chunk_len(8_000);
+        while g.pending.len() >= chunk {
+            let mut out = Vec::with_capacity(samples_per_frame(rate));
+            let r = g.resampler.process(&g.pending[..chunk], &mut out);
+            g.pending.drain(..chunk);
+            let rtp_timestamp = g.pending_rtp;
+            g.pending_rtp += RTP_SAMPLES_PER_FRAME as u64;
+            match r {
+                Ok(_) => self.ready.push_back(AudioFrame { samples: out, sample_rate: rate, rtp_timestamp, concealed: false, received: pkt.received }),
+                Err(e) => {
+                    self.decode_errors += 1;
+                    tracing::debug!(track = %self.track_sid, error = %e, "G.711 resampling failed; chunk skipped");
+                }
+            }
+        }
+    }
+
     fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<AudioFrame>> {
         loop {
             if let Some(f) = self.ready.pop_front() {
@@ -695,6 +762,15 @@ impl AudioStream {
             }
         }
     }
+}
+
+/// G.711 state of an [`AudioStream`]: decoded 8 kHz samples waiting for a whole 20 ms chunk.
+#[derive(Debug)]
+struct G711Decoder {
+    resampler: ::proto::resample::Resampler,
+    pending: Vec<i16>,
+    /// RTP time (48 kHz) of `pending[0]`.
+    pending_rtp: u64,
 }
 
 impl Stream for AudioStream {
@@ -879,9 +955,9 @@ pub(crate) mod tests {
             pkts.push(Arc::<[u8]>::from(enc.encode_frame(&pcm).unwrap()));
         }
         // Frames 0, 1, then 4 (2 and 3 lost -> concealed).
-        shared.dispatch(IncomingAudio { rtp_time: 1000, payload: pkts[0].clone(), received: Instant::now() });
-        shared.dispatch(IncomingAudio { rtp_time: 1960, payload: pkts[1].clone(), received: Instant::now() });
-        shared.dispatch(IncomingAudio { rtp_time: 1000 + 4 * 960, payload: pkts[4].clone(), received: Instant::now() });
+        shared.dispatch(IncomingAudio { codec: AudioCodec::Opus, rtp_time: 1000, payload: pkts[0].clone(), received: Instant::now() });
+        shared.dispatch(IncomingAudio { codec: AudioCodec::Opus, rtp_time: 1960, payload: pkts[1].clone(), received: Instant::now() });
+        shared.dispatch(IncomingAudio { codec: AudioCodec::Opus, rtp_time: 1000 + 4 * 960, payload: pkts[4].clone(), received: Instant::now() });
         let mut got = Vec::new();
         for _ in 0..5 {
             got.push(stream.recv().await.unwrap());
@@ -891,7 +967,7 @@ pub(crate) mod tests {
         assert_eq!(got[3].rtp_timestamp, 1000 + 3 * 960);
         // Slow consumer: capacity 4, 6 packets -> 2 dropped.
         for i in 0..6u64 {
-            shared.dispatch(IncomingAudio { rtp_time: 1000 + (5 + i) * 960, payload: pkts[0].clone(), received: Instant::now() });
+            shared.dispatch(IncomingAudio { codec: AudioCodec::Opus, rtp_time: 1000 + (5 + i) * 960, payload: pkts[0].clone(), received: Instant::now() });
         }
         assert_eq!(stream.dropped_packets(), 2);
         shared.close();

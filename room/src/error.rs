@@ -26,6 +26,18 @@ pub enum RoomError {
     /// The server asked us to leave while joining.
     #[error("server sent leave: {0:?}")]
     Left(livekit_protocol::DisconnectReason),
+    /// The server told us to join again from scratch (`leave` with action `RECONNECT`, e.g.
+    /// `STATE_MISMATCH` for a resume of a session it no longer has).
+    #[error("server asked for a full reconnect: {0:?}")]
+    ReconnectRequired(livekit_protocol::DisconnectReason),
+    /// The server refused a request (`RequestResponse` with an error reason).
+    #[error("server refused the request: {reason:?}: {message}")]
+    Refused {
+        /// The server's reason (`NOT_ALLOWED`, `LIMIT_EXCEEDED`, …).
+        reason: livekit_protocol::request_response::Reason,
+        /// The server's message, if any.
+        message: String,
+    },
     /// The server answered a resume with a fresh `join`: it does not keep sessions across a
     /// signalling drop.
     #[error("server does not support resuming this session")]

@@ -138,6 +138,27 @@ pub enum DisconnectReason {
     PeerConnectionFailed(String),
 }
 
+/// How the room got (or is getting) back after a connection loss.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ReconnectKind {
+    /// The same session on a new signalling link (`reconnect=1&sid=…`): same participant sid,
+    /// media kept or its ICE restarted.
+    Resume,
+    /// A fresh join (new sid, new peer connections, tracks republished), as the official SDKs do
+    /// when the server answers `leave{RECONNECT}` or the session is gone (server restart).
+    Full,
+}
+
+impl ReconnectKind {
+    /// `"resume"` or `"full"` (metric label).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReconnectKind::Resume => "resume",
+            ReconnectKind::Full => "full",
+        }
+    }
+}
+
 /// Something happened in the room.
 #[derive(Debug, Clone)]
 pub enum RoomEvent {
@@ -211,10 +232,27 @@ pub enum RoomEvent {
     },
     /// Room metadata changed.
     RoomMetadataChanged(String),
-    /// Lost signalling; trying to resume.
-    Reconnecting,
-    /// Resumed after a signalling drop.
-    Reconnected,
+    /// A remote track could not be subscribed (`SubscriptionResponse` from the server).
+    SubscriptionFailed {
+        /// Track sid.
+        track_sid: String,
+        /// The server's reason.
+        error: proto::SubscriptionError,
+    },
+    /// The connection was lost (or the server asked us to reconnect); trying to get back. Sent
+    /// once per attempt kind: a resume that escalates to a full reconnect sends
+    /// `Reconnecting{Resume}` then `Reconnecting{Full}`.
+    Reconnecting {
+        /// Resume or full reconnect.
+        kind: ReconnectKind,
+    },
+    /// Back in the room. After [`ReconnectKind::Full`] the participant sid is new, our tracks
+    /// were republished (same [`AudioSink`](crate::AudioSink)s) and remote tracks come again as
+    /// `TrackSubscribed`.
+    Reconnected {
+        /// Resume or full reconnect.
+        kind: ReconnectKind,
+    },
     /// The room is over; no more events follow.
     Disconnected(DisconnectReason),
 }

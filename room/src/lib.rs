@@ -87,12 +87,12 @@ mod signal;
 mod testing;
 
 pub use audio::{
-    AudioFrame, AudioSink, AudioStream, AudioTrackOptions, OpusDecoder, OpusEncoder, PushError, RemoteAudioTrack, SendLatencyObserver,
+    AudioCodec, AudioFrame, AudioSink, AudioStream, AudioTrackOptions, OpusDecoder, OpusEncoder, PushError, RemoteAudioTrack, SendLatencyObserver,
     SinkStats,
 };
 pub use data::{DataKind, DataMessage, DataPacketBuilder, DtmfMessage};
 pub use error::RoomError;
-pub use events::{DisconnectReason, Participant, ParticipantKind, RoomEvent, TrackInfo, TrackKind};
+pub use events::{DisconnectReason, Participant, ParticipantKind, ReconnectKind, RoomEvent, TrackInfo, TrackKind};
 pub use room::{Room, RoomOptions, RoomStats};
 
 /// Re-export of the protocol types this crate speaks (`TrackSource`, `DisconnectReason`, …).

@@ -33,6 +33,7 @@ use str0m::media::{Direction, MediaKind, MediaTime, Mid};
 use str0m::net::{Protocol, Receive, Transmit};
 use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc};
 
+use crate::audio::AudioCodec;
 use crate::data::DataKind;
 use crate::error::RoomError;
 
@@ -50,8 +51,8 @@ pub(crate) enum PeerEvent {
     MediaAdded { mid: Mid, kind: MediaKind },
     /// An m-line changed direction (e.g. went inactive when a track was removed).
     MediaChanged { mid: Mid, direction: Direction },
-    /// One Opus frame from the remote side.
-    Audio { mid: Mid, rtp_time: u64, payload: Arc<[u8]> },
+    /// One audio frame (Opus, PCMU or PCMA) from the remote side.
+    Audio { mid: Mid, codec: AudioCodec, rtp_time: u64, payload: Arc<[u8]> },
     /// A data channel opened (ours on the publisher, the server's on the subscriber).
     ChannelOpen { kind: Option<DataKind>, label: String },
     /// A data channel message.
@@ -64,7 +65,8 @@ pub(crate) enum PeerEvent {
 #[derive(Debug, Default, Clone, Copy)]
 pub(crate) struct PeerCounters {
     pub bad_datagrams: u64,
-    pub non_opus_media: u64,
+    /// Video (or another codec we do not decode) that reached us anyway.
+    pub undecodable_media: u64,
     pub audio_frames_in: u64,
     pub audio_frames_out: u64,
     pub audio_write_errors: u64,
@@ -154,6 +156,8 @@ pub(crate) struct Peer {
     pub counters: PeerCounters,
     /// The last local description we produced (for SyncState on resume).
     pub last_local_sdp: Option<(String, String)>,
+    /// The last remote offer we answered (the subscriber's, for SyncState on resume).
+    pub last_remote_sdp: Option<(String, String)>,
 }
 
 impl std::fmt::Debug for Peer {
@@ -168,9 +172,15 @@ const MAX_EVENTS: usize = 4096;
 impl Peer {
     /// A new peer whose only local candidate is `local` (a UDP socket the driver owns).
     pub(crate) fn new(role: Role, local: SocketAddr, now: Instant) -> Result<Self, RoomError> {
-        let mut rtc = Rtc::builder()
-            .clear_codecs()
-            .enable_opus(true, false)
+        let builder = Rtc::builder().clear_codecs().enable_opus(true, false);
+        // The subscriber takes whatever the room carries, so no m-line of the server's offer is
+        // refused (livekit-server ≥ 1.9.1 forwards PCMU/PCMA; video is unsubscribed by the
+        // room, but an offer may carry it first). We publish Opus only.
+        let builder = match role {
+            Role::Subscriber => builder.enable_pcmu(true, false).enable_pcma(true, false).enable_vp8(true).enable_h264(true).enable_vp9(true).enable_av1(true),
+            _ => builder,
+        };
+        let mut rtc = builder
             .set_stats_interval(None)
             // Hand audio frames over at once, gaps and all: the AudioStream conceals short
             // gaps (and drops late packets), the consumer owns any jitter buffer. Holding back
@@ -197,6 +207,7 @@ impl Peer {
             next_timeout: now,
             counters: PeerCounters::default(),
             last_local_sdp: None,
+            last_remote_sdp: None,
         };
         p.drain();
         Ok(p)
@@ -375,6 +386,7 @@ impl Peer {
             }
         };
         self.last_local_sdp = Some(("answer".into(), answer.clone()));
+        self.last_remote_sdp = Some(("offer".into(), sdp.to_string()));
         if !self.has_remote_description {
             self.has_remote_description = true;
             self.apply_early_candidates();
@@ -442,13 +454,16 @@ impl Peer {
         r
     }
 
-    /// SCTP stream ids of our send channels (for SyncState on resume).
+    /// Every open LiveKit data channel of this peer connection (ours on the publisher, the
+    /// server's on the subscriber) with its SCTP stream id, for SyncState on resume.
     pub(crate) fn data_channel_infos(&mut self) -> Vec<proto::DataChannelInfo> {
-        let mut v = Vec::new();
-        for (kind, id) in self.open_send_channels.clone() {
-            // str0m does not expose the SCTP stream id; LiveKit uses the label to match.
-            let _ = id;
-            v.push(proto::DataChannelInfo { label: kind.label().into(), id: 0, target: self.role as i32 });
+        let mut v: Vec<proto::DataChannelInfo> = Vec::new();
+        let mut ids: Vec<(ChannelId, String)> = self.channels.iter().filter(|(_, (k, _))| k.is_some()).map(|(id, (_, l))| (*id, l.clone())).collect();
+        ids.sort_by(|a, b| a.1.cmp(&b.1));
+        for (id, label) in ids {
+            if let Some(stream) = self.rtc.direct_api().sctp_stream_id_by_channel_id(id) {
+                v.push(proto::DataChannelInfo { label, id: stream as u32, target: self.role as i32 });
+            }
         }
         v
     }
@@ -504,16 +519,21 @@ impl Peer {
             Event::MediaAdded(m) => self.push_event(PeerEvent::MediaAdded { mid: m.mid, kind: m.kind }),
             Event::MediaChanged(m) => self.push_event(PeerEvent::MediaChanged { mid: m.mid, direction: m.direction }),
             Event::MediaData(d) => {
-                if d.params.spec().codec != Codec::Opus {
-                    self.counters.non_opus_media += 1;
-                    return;
-                }
+                let codec = match d.params.spec().codec {
+                    Codec::Opus => AudioCodec::Opus,
+                    Codec::PCMU => AudioCodec::Pcmu,
+                    Codec::PCMA => AudioCodec::Pcma,
+                    _ => {
+                        self.counters.undecodable_media += 1;
+                        return;
+                    }
+                };
                 self.counters.audio_frames_in += 1;
                 if self.counters.audio_frames_in <= 3 {
-                    tracing::debug!(role = ?self.role, pt = ?d.params.pt(), len = d.data.len(), "first audio frames");
+                    tracing::debug!(role = ?self.role, pt = ?d.params.pt(), ?codec, len = d.data.len(), "first audio frames");
                 }
                 let rtp_time = d.time.rebase(str0m::media::Frequency::FORTY_EIGHT_KHZ).numer();
-                self.push_event(PeerEvent::Audio { mid: d.mid, rtp_time, payload: d.data });
+                self.push_event(PeerEvent::Audio { mid: d.mid, codec, rtp_time, payload: d.data });
             }
             Event::ChannelOpen(id, label) => {
                 let kind = DataKind::from_label(&label);

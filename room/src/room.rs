@@ -21,7 +21,7 @@
 //! re-subscribed. When that fails too the room ends with [`DisconnectReason::SignalLost`] /
 //! [`DisconnectReason::PingTimeout`]; `leave` from the server, 401 and 403 end it at once.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -34,10 +34,10 @@ use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 use url::Url;
 
-use crate::audio::{AudioSink, AudioTrackOptions, IncomingAudio, OutgoingAudio, RemoteAudioTrack, TrackShared};
+use crate::audio::{AudioCodec, AudioSink, AudioTrackOptions, IncomingAudio, OutgoingAudio, RemoteAudioTrack, TrackShared};
 use crate::data::{self, DataKind, DataPacketBuilder};
 use crate::error::RoomError;
-use crate::events::{attribute_changes, DisconnectReason, Participant, RoomEvent, TrackInfo};
+use crate::events::{attribute_changes, DisconnectReason, Participant, ReconnectKind, RoomEvent, TrackInfo, TrackKind};
 use crate::peer::{Peer, PeerEvent, Role, SdpMedia};
 use crate::signal::{self, Incoming, JoinParams, Request, Response, SignalConn};
 
@@ -54,13 +54,21 @@ pub struct RoomOptions {
     pub data_queue_packets: usize,
     /// Resume after the signalling link drops (`reconnect=1&sid=…`).
     pub resume: bool,
-    /// Resume attempts before giving up.
+    /// Resume attempts before escalating to a full reconnect.
     pub resume_attempts: u32,
-    /// When resuming is impossible (the server forgot the session, or attempts ran out), join
-    /// again from scratch: new participant sid, new peer connections, our tracks republished
+    /// When resuming is impossible (the server answers `leave{RECONNECT}` — a restarted server
+    /// does — or forgot the session, or resume attempts ran out), join again from scratch as
+    /// the official SDKs do: new participant sid, new peer connections, our tracks republished
     /// (existing [`AudioSink`]s keep working; their `track_sid()` is the old one), remote tracks
-    /// re-subscribed (`TrackUnsubscribed` then `TrackSubscribed` again). Same number of attempts.
+    /// re-subscribed (`TrackUnsubscribed` then `TrackSubscribed` again), our attributes,
+    /// metadata and explicit subscriptions restored.
     pub full_reconnect: bool,
+    /// How long one reconnection episode (resumes, then full reconnects) may take before the
+    /// room gives up with [`DisconnectReason::SignalLost`].
+    pub reconnect_timeout: Duration,
+    /// Receive video tracks. `room` only decodes audio, so by default it unsubscribes from
+    /// video (the subscriber PC still accepts video m-lines the server offers).
+    pub subscribe_video: bool,
     /// Local IP to bind and advertise as ICE host candidate. Default: the address of the
     /// interface that routes to the LiveKit host.
     pub local_ip: Option<IpAddr>,
@@ -76,8 +84,10 @@ impl Default for RoomOptions {
             audio_queue_frames: 256,
             data_queue_packets: 1024,
             resume: true,
-            resume_attempts: 5,
+            resume_attempts: 3,
             full_reconnect: true,
+            reconnect_timeout: Duration::from_secs(60),
+            subscribe_video: false,
             local_ip: None,
             connect_timeout: Duration::from_secs(20),
         }
@@ -115,8 +125,12 @@ pub struct RoomStats {
     pub data_malformed: u64,
     /// Successful resumes.
     pub resumes: u64,
-    /// Successful full reconnects (fresh joins after a failed resume).
+    /// Successful full reconnects (fresh joins after a failed resume or `leave{RECONNECT}`).
     pub rejoins: u64,
+    /// Requests the server refused (`RequestResponse` errors: add_track, metadata, mute, …).
+    pub requests_refused: u64,
+    /// Remote tracks the server could not subscribe us to (`SubscriptionResponse`).
+    pub subscription_failures: u64,
     /// Last signalling round-trip time in ms (from ping/pong).
     pub rtt_ms: u64,
 }
@@ -138,6 +152,8 @@ struct Counters {
     data_malformed: AtomicU64,
     resumes: AtomicU64,
     rejoins: AtomicU64,
+    requests_refused: AtomicU64,
+    subscription_failures: AtomicU64,
     rtt_ms: AtomicU64,
 }
 
@@ -151,6 +167,7 @@ struct Snapshot {
     room_sid: String,
     room_metadata: String,
     local: Option<Participant>,
+    /// By identity.
     remotes: HashMap<String, Participant>,
 }
 
@@ -181,6 +198,7 @@ enum Command {
     Unpublish { cid: Arc<str> },
     Subscribe { track_sids: Vec<String>, subscribe: bool, reply: oneshot::Sender<Result<(), RoomError>> },
     SimulateSignalDrop,
+    SimulateFullReconnect,
     Close { reply: oneshot::Sender<()> },
 }
 
@@ -265,9 +283,8 @@ impl Room {
             opts: options.clone(),
             signal: Some(conn),
             resume_task: None,
-            resume_attempt: 0,
-            resume_cause: None,
-            rejoining: false,
+            reconnect: None,
+            ice_recovery: IceRecovery::default(),
             new_sockets: None,
             local: local_info,
             publisher,
@@ -285,7 +302,8 @@ impl Room {
             sub_mids: HashMap::new(),
             subscribed: HashMap::new(),
             remotes: HashMap::new(),
-            wanted_subscriptions: HashSet::new(),
+            explicit_subscriptions: HashMap::new(),
+            pending_metadata: HashMap::new(),
             data_queue: VecDeque::new(),
             reliable_seq: 1,
             ping_interval,
@@ -368,6 +386,8 @@ impl Room {
             data_malformed: l(&c.data_malformed),
             resumes: l(&c.resumes),
             rejoins: l(&c.rejoins),
+            requests_refused: l(&c.requests_refused),
+            subscription_failures: l(&c.subscription_failures),
             rtt_ms: l(&c.rtt_ms),
         }
     }
@@ -448,6 +468,12 @@ impl Room {
     pub async fn simulate_signal_drop(&self) {
         let _ = self.cmd_tx.send(Command::SimulateSignalDrop).await;
     }
+
+    /// Test hook: reconnect from scratch as if the server had sent `leave{RECONNECT}`.
+    #[doc(hidden)]
+    pub async fn simulate_full_reconnect(&self) {
+        let _ = self.cmd_tx.send(Command::SimulateFullReconnect).await;
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -511,10 +537,10 @@ struct Engine {
     opts: RoomOptions,
     signal: Option<SignalConn>,
     resume_task: Option<tokio::task::JoinHandle<ResumeResult>>,
-    resume_attempt: u32,
-    resume_cause: Option<DisconnectReason>,
-    /// Doing full reconnects instead of resumes.
-    rejoining: bool,
+    /// The reconnection episode in progress, if any.
+    reconnect: Option<Reconnect>,
+    /// What has been tried since the media connection went down.
+    ice_recovery: IceRecovery,
     /// Sockets of the peers created by a full reconnect; the run loop swaps them in.
     new_sockets: Option<(UdpSocket, UdpSocket)>,
     local: proto::ParticipantInfo,
@@ -534,9 +560,14 @@ struct Engine {
     // subscribing
     sub_mids: HashMap<String, SdpMedia>,
     subscribed: HashMap<String, Subscribed>,
+    /// Remote participants by identity (a rejoin under the same identity replaces the old sid).
     remotes: HashMap<String, proto::ParticipantInfo>,
-    /// Tracks subscribed explicitly (re-sent in `sync_state` after a resume).
-    wanted_subscriptions: HashSet<String>,
+    /// `set_subscribed` calls: track sid → (subscribe, publisher identity, track name). Sent in
+    /// `sync_state` after a resume; after a full reconnect mapped to the new sids by identity
+    /// and name.
+    explicit_subscriptions: HashMap<String, ExplicitSubscription>,
+    /// `set_attributes` / `set_metadata` calls waiting for the server's `RequestResponse`.
+    pending_metadata: HashMap<u32, PendingMetadata>,
     // data
     data_queue: VecDeque<QueuedData>,
     reliable_seq: u32,
@@ -550,10 +581,56 @@ struct Engine {
     metadata_request_id: u32,
 }
 
-const ICE_FAIL_AFTER: Duration = Duration::from_secs(20);
+/// Media down this long (signalling fine): resume with `reconnect_reason`, which makes the server
+/// restart the subscriber's ICE, and restart the publisher's ICE ourselves.
+const ICE_RESUME_AFTER: Duration = Duration::from_secs(4);
+/// Still down this long: full reconnect (new peer connections, new candidates).
+const ICE_FULL_AFTER: Duration = Duration::from_secs(12);
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(15);
 const DATA_TIMEOUT: Duration = Duration::from_secs(10);
-const RESUME_BACKOFF_MS: [u64; 6] = [0, 300, 1000, 2000, 4000, 8000];
+/// How long a `set_attributes` / `set_metadata` waits for the server's answer.
+const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
+/// Delay before reconnect attempt n (the first is immediate). Capped at 2 s: a phone call
+/// cannot wait out the SDKs' 7 s steps; up to 25 % jitter spreads a server restart's herd.
+const RECONNECT_BACKOFF_MS: [u64; 5] = [0, 300, 800, 1500, 2000];
+
+/// A reconnection episode: resumes first (unless the server asked for a full reconnect), then
+/// fresh joins, until one works or `reconnect_timeout` runs out.
+#[derive(Debug)]
+struct Reconnect {
+    kind: ReconnectKind,
+    /// Attempts of the current kind so far.
+    attempt: u32,
+    started: Instant,
+    /// What ends the room if the episode fails.
+    cause: DisconnectReason,
+    reason: proto::ReconnectReason,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct IceRecovery {
+    resume_tried: bool,
+    full_tried: bool,
+}
+
+#[derive(Debug, Clone)]
+struct ExplicitSubscription {
+    subscribe: bool,
+    identity: String,
+    name: String,
+}
+
+struct PendingMetadata {
+    reply: oneshot::Sender<Result<(), RoomError>>,
+    deadline: Instant,
+    /// Attributes the update sets (a server that sends no OK answer confirms by updating us).
+    expect: HashMap<String, String>,
+}
+
+fn backoff(attempt: u32) -> Duration {
+    let base = RECONNECT_BACKOFF_MS[(attempt as usize).min(RECONNECT_BACKOFF_MS.len() - 1)];
+    Duration::from_millis(base + rand::random::<u64>() % (base / 4 + 1))
+}
 
 async fn recv_signal(signal: &mut Option<SignalConn>) -> Incoming {
     match signal.as_mut() {
@@ -749,8 +826,9 @@ impl Engine {
                     let _ = reply.send(Err(RoomError::Connect("signalling down".into())));
                     return;
                 }
+                let expect = attributes.clone();
                 self.send_signal(signal::req_update_metadata(metadata, name, attributes, id));
-                let _ = reply.send(Ok(()));
+                self.pending_metadata.insert(id, PendingMetadata { reply, deadline: now + METADATA_TIMEOUT, expect });
             }
             Command::Unpublish { cid } => {
                 if let Some(t) = self.local_tracks.remove(&cid) {
@@ -769,12 +847,12 @@ impl Engine {
                     let _ = reply.send(Err(RoomError::Connect("signalling down".into())));
                     return;
                 }
-                if subscribe {
-                    self.wanted_subscriptions.extend(track_sids.iter().cloned());
-                } else {
-                    for t in &track_sids {
-                        self.wanted_subscriptions.remove(t);
-                    }
+                for sid in &track_sids {
+                    let (identity, name) = self
+                        .owner_of(sid)
+                        .map(|p| (p.identity.clone(), p.tracks.iter().find(|t| &t.sid == sid).map(|t| t.name.clone()).unwrap_or_default()))
+                        .unwrap_or_default();
+                    self.explicit_subscriptions.insert(sid.clone(), ExplicitSubscription { subscribe, identity, name });
                 }
                 self.send_signal(Request::Subscription(proto::UpdateSubscription { track_sids, subscribe, participant_tracks: vec![] }));
                 let _ = reply.send(Ok(()));
@@ -784,6 +862,12 @@ impl Engine {
                     s.abort();
                     self.signal_lost(DisconnectReason::SignalLost("simulated drop".into()), now);
                 }
+            }
+            Command::SimulateFullReconnect => {
+                if let Some(s) = self.signal.take() {
+                    s.abort();
+                }
+                self.start_reconnect(ReconnectKind::Full, DisconnectReason::SignalLost("simulated".into()), proto::ReconnectReason::RrUnknown, now);
             }
             Command::Close { reply } => {
                 self.closing = Some(reply);
@@ -832,6 +916,9 @@ impl Engine {
             if let Some(r) = q.reply {
                 let _ = r.send(Err(RoomError::Closed));
             }
+        }
+        for (_, m) in self.pending_metadata.drain() {
+            let _ = m.reply.send(Err(RoomError::Closed));
         }
         self.publisher.close();
         self.subscriber.close();
@@ -1112,10 +1199,10 @@ impl Engine {
         }
     }
 
-    fn on_remote_audio(&mut self, mid: Mid, rtp_time: u64, payload: Arc<[u8]>) {
+    fn on_remote_audio(&mut self, mid: Mid, codec: AudioCodec, rtp_time: u64, payload: Arc<[u8]>) {
         let mid = mid.to_string();
         if let Some(s) = self.subscribed.values().find(|s| s.mid == mid) {
-            s.shared.dispatch(IncomingAudio { rtp_time, payload, received: std::time::Instant::now() });
+            s.shared.dispatch(IncomingAudio { codec, rtp_time, payload, received: std::time::Instant::now() });
         }
     }
 
@@ -1123,11 +1210,49 @@ impl Engine {
 
     fn on_join_participants(&mut self, others: Vec<proto::ParticipantInfo>) {
         for p in others {
-            if p.sid == self.local.sid {
+            if p.sid == self.local.sid || p.identity == self.local.identity {
                 continue;
             }
-            self.shared.snap().remotes.insert(p.sid.clone(), Participant::from(&p));
-            self.remotes.insert(p.sid.clone(), p);
+            for t in &p.tracks {
+                self.maybe_skip_video(t);
+            }
+            self.shared.snap().remotes.insert(p.identity.clone(), Participant::from(&p));
+            self.remotes.insert(p.identity.clone(), p);
+        }
+    }
+
+    /// `room` decodes audio only: unless asked for video, tell the server not to send it.
+    fn maybe_skip_video(&mut self, t: &proto::TrackInfo) {
+        if self.opts.auto_subscribe && !self.opts.subscribe_video && TrackInfo::from(t).kind == TrackKind::Video {
+            self.send_signal(Request::Subscription(proto::UpdateSubscription {
+                track_sids: vec![t.sid.clone()],
+                subscribe: false,
+                participant_tracks: vec![],
+            }));
+        }
+    }
+
+    /// A remote participant is gone (left, or replaced by a newer session of its identity):
+    /// its subscriptions end, its tracks are unpublished, then `ParticipantDisconnected`.
+    fn remove_remote(&mut self, old: &proto::ParticipantInfo) {
+        self.remotes.remove(&old.identity);
+        self.shared.snap().remotes.remove(&old.identity);
+        let participant = Participant::from(old);
+        for t in &old.tracks {
+            self.unsubscribe_with(&t.sid, &participant);
+            self.emit(RoomEvent::TrackUnpublished { participant: participant.clone(), track: TrackInfo::from(t) });
+        }
+        self.emit(RoomEvent::ParticipantDisconnected(participant));
+    }
+
+    fn add_remote(&mut self, info: proto::ParticipantInfo) {
+        let participant = Participant::from(&info);
+        self.shared.snap().remotes.insert(info.identity.clone(), participant.clone());
+        self.remotes.insert(info.identity.clone(), info.clone());
+        self.emit(RoomEvent::ParticipantConnected(participant.clone()));
+        for t in &info.tracks {
+            self.maybe_skip_video(t);
+            self.emit(RoomEvent::TrackPublished { participant: participant.clone(), track: TrackInfo::from(t) });
         }
     }
 
@@ -1137,39 +1262,43 @@ impl Engine {
                 self.on_local_update(info);
                 continue;
             }
+            if info.identity == self.local.identity {
+                // Another session under our identity: the server is replacing us (its `leave`
+                // follows) or this is our own previous sid going away.
+                continue;
+            }
             let disconnected = info.state == proto::participant_info::State::Disconnected as i32;
-            let old = self.remotes.get(&info.sid).cloned();
-            match (old, disconnected) {
-                (None, true) => {}
-                (Some(old), true) => {
-                    self.remotes.remove(&info.sid);
-                    self.shared.snap().remotes.remove(&info.sid);
-                    let participant = Participant::from(&old);
-                    for t in &old.tracks {
-                        self.unsubscribe_with(&t.sid, &participant);
-                        self.emit(RoomEvent::TrackUnpublished { participant: participant.clone(), track: TrackInfo::from(t) });
+            // Keyed by identity: at protocol > 11 livekit-server sends no DISCONNECTED for the
+            // old sid when an identity rejoins (room.go SendParticipantUpdates), so a new sid
+            // replaces the old one here.
+            let old = self.remotes.get(&info.identity).cloned();
+            match old {
+                None if disconnected => {}
+                None => self.add_remote(info),
+                Some(old) if old.sid != info.sid => {
+                    let newer = info.joined_at_ms == 0 || old.joined_at_ms == 0 || info.joined_at_ms >= old.joined_at_ms;
+                    if disconnected || !newer {
+                        tracing::debug!(identity = %info.identity, sid = %info.sid, "update for a replaced session ignored");
+                        continue;
                     }
-                    self.emit(RoomEvent::ParticipantDisconnected(participant));
+                    tracing::info!(identity = %info.identity, old_sid = %old.sid, new_sid = %info.sid, "participant rejoined under a new sid");
+                    self.remove_remote(&old);
+                    self.add_remote(info);
                 }
-                (None, false) => {
-                    let participant = Participant::from(&info);
-                    self.shared.snap().remotes.insert(info.sid.clone(), participant.clone());
-                    self.remotes.insert(info.sid.clone(), info.clone());
-                    self.emit(RoomEvent::ParticipantConnected(participant.clone()));
-                    for t in &info.tracks {
-                        self.emit(RoomEvent::TrackPublished { participant: participant.clone(), track: TrackInfo::from(t) });
-                    }
-                }
-                (Some(old), false) => {
+                Some(old) if disconnected => self.remove_remote(&old),
+                Some(old) => {
                     if info.version != 0 && info.version < old.version {
                         continue; // stale update
                     }
                     let participant = Participant::from(&info);
-                    self.shared.snap().remotes.insert(info.sid.clone(), participant.clone());
-                    self.remotes.insert(info.sid.clone(), info.clone());
+                    self.shared.snap().remotes.insert(info.identity.clone(), participant.clone());
+                    self.remotes.insert(info.identity.clone(), info.clone());
                     for t in &info.tracks {
                         match old.tracks.iter().find(|o| o.sid == t.sid) {
-                            None => self.emit(RoomEvent::TrackPublished { participant: participant.clone(), track: TrackInfo::from(t) }),
+                            None => {
+                                self.maybe_skip_video(t);
+                                self.emit(RoomEvent::TrackPublished { participant: participant.clone(), track: TrackInfo::from(t) })
+                            }
                             Some(o) if o.muted != t.muted => self.emit(RoomEvent::TrackMuted {
                                 track_sid: t.sid.clone(),
                                 participant_identity: info.identity.clone(),
@@ -1221,6 +1350,47 @@ impl Engine {
         let participant = Participant::from(&info);
         self.shared.snap().local = Some(participant.clone());
         self.emit_changes(&old, &info, participant);
+        // A server that sends no OK `RequestResponse` confirms an update by applying it.
+        let done: Vec<u32> = self
+            .pending_metadata
+            .iter()
+            .filter(|(_, m)| !m.expect.is_empty() && m.expect.iter().all(|(k, v)| info.attributes.get(k).map_or(v.is_empty(), |x| x == v)))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in done {
+            if let Some(m) = self.pending_metadata.remove(&id) {
+                let _ = m.reply.send(Ok(()));
+            }
+        }
+    }
+
+    /// The server's answer to one of our requests: errors fail the call that caused them at
+    /// once, with the server's reason (livekit-server participant.go `sendRequestResponse`).
+    fn on_request_response(&mut self, r: proto::RequestResponse) {
+        use proto::request_response::{Reason, Request as Req};
+        let reason = Reason::try_from(r.reason).unwrap_or(Reason::UnclassifiedError);
+        let refused = || RoomError::Refused { reason, message: r.message.clone() };
+        if !matches!(reason, Reason::Ok | Reason::Queued) {
+            inc(&self.shared.counters.requests_refused);
+            tracing::warn!(?reason, message = %r.message, request_id = r.request_id, "server refused a request");
+        }
+        match r.request {
+            Some(Req::AddTrack(a)) => match reason {
+                // A track with this cid is still pending: the server publishes this one after it.
+                Reason::Ok | Reason::Queued => tracing::debug!(cid = %a.cid, ?reason, "add_track acknowledged"),
+                _ => {
+                    if let Some(reply) = self.pending_publish.remove(&a.cid).and_then(|p| p.reply) {
+                        let _ = reply.send(Err(refused()));
+                    }
+                }
+            },
+            Some(Req::UpdateMetadata(_)) | None if r.request_id != 0 => {
+                if let Some(m) = self.pending_metadata.remove(&r.request_id) {
+                    let _ = m.reply.send(if reason == Reason::Ok { Ok(()) } else { Err(refused()) });
+                }
+            }
+            _ => {}
+        }
     }
 
     // ---- signalling ----------------------------------------------------------------------
@@ -1276,19 +1446,27 @@ impl Engine {
             }
             Response::Leave(l) => {
                 let reason = proto::DisconnectReason::try_from(l.reason).unwrap_or(proto::DisconnectReason::UnknownReason);
-                let action = proto::leave_request::Action::try_from(l.action).unwrap_or(proto::leave_request::Action::Disconnect);
+                let action = signal::leave_action(&l);
                 tracing::info!(?reason, ?action, "server sent leave");
-                if action == proto::leave_request::Action::Resume && self.opts.resume {
-                    if let Some(s) = self.signal.take() {
-                        s.abort();
-                    }
-                    self.signal_lost(DisconnectReason::Server(reason), now);
-                } else {
-                    if let Some(s) = self.signal.take() {
-                        s.abort();
-                    }
-                    self.finish(DisconnectReason::Server(reason));
+                if let Some(s) = self.signal.take() {
+                    s.abort();
                 }
+                match action {
+                    signal::LeaveAction::Resume => self.signal_lost(DisconnectReason::Server(reason), now),
+                    // Negotiation failure, publication error, …: the session is gone on the
+                    // server; join again (RtcEngine / RTCEngine.ts do the same).
+                    signal::LeaveAction::Reconnect => {
+                        self.start_reconnect(ReconnectKind::Full, DisconnectReason::Server(reason), proto::ReconnectReason::RrUnknown, now)
+                    }
+                    signal::LeaveAction::Disconnect => self.finish(DisconnectReason::Server(reason)),
+                }
+            }
+            Response::RequestResponse(r) => self.on_request_response(r),
+            Response::SubscriptionResponse(r) => {
+                let error = proto::SubscriptionError::try_from(r.err).unwrap_or(proto::SubscriptionError::SeUnknown);
+                inc(&self.shared.counters.subscription_failures);
+                tracing::warn!(track = %r.track_sid, ?error, "server could not subscribe us to a track");
+                self.emit(RoomEvent::SubscriptionFailed { track_sid: r.track_sid, error });
             }
             Response::Mute(m) => {
                 if let Some(owner) = self.owner_of(&m.sid) {
@@ -1353,42 +1531,105 @@ impl Engine {
                 let _ = r.send(Err(RoomError::Timeout("track_published")));
             }
         }
-        // A peer connection that stays down ends the room.
+        // set_attributes / set_metadata the server never answered.
+        let expired: Vec<u32> = self.pending_metadata.iter().filter(|(_, m)| now > m.deadline).map(|(k, _)| *k).collect();
+        for id in expired {
+            if let Some(m) = self.pending_metadata.remove(&id) {
+                let _ = m.reply.send(Err(RoomError::Timeout("update_metadata response")));
+            }
+        }
+        self.check_media(now);
+    }
+
+    /// A media connection that stays down is recovered as the SDKs do: first a resume (the
+    /// server restarts the subscriber's ICE, we restart the publisher's), then a full
+    /// reconnect; when that does not bring media back the room ends.
+    fn check_media(&mut self, now: Instant) {
+        if self.done || self.reconnect.is_some() {
+            return;
+        }
         let subscriber_matters = !self.subscribed.is_empty() || self.subscriber.connected;
+        let never_up = !self.publisher.connected && self.ready.is_none();
         let down = self.publisher.is_failed()
+            || never_up
             || (self.publisher.connected && self.publisher.ice_state == IceConnectionState::Disconnected)
             || (subscriber_matters && (self.subscriber.is_failed() || self.subscriber.ice_state == IceConnectionState::Disconnected));
-        if down {
-            let since = *self.ice_down_since.get_or_insert(now);
-            if now.duration_since(since) > ICE_FAIL_AFTER || self.publisher.is_failed() {
-                self.finish(DisconnectReason::PeerConnectionFailed("ICE/DTLS down".into()));
-            }
-        } else {
+        if !down {
             self.ice_down_since = None;
+            self.ice_recovery = IceRecovery::default();
+            return;
+        }
+        let since = *self.ice_down_since.get_or_insert(now);
+        let down_for = now.duration_since(since);
+        let failed = self.publisher.is_failed() || self.subscriber.is_failed();
+        let reason = if !self.publisher.connected || self.publisher.ice_state == IceConnectionState::Disconnected || self.publisher.is_failed() {
+            proto::ReconnectReason::RrPublisherFailed
+        } else {
+            proto::ReconnectReason::RrSubscriberFailed
+        };
+        let cause = DisconnectReason::PeerConnectionFailed("ICE/DTLS down".into());
+        if !self.ice_recovery.resume_tried && !failed && !never_up && down_for >= ICE_RESUME_AFTER {
+            self.ice_recovery.resume_tried = true;
+            tracing::warn!(?reason, "media connection down; resuming with an ICE restart");
+            if let Some(s) = self.signal.take() {
+                s.abort();
+            }
+            self.start_reconnect(ReconnectKind::Resume, cause, reason, now);
+        } else if !self.ice_recovery.full_tried && (failed || down_for >= ICE_FULL_AFTER || (never_up && down_for >= self.opts.connect_timeout)) {
+            self.ice_recovery.full_tried = true;
+            tracing::warn!(?reason, "media connection still down; reconnecting from scratch");
+            if let Some(s) = self.signal.take() {
+                s.abort();
+            }
+            self.start_reconnect(ReconnectKind::Full, cause, reason, now);
+        } else if self.ice_recovery.full_tried && down_for >= ICE_FULL_AFTER + self.opts.connect_timeout {
+            self.finish(cause);
         }
     }
 
-    fn signal_lost(&mut self, cause: DisconnectReason, _now: Instant) {
+    fn signal_lost(&mut self, cause: DisconnectReason, now: Instant) {
+        self.start_reconnect(ReconnectKind::Resume, cause, proto::ReconnectReason::RrSignalDisconnected, now);
+    }
+
+    /// Start (or escalate) a reconnection episode. The signalling link is already gone.
+    fn start_reconnect(&mut self, kind: ReconnectKind, cause: DisconnectReason, reason: proto::ReconnectReason, now: Instant) {
         if self.done {
             return;
         }
-        if !self.opts.resume || self.opts.resume_attempts == 0 {
-            self.finish(cause);
-            return;
+        let kind = match kind {
+            ReconnectKind::Resume if self.opts.resume && self.opts.resume_attempts > 0 => ReconnectKind::Resume,
+            _ if self.opts.full_reconnect => ReconnectKind::Full,
+            _ => {
+                self.finish(cause);
+                return;
+            }
+        };
+        match self.reconnect.as_mut() {
+            Some(r) if r.kind == ReconnectKind::Resume && kind == ReconnectKind::Full => {
+                // Escalate now (e.g. `leave{RECONNECT}` in the middle of a resume).
+                if let Some(t) = self.resume_task.take() {
+                    t.abort();
+                }
+                r.kind = ReconnectKind::Full;
+                r.attempt = 0;
+                self.emit(RoomEvent::Reconnecting { kind: ReconnectKind::Full });
+            }
+            Some(_) => return,
+            None => {
+                self.reconnect = Some(Reconnect { kind, attempt: 0, started: now, cause, reason });
+                self.emit(RoomEvent::Reconnecting { kind });
+            }
         }
-        if self.resume_task.is_none() {
-            self.emit(RoomEvent::Reconnecting);
-            self.resume_cause = Some(cause);
-            self.resume_attempt = 0;
-            self.spawn_resume();
-        }
+        self.spawn_attempt();
     }
 
-    fn spawn_resume(&mut self) {
-        let delay = Duration::from_millis(RESUME_BACKOFF_MS[(self.resume_attempt as usize).min(RESUME_BACKOFF_MS.len() - 1)]);
-        self.resume_attempt += 1;
+    fn spawn_attempt(&mut self) {
+        let Some(r) = self.reconnect.as_mut() else { return };
+        let delay = backoff(r.attempt);
+        r.attempt += 1;
         let token = self.token.clone();
-        if self.rejoining {
+        tracing::info!(kind = r.kind.as_str(), attempt = r.attempt, ?delay, "reconnect attempt");
+        if r.kind == ReconnectKind::Full {
             let url = signal::rtc_url(&self.url, &self.params, None);
             self.resume_task = Some(tokio::spawn(async move {
                 tokio::time::sleep(delay).await;
@@ -1396,7 +1637,7 @@ impl Engine {
                 Ok(Relink::Rejoined(conn, Box::new(join)))
             }));
         } else {
-            let url = signal::rtc_url(&self.url, &self.params, Some(&self.local.sid));
+            let url = signal::rtc_url(&self.url, &self.params, Some(signal::Resume { sid: &self.local.sid, reason: r.reason }));
             self.resume_task = Some(tokio::spawn(async move {
                 tokio::time::sleep(delay).await;
                 let (conn, resp, early) = signal::resume(&url?, &token).await?;
@@ -1406,7 +1647,7 @@ impl Engine {
     }
 
     fn on_resume_result(&mut self, r: ResumeResult, now: Instant) {
-        if self.done {
+        if self.done || self.reconnect.is_none() {
             match r {
                 Ok(Relink::Resumed(conn, ..)) | Ok(Relink::Rejoined(conn, _)) => conn.abort(),
                 Err(_) => {}
@@ -1415,60 +1656,68 @@ impl Engine {
         }
         match r {
             Ok(Relink::Resumed(conn, resp, early)) => {
-                tracing::info!(attempt = self.resume_attempt, "signalling resumed");
+                let attempt = self.reconnect.take().map(|r| r.attempt).unwrap_or(0);
+                tracing::info!(attempt, "signalling resumed");
                 self.signal = Some(conn);
                 self.last_signal_rx = now;
                 self.next_ping = now;
-                self.resume_cause = None;
                 inc(&self.shared.counters.resumes);
                 let _ = resp.last_message_seq;
                 self.send_sync_state();
                 // Restart ICE on the publisher if its path is down; otherwise just finish any
-                // negotiation that waited for the link.
-                let ice_down = self.publisher.ice_state == IceConnectionState::Disconnected;
+                // negotiation that waited for the link. (The server restarts the subscriber's.)
+                let ice_down = self.publisher.ice_state == IceConnectionState::Disconnected || self.ice_down_since.is_some();
                 if ice_down && !self.publisher.has_pending_offer() {
                     self.negotiation_needed = true;
                     self.maybe_negotiate(true);
                 } else {
                     self.maybe_negotiate(false);
                 }
-                self.emit(RoomEvent::Reconnected);
+                self.emit(RoomEvent::Reconnected { kind: ReconnectKind::Resume });
                 for m in early {
                     self.on_signal(m, now);
                 }
             }
             Ok(Relink::Rejoined(conn, join)) => {
+                let cause = self.reconnect.take().map(|r| r.cause);
                 if let Err(e) = self.on_rejoined(conn, *join, now) {
                     tracing::warn!(error = %e, "full reconnect failed");
-                    let cause = self.resume_cause.take().unwrap_or(DisconnectReason::SignalLost(e.to_string()));
-                    self.finish(cause);
+                    self.finish(cause.unwrap_or(DisconnectReason::SignalLost(e.to_string())));
                 }
             }
             Err(e) => {
-                tracing::warn!(error = %e, attempt = self.resume_attempt, rejoining = self.rejoining, "reconnect attempt failed");
-                let fatal = matches!(e, RoomError::Left(_) | RoomError::Rejected { status: 401 | 403, .. });
-                let exhausted = self.resume_attempt >= self.opts.resume_attempts;
-                let resume_impossible = matches!(e, RoomError::ResumeUnsupported | RoomError::Rejected { status: 404, .. });
-                if !fatal && !self.rejoining && self.opts.full_reconnect && (exhausted || resume_impossible) {
-                    tracing::info!("resume impossible; joining again from scratch");
-                    self.rejoining = true;
-                    self.resume_attempt = 0;
-                    self.spawn_resume();
-                } else if fatal || exhausted || resume_impossible {
-                    let cause = match e {
-                        RoomError::Left(r) => DisconnectReason::Server(r),
-                        _ => self.resume_cause.take().unwrap_or(DisconnectReason::SignalLost(e.to_string())),
-                    };
-                    self.finish(cause);
-                } else {
-                    self.spawn_resume();
+                let Some(r) = self.reconnect.as_ref() else { return };
+                let (kind, attempt, started) = (r.kind, r.attempt, r.started);
+                tracing::warn!(error = %e, attempt, kind = kind.as_str(), "reconnect attempt failed");
+                let timed_out = now.duration_since(started) >= self.opts.reconnect_timeout;
+                match e {
+                    RoomError::Left(reason) => self.finish(DisconnectReason::Server(reason)),
+                    RoomError::Rejected { status: 401 | 403, .. } if kind == ReconnectKind::Full || attempt > 1 => {
+                        let cause = self.reconnect.take().map(|r| r.cause).unwrap_or(DisconnectReason::SignalLost(e.to_string()));
+                        self.finish(cause)
+                    }
+                    _ if timed_out => {
+                        let cause = self.reconnect.take().map(|r| r.cause).unwrap_or(DisconnectReason::SignalLost(e.to_string()));
+                        self.finish(cause)
+                    }
+                    RoomError::ReconnectRequired(_) | RoomError::ResumeUnsupported | RoomError::Rejected { .. } if kind == ReconnectKind::Resume => {
+                        tracing::info!("resume impossible; joining again from scratch");
+                        let cause = self.reconnect.take().map(|r| r.cause).unwrap_or(DisconnectReason::SignalLost(e.to_string()));
+                        self.start_reconnect(ReconnectKind::Full, cause, proto::ReconnectReason::RrUnknown, now);
+                    }
+                    _ if kind == ReconnectKind::Resume && attempt >= self.opts.resume_attempts => {
+                        let cause = self.reconnect.take().map(|r| r.cause).unwrap_or(DisconnectReason::SignalLost(e.to_string()));
+                        self.start_reconnect(ReconnectKind::Full, cause, proto::ReconnectReason::RrUnknown, now);
+                    }
+                    _ => self.spawn_attempt(),
                 }
             }
         }
     }
 
     /// Full reconnect: a fresh `join` succeeded. Replace the peers (and their sockets), forget
-    /// subscriptions, reconcile participants, republish our tracks.
+    /// subscriptions, reconcile participants by identity, republish our tracks, restore our
+    /// attributes, metadata and explicit subscriptions.
     fn on_rejoined(&mut self, conn: SignalConn, join: proto::JoinResponse, now: Instant) -> Result<(), RoomError> {
         let local_info = join.participant.clone().ok_or_else(|| RoomError::Protocol("join without participant".into()))?;
         let ip = self.publisher.local_ip();
@@ -1482,12 +1731,12 @@ impl Engine {
         let subscriber = Peer::new(Role::Subscriber, sub_sock.local_addr()?, now)?;
         tracing::info!(old_sid = %self.local.sid, new_sid = %local_info.sid, "rejoined the room");
 
+        self.publisher.close();
+        self.subscriber.close();
         self.publisher = publisher;
         self.subscriber = subscriber;
         self.new_sockets = Some((pub_sock, sub_sock));
         self.signal = Some(conn);
-        self.rejoining = false;
-        self.resume_cause = None;
         self.last_signal_rx = now;
         self.ping_interval = (join.ping_interval > 0).then(|| Duration::from_secs(join.ping_interval as u64));
         self.ping_timeout = (join.ping_timeout > 0).then(|| Duration::from_secs(join.ping_timeout as u64));
@@ -1495,14 +1744,26 @@ impl Engine {
         self.ice_down_since = None;
         inc(&self.shared.counters.rejoins);
 
-        // Our participant.
-        self.local = local_info;
+        // Our participant. What we had set ourselves goes back (the join carries the token's
+        // attributes; livekit-server's refreshed tokens carry the current ones, older tokens not).
+        let before = std::mem::replace(&mut self.local, local_info);
         {
             let mut snap = self.shared.snap();
             snap.local = Some(Participant::from(&self.local));
             if let Some(room) = &join.room {
                 snap.room_sid = room.sid.clone();
+                snap.room_metadata = room.metadata.clone();
             }
+        }
+        let mut attrs = attribute_changes(&self.local.attributes, &before.attributes);
+        attrs.retain(|k, v| !(v.is_empty() && !self.local.attributes.contains_key(k)));
+        let metadata = (before.metadata != self.local.metadata && !before.metadata.is_empty()).then(|| before.metadata.clone());
+        let name = (before.name != self.local.name && !before.name.is_empty()).then(|| before.name.clone());
+        if !attrs.is_empty() || metadata.is_some() || name.is_some() {
+            tracing::info!(attributes = attrs.len(), "restoring our attributes after the full reconnect");
+            let id = self.metadata_request_id;
+            self.metadata_request_id = self.metadata_request_id.wrapping_add(1);
+            self.send_signal(signal::req_update_metadata(metadata, name, attrs, id));
         }
 
         // Remote media: every subscription ends; the new subscriber offer brings them back.
@@ -1512,24 +1773,57 @@ impl Engine {
         }
         self.sub_mids.clear();
 
-        // Participants: announce who left and who is new while we were away.
-        let fresh: HashMap<String, proto::ParticipantInfo> =
-            join.other_participants.into_iter().filter(|p| p.sid != self.local.sid).map(|p| (p.sid.clone(), p)).collect();
-        let gone: Vec<String> = self.remotes.keys().filter(|sid| !fresh.contains_key(*sid)).cloned().collect();
-        let mut updates: Vec<proto::ParticipantInfo> = gone
+        // Participants by identity: who left while we were away, who is new, who rejoined under
+        // a new sid (a restarted server gives everyone new sids).
+        let fresh: HashMap<String, proto::ParticipantInfo> = join
+            .other_participants
             .into_iter()
-            .filter_map(|sid| self.remotes.get(&sid).cloned())
+            .filter(|p| p.identity != self.local.identity)
+            .map(|p| (p.identity.clone(), p))
+            .collect();
+        let gone: Vec<proto::ParticipantInfo> = self.remotes.values().filter(|p| !fresh.contains_key(&p.identity)).cloned().collect();
+        for p in gone {
+            self.remove_remote(&p);
+        }
+        let updates: Vec<proto::ParticipantInfo> = fresh
+            .into_values()
             .map(|mut p| {
-                p.state = proto::participant_info::State::Disconnected as i32;
+                // Versions restart with the new session's view.
+                p.version = 0;
                 p
             })
             .collect();
-        updates.extend(fresh.into_values().map(|mut p| {
-            // Versions restart with the new session's view.
-            p.version = 0;
-            p
-        }));
+        for p in &updates {
+            if let Some(old) = self.remotes.get(&p.identity).cloned() {
+                if old.sid != p.sid {
+                    self.remove_remote(&old);
+                }
+            }
+        }
         self.on_participant_update(updates);
+
+        // Explicit subscriptions: same track sid if it survived, else the same publisher
+        // identity and track name.
+        let explicit: Vec<(String, ExplicitSubscription)> = self.explicit_subscriptions.drain().collect();
+        let (mut on, mut off) = (Vec::new(), Vec::new());
+        for (sid, e) in explicit {
+            let now_sid = self
+                .remotes
+                .get(&e.identity)
+                .and_then(|p| p.tracks.iter().find(|t| t.sid == sid || (!e.name.is_empty() && t.name == e.name)))
+                .map(|t| t.sid.clone());
+            if let Some(now_sid) = now_sid {
+                if e.subscribe != self.opts.auto_subscribe {
+                    if e.subscribe { &mut on } else { &mut off }.push(now_sid.clone());
+                }
+                self.explicit_subscriptions.insert(now_sid, e);
+            }
+        }
+        for (list, subscribe) in [(on, true), (off, false)] {
+            if !list.is_empty() {
+                self.send_signal(Request::Subscription(proto::UpdateSubscription { track_sids: list, subscribe, participant_tracks: vec![] }));
+            }
+        }
 
         // Our tracks: publish again under the same cids (sinks keep pushing to them).
         self.pending_media.clear();
@@ -1540,16 +1834,23 @@ impl Engine {
             self.pending_publish.insert(cid.to_string(), PendingPublish { opts, reply: None, deadline: now + PUBLISH_TIMEOUT });
         }
         self.start_negotiation();
-        self.emit(RoomEvent::Reconnected);
+        self.emit(RoomEvent::Reconnected { kind: ReconnectKind::Full });
         Ok(())
     }
 
+    /// `sync_state` after a resume, as livekit-server's `HandleSyncState` reads it: the
+    /// subscriber's offer (the server's) and our answer, the explicit subscriptions that differ
+    /// from auto-subscribe, our published tracks, and every data channel with its SCTP stream id.
     fn send_sync_state(&mut self) {
-        let answer = self.subscriber.last_local_sdp.clone().map(|(t, sdp)| proto::SessionDescription { r#type: t, sdp, ..Default::default() });
-        let offer = self.publisher.last_local_sdp.clone().map(|(t, sdp)| proto::SessionDescription { r#type: t, sdp, ..Default::default() });
-        let mut track_sids: HashSet<String> = self.subscribed.keys().cloned().collect();
-        track_sids.extend(self.wanted_subscriptions.iter().cloned());
-        let track_sids: Vec<String> = track_sids.into_iter().collect();
+        let sd = |(t, sdp): (String, String)| proto::SessionDescription { r#type: t, sdp, ..Default::default() };
+        let answer = self.subscriber.last_local_sdp.clone().map(sd);
+        let offer = self.subscriber.last_remote_sdp.clone().map(sd);
+        let track_sids: Vec<String> = self
+            .explicit_subscriptions
+            .iter()
+            .filter(|(_, e)| e.subscribe != self.opts.auto_subscribe)
+            .map(|(sid, _)| sid.clone())
+            .collect();
         let publish_tracks = self
             .local_tracks
             .values()
@@ -1557,14 +1858,12 @@ impl Engine {
             .collect();
         let mut data_channels = self.publisher.data_channel_infos();
         data_channels.extend(self.subscriber.data_channel_infos());
-        let disabled: HashSet<String> = HashSet::new();
         let sync = proto::SyncState {
             answer,
             offer,
-            subscription: Some(proto::UpdateSubscription { track_sids, subscribe: true, participant_tracks: vec![] }),
+            subscription: Some(proto::UpdateSubscription { track_sids, subscribe: !self.opts.auto_subscribe, participant_tracks: vec![] }),
             publish_tracks,
             data_channels,
-            track_sids_disabled: disabled.into_iter().collect(),
             ..Default::default()
         };
         self.send_signal(Request::SyncState(sync));
@@ -1585,18 +1884,21 @@ impl Engine {
             PeerEvent::Ice(s) => tracing::debug!(?role, state = ?s, "ice state"),
             PeerEvent::MediaAdded { mid, kind } => tracing::debug!(?role, %mid, ?kind, "media added"),
             PeerEvent::MediaChanged { mid, direction } => tracing::debug!(?role, %mid, ?direction, "media changed"),
-            PeerEvent::Audio { mid, rtp_time, payload } => {
+            PeerEvent::Audio { mid, codec, rtp_time, payload } => {
                 if role == Role::Subscriber {
-                    self.on_remote_audio(mid, rtp_time, payload);
+                    self.on_remote_audio(mid, codec, rtp_time, payload);
                 }
             }
             PeerEvent::ChannelOpen { kind, label } => tracing::debug!(?role, ?kind, %label, "data channel open"),
             PeerEvent::Data { kind, bytes } => self.on_data(kind, &bytes),
             PeerEvent::Failed(why) => {
                 tracing::warn!(?role, %why, "peer connection failed");
-                if role == Role::Publisher {
-                    self.finish(DisconnectReason::PeerConnectionFailed(why));
+                // str0m cannot recover a failed instance: new peer connections it is.
+                if let Some(s) = self.signal.take() {
+                    s.abort();
                 }
+                let reason = if role == Role::Publisher { proto::ReconnectReason::RrPublisherFailed } else { proto::ReconnectReason::RrSubscriberFailed };
+                self.start_reconnect(ReconnectKind::Full, DisconnectReason::PeerConnectionFailed(why), reason, Instant::now());
             }
         }
     }
@@ -1606,6 +1908,7 @@ impl Engine {
 mod tests {
     use super::*;
     use crate::testing::{Ctl, FakeConfig, FakeServer, Req, Resp, Seen};
+    use crate::ReconnectKind;
 
     async fn next_event(rx: &mut mpsc::Receiver<RoomEvent>, what: &str, mut f: impl FnMut(&RoomEvent) -> bool) -> RoomEvent {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
@@ -1686,7 +1989,7 @@ mod tests {
     #[tokio::test]
     async fn ping_timeout_resumes_and_room_keeps_working() {
         let (mut srv, room, mut ev) = join(FakeConfig { answer_pings: false, ping_interval: 1, ping_timeout: 2, ..Default::default() }).await;
-        next_event(&mut ev, "Reconnecting", |e| matches!(e, RoomEvent::Reconnecting)).await;
+        next_event(&mut ev, "Reconnecting", |e| matches!(e, RoomEvent::Reconnecting { .. })).await;
         srv.cfg.lock().unwrap().answer_pings = true;
         match srv.wait_for("resume dial", |s| matches!(s, Seen::Connect { query, .. } if query.contains_key("reconnect"))).await {
             Seen::Connect { query, auth } => {
@@ -1698,12 +2001,20 @@ mod tests {
         }
         match srv.wait_for("sync_state", |s| is_req(s, |r| matches!(r, Req::SyncState(_)))).await {
             Seen::Request(Req::SyncState(s)) => {
-                assert!(s.offer.is_some(), "publisher offer in sync_state");
+                // The subscriber's offer and answer (none negotiated with this fake): never the
+                // publisher's offer in place of the subscriber's answer.
+                assert!(s.offer.is_none() && s.answer.is_none(), "{s:?}");
                 assert_eq!(s.data_channels.len(), 2);
+                let mut labels: Vec<&str> = s.data_channels.iter().map(|d| d.label.as_str()).collect();
+                labels.sort();
+                assert_eq!(labels, ["_lossy", "_reliable"]);
+                assert!(s.data_channels.iter().all(|d| d.target == proto::SignalTarget::Publisher as i32));
+                assert_ne!(s.data_channels[0].id, s.data_channels[1].id, "real SCTP stream ids");
+                assert_eq!(s.subscription.as_ref().map(|x| (x.subscribe, x.track_sids.len())), Some((false, 0)));
             }
             _ => unreachable!(),
         }
-        next_event(&mut ev, "Reconnected", |e| matches!(e, RoomEvent::Reconnected)).await;
+        next_event(&mut ev, "Reconnected", |e| matches!(e, RoomEvent::Reconnected { .. })).await;
         assert_eq!(room.stats().resumes, 1);
         // Signalling works on the new link: publish (add_track → track_published → offer/answer).
         let sink = tokio::time::timeout(Duration::from_secs(10), room.publish_audio(AudioTrackOptions { sample_rate: 8000, ..Default::default() }))
@@ -1720,32 +2031,99 @@ mod tests {
         let (mut srv, room, mut ev) = join(FakeConfig::default()).await;
         srv.wait_for("offer", |s| is_req(s, |r| matches!(r, Req::Offer(_)))).await;
         srv.ctl(Ctl::Drop);
-        next_event(&mut ev, "Reconnecting", |e| matches!(e, RoomEvent::Reconnecting)).await;
-        next_event(&mut ev, "Reconnected", |e| matches!(e, RoomEvent::Reconnected)).await;
+        next_event(&mut ev, "Reconnecting", |e| matches!(e, RoomEvent::Reconnecting { .. })).await;
+        next_event(&mut ev, "Reconnected", |e| matches!(e, RoomEvent::Reconnected { .. })).await;
         // And the test hook does the same.
         room.simulate_signal_drop().await;
-        next_event(&mut ev, "Reconnecting", |e| matches!(e, RoomEvent::Reconnecting)).await;
-        next_event(&mut ev, "Reconnected", |e| matches!(e, RoomEvent::Reconnected)).await;
+        next_event(&mut ev, "Reconnecting", |e| matches!(e, RoomEvent::Reconnecting { .. })).await;
+        next_event(&mut ev, "Reconnected", |e| matches!(e, RoomEvent::Reconnected { .. })).await;
         assert_eq!(room.stats().resumes, 2);
         room.close().await;
     }
 
     #[tokio::test]
-    async fn refused_resume_ends_the_room() {
+    async fn refused_resume_falls_back_to_a_fresh_join() {
         let (srv, room, mut ev) = join(FakeConfig { reject_resume_status: Some(401), ..Default::default() }).await;
         srv.ctl(Ctl::Drop);
-        let e = next_event(&mut ev, "Disconnected", |e| matches!(e, RoomEvent::Disconnected(_))).await;
-        assert!(matches!(e, RoomEvent::Disconnected(DisconnectReason::SignalLost(_))), "{e:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        assert!(room.is_closed());
+        next_event(&mut ev, "Reconnected(full)", |e| matches!(e, RoomEvent::Reconnected { kind: ReconnectKind::Full })).await;
+        assert_eq!(room.stats().rejoins, 1);
+        room.close().await;
     }
 
     #[tokio::test]
-    async fn resume_answered_with_leave_ends_the_room() {
-        let (srv, _room, mut ev) = join(FakeConfig { allow_resume: false, ..Default::default() }).await;
+    async fn resume_answered_with_leave_reconnect_joins_again() {
+        // livekit-server answers a resume of a session it does not have with
+        // leave{STATE_MISMATCH, RECONNECT}: that is a full reconnect, not the end.
+        let (mut srv, room, mut ev) = join(FakeConfig { allow_resume: false, ..Default::default() }).await;
         srv.ctl(Ctl::Drop);
+        next_event(&mut ev, "Reconnecting(resume)", |e| matches!(e, RoomEvent::Reconnecting { kind: ReconnectKind::Resume })).await;
+        next_event(&mut ev, "Reconnecting(full)", |e| matches!(e, RoomEvent::Reconnecting { kind: ReconnectKind::Full })).await;
+        srv.wait_for("fresh join dial", |s| matches!(s, Seen::Connect { query, .. } if !query.contains_key("reconnect"))).await;
+        next_event(&mut ev, "Reconnected(full)", |e| matches!(e, RoomEvent::Reconnected { kind: ReconnectKind::Full })).await;
+        assert_eq!((room.stats().rejoins, room.stats().resumes), (1, 0));
+        room.close().await;
+    }
+
+    #[tokio::test]
+    async fn leave_reconnect_on_a_live_link_joins_again_and_leave_disconnect_ends() {
+        let (mut srv, room, mut ev) = join(FakeConfig::default()).await;
+        srv.send(Resp::Leave(proto::LeaveRequest {
+            reason: proto::DisconnectReason::StateMismatch as i32,
+            action: proto::leave_request::Action::Reconnect as i32,
+            ..Default::default()
+        }));
+        next_event(&mut ev, "Reconnecting(full)", |e| matches!(e, RoomEvent::Reconnecting { kind: ReconnectKind::Full })).await;
+        srv.wait_for("fresh join dial", |s| matches!(s, Seen::Connect { query, .. } if !query.contains_key("reconnect"))).await;
+        next_event(&mut ev, "Reconnected(full)", |e| matches!(e, RoomEvent::Reconnected { kind: ReconnectKind::Full })).await;
+        assert!(!room.is_closed());
+        srv.send(Resp::Leave(proto::LeaveRequest {
+            reason: proto::DisconnectReason::RoomDeleted as i32,
+            action: proto::leave_request::Action::Disconnect as i32,
+            ..Default::default()
+        }));
         let e = next_event(&mut ev, "Disconnected", |e| matches!(e, RoomEvent::Disconnected(_))).await;
-        assert!(matches!(e, RoomEvent::Disconnected(DisconnectReason::Server(proto::DisconnectReason::StateMismatch))), "{e:?}");
+        assert!(matches!(e, RoomEvent::Disconnected(DisconnectReason::Server(proto::DisconnectReason::RoomDeleted))), "{e:?}");
+    }
+
+    #[tokio::test]
+    async fn refused_requests_fail_their_call_at_once() {
+        let (srv, room, _ev) = join(FakeConfig { refuse: true, ..Default::default() }).await;
+        let t0 = Instant::now();
+        let e = room.publish_audio(AudioTrackOptions { sample_rate: 8000, ..Default::default() }).await.unwrap_err();
+        assert!(matches!(e, RoomError::Refused { reason: proto::request_response::Reason::NotAllowed, .. }), "{e:?}");
+        let e = room.set_attributes([("a".to_string(), "2".to_string())].into_iter().collect()).await.unwrap_err();
+        assert!(matches!(e, RoomError::Refused { reason: proto::request_response::Reason::NotAllowed, ref message } if message.contains("permission")), "{e:?}");
+        assert!(t0.elapsed() < PUBLISH_TIMEOUT, "refusals must not wait for a timeout");
+        assert_eq!(room.stats().requests_refused, 2);
+        drop(srv);
+    }
+
+    #[tokio::test]
+    async fn rejoined_identity_replaces_the_old_sid_without_a_ghost() {
+        let mut p2 = remote("PA_2", "agent", 1);
+        p2.joined_at_ms = 1000;
+        p2.tracks.push(proto::TrackInfo { sid: "TR_a".into(), r#type: proto::TrackType::Audio as i32, ..Default::default() });
+        let (srv, room, mut ev) = join(FakeConfig { others: vec![p2.clone()], ..Default::default() }).await;
+        // The agent rejoins under a new sid; protocol > 11 servers send no DISCONNECTED for PA_2.
+        let mut p3 = remote("PA_3", "agent", 1);
+        p3.joined_at_ms = 2000;
+        p3.tracks.push(proto::TrackInfo { sid: "TR_b".into(), r#type: proto::TrackType::Audio as i32, ..Default::default() });
+        srv.send(Resp::Update(proto::ParticipantUpdate { participants: vec![p3.clone()] }));
+        next_event(&mut ev, "TrackUnpublished(TR_a)", |e| matches!(e, RoomEvent::TrackUnpublished { track, .. } if track.sid == "TR_a")).await;
+        next_event(&mut ev, "ParticipantDisconnected(PA_2)", |e| matches!(e, RoomEvent::ParticipantDisconnected(p) if p.sid == "PA_2")).await;
+        next_event(&mut ev, "ParticipantConnected(PA_3)", |e| matches!(e, RoomEvent::ParticipantConnected(p) if p.sid == "PA_3")).await;
+        // A late disconnect of the old sid does not remove the new session.
+        let mut gone = p2.clone();
+        gone.version = 2;
+        gone.state = proto::participant_info::State::Disconnected as i32;
+        srv.send(Resp::Update(proto::ParticipantUpdate { participants: vec![gone] }));
+        srv.send(Resp::RoomUpdate(proto::RoomUpdate { room: Some(proto::Room { name: "fake".into(), metadata: "sync".into(), ..Default::default() }) }));
+        next_event(&mut ev, "RoomMetadataChanged", |e| matches!(e, RoomEvent::RoomMetadataChanged(_))).await;
+        let remotes = room.remote_participants();
+        assert_eq!(remotes.len(), 1, "{remotes:?}");
+        assert_eq!(remotes[0].sid, "PA_3");
+        assert_eq!(remotes[0].tracks[0].sid, "TR_b");
+        room.close().await;
     }
 
     #[tokio::test]
@@ -1776,10 +2154,10 @@ mod tests {
             _ => unreachable!(),
         };
         srv.ctl(Ctl::Drop);
-        next_event(&mut ev, "Reconnecting", |e| matches!(e, RoomEvent::Reconnecting)).await;
+        next_event(&mut ev, "Reconnecting", |e| matches!(e, RoomEvent::Reconnecting { .. })).await;
         // resume dial (answered with join) then a fresh join
         srv.wait_for("fresh join dial", |s| matches!(s, Seen::Connect { query, .. } if !query.contains_key("reconnect"))).await;
-        next_event(&mut ev, "Reconnected", |e| matches!(e, RoomEvent::Reconnected)).await;
+        next_event(&mut ev, "Reconnected", |e| matches!(e, RoomEvent::Reconnected { .. })).await;
         // The track is republished under the same cid and renegotiated on the new peer.
         srv.wait_for("republish", |s| is_req(s, |r| matches!(r, Req::AddTrack(a) if a.cid == cid))).await;
         srv.wait_for("new offer", |s| is_req(s, |r| matches!(r, Req::Offer(o) if o.sdp.contains(&cid)))).await;

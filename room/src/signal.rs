@@ -54,9 +54,17 @@ impl Default for JoinParams {
     }
 }
 
+/// What a resume dial tells the server: our participant sid and why we are reconnecting
+/// (livekit-server restarts the subscriber's ICE, and counts short connections by reason).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Resume<'a> {
+    pub sid: &'a str,
+    pub reason: proto::ReconnectReason,
+}
+
 /// Build the `/rtc` WebSocket URL from `LIVEKIT_URL` (ws, wss, http or https; a path prefix is
-/// kept). `resume_sid` adds `reconnect=1&sid=…` for a resume.
-pub(crate) fn rtc_url(base: &str, p: &JoinParams, resume_sid: Option<&str>) -> Result<Url, RoomError> {
+/// kept). `resume` adds `reconnect=1&sid=…&reconnect_reason=…` for a resume.
+pub(crate) fn rtc_url(base: &str, p: &JoinParams, resume: Option<Resume<'_>>) -> Result<Url, RoomError> {
     let mut url = Url::parse(base.trim()).map_err(|e| RoomError::InvalidUrl(format!("{base}: {e}")))?;
     let scheme = match url.scheme() {
         "ws" | "http" => "ws",
@@ -81,8 +89,8 @@ pub(crate) fn rtc_url(base: &str, p: &JoinParams, resume_sid: Option<&str>) -> R
             .append_pair("os", std::env::consts::OS)
             .append_pair("auto_subscribe", if p.auto_subscribe { "1" } else { "0" })
             .append_pair("adaptive_stream", if p.adaptive_stream { "1" } else { "0" });
-        if let Some(sid) = resume_sid {
-            q.append_pair("reconnect", "1").append_pair("sid", sid);
+        if let Some(r) = resume {
+            q.append_pair("reconnect", "1").append_pair("sid", r.sid).append_pair("reconnect_reason", &(r.reason as i32).to_string());
         }
     }
     Ok(url)
@@ -98,6 +106,38 @@ pub(crate) fn encode_request(msg: Request) -> Vec<u8> {
 pub(crate) fn decode_response(bytes: &[u8]) -> Result<Option<Response>, RoomError> {
     let r = proto::SignalResponse::decode(bytes).map_err(|e| RoomError::Protocol(format!("bad SignalResponse: {e}")))?;
     Ok(r.message)
+}
+
+/// What a server `leave` asks of us.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum LeaveAction {
+    /// The session is over.
+    Disconnect,
+    /// Resume this session (`reconnect=1&sid=…`).
+    Resume,
+    /// Join again from scratch: the server no longer has (or wants) this session.
+    Reconnect,
+}
+
+/// Classify a `leave`. Protocol ≥ 13 servers say it in `action`; older ones set
+/// `can_reconnect` for "join again" (livekit-server `sendLeaveRequest`).
+pub(crate) fn leave_action(l: &proto::LeaveRequest) -> LeaveAction {
+    use proto::leave_request::Action;
+    match Action::try_from(l.action) {
+        Ok(Action::Resume) => LeaveAction::Resume,
+        Ok(Action::Reconnect) => LeaveAction::Reconnect,
+        _ if l.can_reconnect => LeaveAction::Reconnect,
+        _ => LeaveAction::Disconnect,
+    }
+}
+
+/// The error a `leave` received while (re)connecting turns into.
+pub(crate) fn leave_error(l: &proto::LeaveRequest) -> RoomError {
+    let reason = proto::DisconnectReason::try_from(l.reason).unwrap_or(proto::DisconnectReason::UnknownReason);
+    match leave_action(l) {
+        LeaveAction::Disconnect => RoomError::Left(reason),
+        LeaveAction::Resume | LeaveAction::Reconnect => RoomError::ReconnectRequired(reason),
+    }
 }
 
 /// Short name of a response, for logs and counters.
@@ -120,6 +160,8 @@ pub(crate) fn response_name(r: &Response) -> &'static str {
         Response::Reconnect(_) => "reconnect",
         Response::PongResp(_) => "pong_resp",
         Response::TrackSubscribed(_) => "track_subscribed",
+        Response::RequestResponse(_) => "request_response",
+        Response::SubscriptionResponse(_) => "subscription_response",
         _ => "other",
     }
 }
@@ -350,9 +392,7 @@ pub(crate) async fn connect(url: &Url, token: &str) -> Result<(SignalConn, proto
         loop {
             match conn.recv().await {
                 Incoming::Message(Response::Join(j)) => return Ok(j),
-                Incoming::Message(Response::Leave(l)) => {
-                    return Err(RoomError::Left(proto::DisconnectReason::try_from(l.reason).unwrap_or(proto::DisconnectReason::UnknownReason)))
-                }
+                Incoming::Message(Response::Leave(l)) => return Err(leave_error(&l)),
                 Incoming::Message(other) => {
                     tracing::warn!(msg = response_name(&other), "message before join; ignored");
                 }
@@ -384,9 +424,9 @@ pub(crate) async fn resume(url: &Url, token: &str) -> Result<(SignalConn, proto:
         loop {
             match conn.recv().await {
                 Incoming::Message(Response::Reconnect(r)) => return Ok(r),
-                Incoming::Message(Response::Leave(l)) => {
-                    return Err(RoomError::Left(proto::DisconnectReason::try_from(l.reason).unwrap_or(proto::DisconnectReason::UnknownReason)))
-                }
+                // livekit-server answers a resume it cannot honour with
+                // `leave{STATE_MISMATCH, RECONNECT}` (roommanager.go StartSession).
+                Incoming::Message(Response::Leave(l)) => return Err(leave_error(&l)),
                 // A server without resume support treats the dial as a fresh join (new sid, new
                 // peer connections): our peers do not match it, so this resume failed.
                 Incoming::Message(Response::Join(_)) => return Err(RoomError::ResumeUnsupported),
@@ -434,17 +474,36 @@ mod tests {
         assert_eq!(m["sdk"], "rust");
         assert!(!m.contains_key("reconnect"));
 
-        let u = rtc_url("https://lk.example.com/base/", &p, Some("PA_abc")).unwrap();
+        let u = rtc_url("https://lk.example.com/base/", &p, Some(Resume { sid: "PA_abc", reason: proto::ReconnectReason::RrSubscriberFailed })).unwrap();
         assert_eq!(u.scheme(), "wss");
         assert_eq!(u.path(), "/base/rtc");
         let m = q(&u);
         assert_eq!(m["reconnect"], "1");
         assert_eq!(m["sid"], "PA_abc");
+        assert_eq!(m["reconnect_reason"], "3");
 
         assert_eq!(rtc_url("wss://x.livekit.cloud", &p, None).unwrap().as_str().split('?').next().unwrap(), "wss://x.livekit.cloud/rtc");
         assert_eq!(rtc_url("ws://h:1/", &p, None).unwrap().path(), "/rtc");
         assert!(matches!(rtc_url("ftp://h", &p, None), Err(RoomError::InvalidUrl(_))));
         assert!(matches!(rtc_url("not a url", &p, None), Err(RoomError::InvalidUrl(_))));
+    }
+
+    #[test]
+    fn leave_actions() {
+        use livekit_protocol::leave_request::Action;
+        let l = |action: Action, can_reconnect: bool| proto::LeaveRequest {
+            action: action as i32,
+            can_reconnect,
+            reason: proto::DisconnectReason::StateMismatch as i32,
+            regions: None,
+        };
+        assert_eq!(leave_action(&l(Action::Reconnect, false)), LeaveAction::Reconnect);
+        assert_eq!(leave_action(&l(Action::Resume, false)), LeaveAction::Resume);
+        assert_eq!(leave_action(&l(Action::Disconnect, false)), LeaveAction::Disconnect);
+        // Servers before protocol 13: can_reconnect means "join again".
+        assert_eq!(leave_action(&l(Action::Disconnect, true)), LeaveAction::Reconnect);
+        assert!(matches!(leave_error(&l(Action::Reconnect, false)), RoomError::ReconnectRequired(proto::DisconnectReason::StateMismatch)));
+        assert!(matches!(leave_error(&l(Action::Disconnect, false)), RoomError::Left(proto::DisconnectReason::StateMismatch)));
     }
 
     #[test]

@@ -52,11 +52,14 @@ pub(crate) struct FakeConfig {
     pub ping_interval: i32,
     pub ping_timeout: i32,
     pub others: Vec<proto::ParticipantInfo>,
+    /// Refuse add_track and update_metadata with NOT_ALLOWED (as for a token without
+    /// canPublish / canUpdateOwnMetadata).
+    pub refuse: bool,
 }
 
 impl Default for FakeConfig {
     fn default() -> Self {
-        Self { answer_pings: true, allow_resume: true, resume_with_join: false, reject_resume_status: None, ping_interval: 1, ping_timeout: 3, others: vec![] }
+        Self { answer_pings: true, allow_resume: true, resume_with_join: false, reject_resume_status: None, ping_interval: 1, ping_timeout: 3, others: vec![], refuse: false }
     }
 }
 
@@ -198,7 +201,12 @@ async fn conn_task(
     let first = if resumed {
         Resp::Reconnect(proto::ReconnectResponse::default())
     } else if resuming && !conf.resume_with_join {
-        Resp::Leave(proto::LeaveRequest { reason: proto::DisconnectReason::StateMismatch as i32, ..Default::default() })
+        // As livekit-server (roommanager.go StartSession): a resume it cannot honour.
+        Resp::Leave(proto::LeaveRequest {
+            reason: proto::DisconnectReason::StateMismatch as i32,
+            action: proto::leave_request::Action::Reconnect as i32,
+            ..Default::default()
+        })
     } else {
         Resp::Join(proto::JoinResponse {
             room: Some(proto::Room { sid: "RM_fake".into(), name: "fake".into(), ..Default::default() }),
@@ -240,6 +248,17 @@ async fn conn_task(
                         }
                     }
                     Req::PingReq(p) if cfg.lock().unwrap().answer_pings => Some(Resp::PongResp(proto::Pong { last_ping_timestamp: p.timestamp, timestamp: p.timestamp })),
+                    Req::AddTrack(a) if conf.refuse => Some(Resp::RequestResponse(proto::RequestResponse {
+                        reason: proto::request_response::Reason::NotAllowed as i32,
+                        request: Some(proto::request_response::Request::AddTrack(a.clone())),
+                        ..Default::default()
+                    })),
+                    Req::UpdateMetadata(u) => Some(Resp::RequestResponse(proto::RequestResponse {
+                        request_id: u.request_id,
+                        reason: if conf.refuse { proto::request_response::Reason::NotAllowed } else { proto::request_response::Reason::Ok } as i32,
+                        message: if conf.refuse { "does not have permission to update own metadata".into() } else { String::new() },
+                        request: Some(proto::request_response::Request::UpdateMetadata(u.clone())),
+                    })),
                     Req::AddTrack(a) => Some(Resp::TrackPublished(proto::TrackPublishedResponse {
                         cid: a.cid.clone(),
                         track: Some(proto::TrackInfo { sid: format!("TR_{}", a.cid), name: a.name.clone(), r#type: a.r#type, source: a.source, ..Default::default() }),
