@@ -27,6 +27,16 @@ pub struct Config {
     #[arg(long, env = "DEVROOM_RTC_PORT", default_value_t = 7882)]
     pub rtc_port: u16,
 
+    /// TCP port for ICE over TCP (passive candidates, as livekit-server's `rtc.tcp_port`).
+    /// Default 7881, or a free port when `--rtc-port 0` (tests run many servers at once).
+    #[arg(long, env = "DEVROOM_TCP_PORT")]
+    pub tcp_port: Option<u16>,
+
+    /// Offer no UDP candidates and drop UDP traffic: clients must use ICE over TCP (a network
+    /// that blocks UDP).
+    #[arg(long, env = "DEVROOM_UDP_OFF")]
+    pub udp_off: bool,
+
     /// IP address advertised in ICE candidates. Defaults to the listen IP, or 127.0.0.1
     /// when listening on an unspecified address.
     #[arg(long, env = "DEVROOM_NODE_IP")]
@@ -59,6 +69,21 @@ pub struct Config {
     /// name) or for each agent named in `CreateRoom.agents`.
     #[arg(long, env = "DEVROOM_AGENT_OFFER_TIMEOUT_MS", default_value_t = 5000)]
     pub agent_offer_timeout_ms: u64,
+
+    /// Seconds between `refresh_token` messages to each participant (livekit-server: 5 min;
+    /// one is also sent at join and whenever a participant's claims change).
+    #[arg(long, env = "DEVROOM_TOKEN_REFRESH_SECS", default_value_t = 300)]
+    pub token_refresh_secs: u64,
+
+    /// Seconds a subscriber offer may wait for its answer before the participant is told to
+    /// reconnect (`leave{STATE_MISMATCH, RECONNECT}`), as livekit-server's negotiation timeout.
+    #[arg(long, env = "DEVROOM_NEGOTIATION_TIMEOUT_SECS", default_value_t = 15)]
+    pub negotiation_timeout_secs: u64,
+
+    /// ICE-lite on the server side (livekit-server's `rtc.use_ice_lite`; off by default, so the
+    /// server runs full ICE and clients must answer its connectivity checks).
+    #[arg(long, env = "DEVROOM_ICE_LITE")]
+    pub ice_lite: bool,
 }
 
 impl Config {
@@ -77,6 +102,11 @@ impl Config {
 
     pub fn rtc_bind(&self) -> SocketAddr {
         SocketAddr::new(self.listen.ip(), self.rtc_port)
+    }
+
+    pub fn tcp_bind(&self) -> SocketAddr {
+        let port = self.tcp_port.unwrap_or(if self.rtc_port == 0 { 0 } else { 7881 });
+        SocketAddr::new(self.listen.ip(), port)
     }
 
     pub fn empty_timeout(&self) -> Duration {

@@ -26,8 +26,9 @@
 //! `assignment{job, token}` — `url` unset, so the worker joins the server it registered with —
 //! where the token joins that room as the identity and name the worker asked for (kind
 //! `agent`, publish/subscribe/data, `video.agent`); `available=false`, or no answer within
-//! `--agent-offer-timeout-ms`, passes the offer to the next worker. With no worker to take it,
-//! the job waits and is offered when one registers (or frees a slot). When the room finishes
+//! `--agent-offer-timeout-ms`, passes the offer to the next worker. With no worker (left) to
+//! take it the job is dropped (JS_FAILED), as the open-source livekit-server does: no retry when
+//! a worker registers later, no second round of offers once every worker declined. When the room finishes
 //! (departure/empty timeout, `DeleteRoom`, shutdown) or its dispatch is deleted, the worker
 //! holding a job gets `termination{job_id}`.
 //!
@@ -76,10 +77,9 @@ const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_FRAME: usize = 1 << 20;
 /// Undecodable frames tolerated on one connection.
 const MAX_MALFORMED: u32 = 16;
-/// A pending job whose candidates all declined asks them again after this.
-const RETRY_DECLINED_AFTER: Duration = Duration::from_secs(10);
-/// Lifetime of the join token in an assignment (the Go SDK's default).
-const AGENT_TOKEN_TTL_SECS: f64 = 6.0 * 3600.0;
+/// Lifetime of the join token in an assignment (livekit-server's agent tokens: 1 h; the
+/// participant's refresh_token keeps it going after that).
+const AGENT_TOKEN_TTL_SECS: f64 = 3600.0;
 
 // ------------------------------------------------------------------ engine side
 
@@ -384,7 +384,10 @@ impl Engine {
             return;
         }
         let Some(worker_id) = self.dispatch.pick_worker(&job.agent_name, &job.declined) else {
-            tracing::debug!(job = %job_id, agent_name = %job.agent_name, "no worker available: job waits");
+            // As the open-source livekit-server (agentservice.go JobRequest): no worker left to
+            // try means the job is dropped, not kept for a worker that may register later.
+            tracing::warn!(job = %job_id, room = %job.room, agent_name = %job.agent_name, tried = job.declined.len(), "no worker available: job dropped");
+            self.drop_job(job_id);
             return;
         };
         let room = self.room_proto(&job.room);
@@ -408,8 +411,7 @@ impl Engine {
         self.dispatch.send(&worker_id, msg);
     }
 
-    /// Periodic: offers nobody answered in time go to the next worker; jobs everyone declined
-    /// are offered again after a while.
+    /// Periodic: offers nobody answered in time go to the next worker.
     pub(crate) fn dispatch_tick(&mut self, now: Instant) {
         let expired: Vec<(String, String)> = self
             .dispatch
@@ -424,13 +426,17 @@ impl Engine {
             tracing::info!(job = %job_id, %worker, "no availability answer in time: offering elsewhere");
             self.job_declined(&job_id, &worker, now);
         }
-        for j in self.dispatch.jobs.values_mut() {
-            if j.stage == Stage::Pending && j.last_declined.is_some_and(|t| now.duration_since(t) >= RETRY_DECLINED_AFTER) {
-                j.declined.clear();
-                j.last_declined = None;
-            }
-        }
         self.dispatch_pending(now);
+    }
+
+    /// A job nobody can take: it ends (JS_FAILED in ListDispatch), nothing retries it.
+    fn drop_job(&mut self, job_id: &str) {
+        if let Some(j) = self.dispatch.jobs.get_mut(job_id) {
+            j.stage = Stage::Ended;
+            j.state.status = lk::JobStatus::JsFailed as i32;
+            j.state.error = "no worker available".into();
+            j.state.updated_at = unix_ns();
+        }
     }
 
     /// `worker` will not take `job_id`: back to pending, offered to the next candidate.

@@ -27,6 +27,8 @@ use crate::twirp::ApiError;
 use crate::webhook::Webhooks;
 
 const COMMAND_QUEUE: usize = 1024;
+/// Tracks announced but not yet published, per participant (livekit-server `cMaxPendingTracks`).
+const MAX_PENDING_TRACKS: usize = 20;
 const PING_INTERVAL: i32 = 5;
 const PING_TIMEOUT: i32 = 15;
 /// Reliable data packets held for a participant whose subscriber channel is not open yet.
@@ -47,6 +49,11 @@ pub struct JoinRequest {
     /// Agents to dispatch if this join creates the room (the token's `roomConfig.agents`;
     /// empty: automatic dispatch).
     pub room_agents: Vec<lk::RoomAgentDispatch>,
+    /// The client's `protocol` query parameter.
+    pub protocol: i32,
+    /// The join token's grant and expiry (unix seconds), for `refresh_token`.
+    pub video: crate::auth::VideoGrant,
+    pub token_exp: f64,
     pub tx: mpsc::Sender<Outbound>,
 }
 
@@ -106,6 +113,8 @@ pub enum Command {
     Admin(Admin),
     /// An agent worker's `/agent` connection (see `dispatch.rs`).
     Worker(WorkerCmd),
+    /// An ICE-TCP connection (see `ice_tcp.rs`).
+    Tcp(crate::ice_tcp::TcpEvent),
     /// Close every room (participants get `leave` SERVER_SHUTDOWN), then reply.
     Shutdown(oneshot::Sender<()>),
 }
@@ -170,6 +179,19 @@ pub(crate) struct Participant {
     pub subscriber: Peer,
     pub down: Vec<DownTrack>,
     pub auto_subscribe: bool,
+    /// The client's signalling protocol version (`protocol=`).
+    pub protocol: i32,
+    pub video: crate::auth::VideoGrant,
+    pub token_exp: f64,
+    pub next_refresh: Instant,
+    pub refresh_every: Duration,
+    /// Our last answer (publisher) / offer (subscriber) with its candidates, for trickle.
+    pub publisher_sdp: String,
+    pub subscriber_sdp: String,
+    /// When the subscriber offer awaiting its answer was sent (negotiation timeout).
+    pub offer_sent_at: Option<Instant>,
+    /// Restart the subscriber's ICE with the next offer (after a resume, as livekit-server).
+    pub sub_ice_restart: bool,
     /// Subscriber PC needs a new offer.
     pub sub_dirty: bool,
     /// The first subscriber offer also creates the data channels.
@@ -219,6 +241,45 @@ impl Participant {
         }
     }
 
+    /// Sends our candidates of one peer connection by trickle (they are not in our SDPs).
+    pub fn trickle_candidates(&mut self, target: lk::SignalTarget) {
+        let sdp = match target {
+            lk::SignalTarget::Publisher => self.publisher_sdp.clone(),
+            lk::SignalTarget::Subscriber => self.subscriber_sdp.clone(),
+        };
+        for candidate_init in crate::peer::candidate_inits(&sdp) {
+            self.send(Resp::Trickle(lk::TrickleRequest { candidate_init, target: target as i32, r#final: false }));
+        }
+    }
+
+    /// A token for this participant's current claims (livekit-server `refreshToken`): valid
+    /// 10 minutes, or as long as the original one when that is longer.
+    pub fn refresh_token(&mut self, api_key: &str, api_secret: &str) -> String {
+        let now = crate::auth::unix_now().floor();
+        let exp = (now + 600.0).max(self.token_exp);
+        self.next_refresh = Instant::now() + self.refresh_every;
+        let mut video = serde_json::to_value(&self.video).unwrap_or_default();
+        if let Some(v) = video.as_object_mut() {
+            let perm = &self.info.permission;
+            v.insert("canPublish".into(), perm.can_publish.into());
+            v.insert("canSubscribe".into(), perm.can_subscribe.into());
+            v.insert("canPublishData".into(), perm.can_publish_data.into());
+        }
+        let claims = serde_json::json!({
+            "iss": api_key,
+            "sub": self.info.identity,
+            "name": self.info.name,
+            "kind": self.info.kind.as_str_name().to_ascii_lowercase(),
+            "metadata": self.info.metadata,
+            "attributes": self.info.attributes,
+            "nbf": now - 10.0,
+            "iat": now,
+            "exp": exp,
+            "video": video,
+        });
+        crate::auth::sign(&claims, api_secret)
+    }
+
     pub fn proto(&self) -> lk::ParticipantInfo {
         self.info.to_proto(&self.tracks)
     }
@@ -237,6 +298,9 @@ pub struct Engine {
     pub(crate) socket: Arc<UdpSocket>,
     /// Address in our ICE candidate (and the `destination` str0m expects).
     pub(crate) local_addr: SocketAddr,
+    /// Our passive ICE-TCP candidate's address, and the open connections by client address.
+    pub(crate) tcp_addr: Option<SocketAddr>,
+    pub(crate) tcp_conns: HashMap<SocketAddr, mpsc::Sender<Vec<u8>>>,
     pub(crate) rooms: HashMap<String, Room>,
     pub(crate) parts: HashMap<u64, Participant>,
     pub(crate) next_key: u64,
@@ -253,12 +317,16 @@ pub async fn start(cfg: Arc<Config>, webhooks: Webhooks) -> anyhow::Result<Engin
     let socket = UdpSocket::bind(cfg.rtc_bind()).await?;
     let bound = socket.local_addr()?;
     let local_addr = SocketAddr::new(cfg.advertised_ip(), bound.port());
+    let tcp_listener = tokio::net::TcpListener::bind(cfg.tcp_bind()).await?;
+    let tcp_addr = SocketAddr::new(cfg.advertised_ip(), tcp_listener.local_addr()?.port());
     let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
     let cfg_offer_timeout_ms = cfg.agent_offer_timeout_ms.max(1);
     let engine = Engine {
         cfg,
         socket: Arc::new(socket),
         local_addr,
+        tcp_addr: Some(tcp_addr),
+        tcp_conns: HashMap::new(),
         rooms: HashMap::new(),
         parts: HashMap::new(),
         next_key: 1,
@@ -268,10 +336,13 @@ pub async fn start(cfg: Arc<Config>, webhooks: Webhooks) -> anyhow::Result<Engin
         dispatch: Dispatcher::new(Duration::from_millis(cfg_offer_timeout_ms)),
     };
     tokio::spawn(engine.run(rx));
-    Ok(EngineHandle {
+    let handle = EngineHandle {
         tx,
         rtc_addr: local_addr,
-    })
+    };
+    tracing::info!(%tcp_addr, "ICE-TCP listening");
+    tokio::spawn(crate::ice_tcp::serve(tcp_listener, handle.clone()));
+    Ok(handle)
 }
 
 impl Engine {
@@ -311,6 +382,38 @@ impl Engine {
     }
 
     fn on_udp(&mut self, data: &[u8], source: SocketAddr) {
+        if self.cfg.udp_off {
+            return;
+        }
+        self.on_datagram(data, source, Protocol::Udp);
+    }
+
+    fn on_tcp(&mut self, ev: crate::ice_tcp::TcpEvent) {
+        use crate::ice_tcp::TcpEvent;
+        match ev {
+            TcpEvent::Opened { remote, tx } => {
+                // Bounded like everything else: a flood of connections cannot grow this.
+                if self.tcp_conns.len() >= 4 * self.parts.len() + 64 {
+                    tracing::warn!(%remote, "too many ICE-TCP connections; refused");
+                    return;
+                }
+                self.tcp_conns.insert(remote, tx);
+            }
+            TcpEvent::Frame { remote, data } => self.on_datagram(&data, remote, Protocol::Tcp),
+            TcpEvent::Closed { remote } => {
+                self.tcp_conns.remove(&remote);
+            }
+        }
+    }
+
+    fn on_datagram(&mut self, data: &[u8], source: SocketAddr, proto: Protocol) {
+        let destination = match proto {
+            Protocol::Udp => self.local_addr,
+            _ => match self.tcp_addr {
+                Some(a) => a,
+                None => return,
+            },
+        };
         let Ok(contents) = data.try_into() else {
             tracing::trace!(%source, "unrecognised datagram");
             return;
@@ -318,9 +421,9 @@ impl Engine {
         let input = Input::Receive(
             Instant::now(),
             Receive {
-                proto: Protocol::Udp,
+                proto,
                 source,
-                destination: self.local_addr,
+                destination,
                 contents,
             },
         );
@@ -389,6 +492,8 @@ impl Engine {
                     p.subscriber.dirty = true;
                 }
             }
+            // The peer that takes the frame marks itself.
+            Command::Tcp(_) => {}
             _ => {
                 for p in self.parts.values_mut() {
                     p.publisher.dirty = true;
@@ -426,6 +531,7 @@ impl Engine {
             }
             Command::Admin(a) => self.on_admin(a),
             Command::Worker(w) => self.on_worker(w),
+            Command::Tcp(ev) => self.on_tcp(ev),
             Command::Shutdown(reply) => {
                 let names: Vec<String> = self.rooms.keys().cloned().collect();
                 for name in names {
@@ -450,6 +556,30 @@ impl Engine {
         }
         self.dispatch_tick(now);
         let window = Duration::from_secs(self.cfg.resume_window as u64);
+        let negotiation_timeout = Duration::from_secs(self.cfg.negotiation_timeout_secs.max(1));
+        let (api_key, api_secret) = (self.cfg.api_key.clone(), self.cfg.api_secret.clone());
+        for p in self.parts.values_mut() {
+            if p.doomed.is_some() || p.signal_lost.is_some() {
+                continue;
+            }
+            if now >= p.next_refresh {
+                let token = p.refresh_token(&api_key, &api_secret);
+                p.send(Resp::RefreshToken(token));
+            }
+            // livekit-server transport.go: an offer unanswered for 15 s is a failed negotiation,
+            // and the participant is told to join again (IssueFullReconnect).
+            if p.offer_sent_at.is_some_and(|t| now.duration_since(t) >= negotiation_timeout) {
+                tracing::warn!(identity = %p.info.identity, "subscriber negotiation timed out: asking for a full reconnect");
+                p.send(Resp::Leave(lk::LeaveRequest {
+                    reason: lk::DisconnectReason::StateMismatch as i32,
+                    action: lk::leave_request::Action::Reconnect as i32,
+                    ..Default::default()
+                }));
+                let _ = p.tx.try_send(Outbound::Close { code: 1000, reason: "negotiation failed".into() });
+                p.doom(lk::DisconnectReason::StateMismatch, false);
+                p.offer_sent_at = None;
+            }
+        }
         for p in self.parts.values_mut() {
             if p.signal_lost.is_some_and(|t| now.duration_since(t) >= window) {
                 tracing::info!(identity = %p.info.identity, "no resume within the window: removing participant");
@@ -573,6 +703,9 @@ impl Engine {
             tracing::info!(identity = %req.identity, "duplicate identity: removing the older session");
             self.remove_participant(old, lk::DisconnectReason::DuplicateIdentity, true);
         }
+        let ice_lite = self.cfg.ice_lite;
+        let udp_candidate = (!self.cfg.udp_off).then_some(self.local_addr);
+        let refresh_every = Duration::from_secs(self.cfg.token_refresh_secs.max(1));
 
         let now = Instant::now();
         let key = self.next_key;
@@ -601,10 +734,19 @@ impl Engine {
             session,
             signal_lost: None,
             last_offer: None,
-            publisher: Peer::new(Role::Publisher, now, self.local_addr),
-            subscriber: Peer::new(Role::Subscriber, now, self.local_addr),
+            publisher: Peer::new(Role::Publisher, now, udp_candidate, self.tcp_addr, ice_lite),
+            subscriber: Peer::new(Role::Subscriber, now, udp_candidate, self.tcp_addr, ice_lite),
             down: Vec::new(),
             auto_subscribe: req.auto_subscribe,
+            protocol: req.protocol,
+            video: req.video,
+            token_exp: req.token_exp,
+            next_refresh: now + refresh_every,
+            refresh_every,
+            publisher_sdp: String::new(),
+            subscriber_sdp: String::new(),
+            offer_sent_at: None,
+            sub_ice_restart: false,
             sub_dirty: true,
             sub_needs_channels: true,
             offer_id: 0,
@@ -656,6 +798,10 @@ impl Engine {
         join.room = self.room_proto(&req.room);
         if let Some(p) = self.parts.get_mut(&key) {
             p.send(Resp::Join(join));
+            // As livekit-server's rtcSessionWorker: a first refresh at once (for tokens close to
+            // expiry), then every --token-refresh-secs.
+            let token = p.refresh_token(&self.cfg.api_key, &self.cfg.api_secret);
+            p.send(Resp::RefreshToken(token));
         }
         self.broadcast_info(key, false);
         Ok(Joined { key, session })
@@ -699,11 +845,16 @@ impl Engine {
             p.send(Resp::RoomUpdate(lk::RoomUpdate { room: Some(room) }));
         }
         // An offer in flight may have been lost with the old connection: send it again
-        // (the same SDP, so a client that did apply it just answers again).
+        // (the same SDP, so a client that did apply it just answers again). Otherwise restart
+        // the subscriber's ICE, as livekit-server's ResumeParticipant does.
         if p.subscriber.pending.is_some() {
             if let Some(offer) = p.last_offer.clone() {
                 p.send(Resp::Offer(offer));
+                p.trickle_candidates(lk::SignalTarget::Subscriber);
             }
+        } else if p.subscriber.connected {
+            p.sub_ice_restart = true;
+            p.sub_dirty = true;
         }
         Ok(Joined { key, session })
     }
@@ -711,6 +862,13 @@ impl Engine {
     /// Removes a participant: tells it why (if `notify`), unsubscribes everyone from its
     /// tracks, tells the others, fires webhooks.
     pub(crate) fn remove_participant(&mut self, key: u64, reason: lk::DisconnectReason, notify: bool) {
+        self.remove_participant_as(key, reason, notify, reason == lk::DisconnectReason::DuplicateIdentity)
+    }
+
+    /// `replaced`: a newer session of the same identity exists. Clients at protocol > 11 then get
+    /// no DISCONNECTED update for the old sid (livekit-server room.go `SendParticipantUpdates`
+    /// skips DUPLICATE_IDENTITY for `SupportsIdentityBasedReconnection`).
+    fn remove_participant_as(&mut self, key: u64, reason: lk::DisconnectReason, notify: bool, replaced: bool) {
         let Some(mut p) = self.parts.remove(&key) else {
             return;
         };
@@ -754,6 +912,9 @@ impl Engine {
         if !p.info.permission.hidden {
             for other in &members {
                 if let Some(o) = self.parts.get_mut(other) {
+                    if replaced && o.protocol > 11 {
+                        continue;
+                    }
                     o.send(Resp::Update(lk::ParticipantUpdate {
                         participants: vec![info.clone()],
                     }));
@@ -818,23 +979,28 @@ impl Engine {
                         request_id: u.request_id,
                         reason: lk::request_response::Reason::NotAllowed as i32,
                         message: "does not have permission to update own metadata".into(),
-                        ..Default::default()
+                        request: Some(lk::request_response::Request::UpdateMetadata(u)),
                     }));
                     return;
                 }
                 if !u.name.is_empty() {
-                    p.info.name = u.name;
+                    p.info.name = u.name.clone();
                 }
                 if !u.metadata.is_empty() {
-                    p.info.metadata = u.metadata;
+                    p.info.metadata = u.metadata.clone();
                 }
                 p.info.merge_attributes(&u.attributes);
                 p.bump();
                 p.send(Resp::RequestResponse(lk::RequestResponse {
                     request_id: u.request_id,
                     reason: lk::request_response::Reason::Ok as i32,
+                    request: Some(lk::request_response::Request::UpdateMetadata(u.clone())),
                     ..Default::default()
                 }));
+                // Claims changed: a token carrying them (livekit-server `OnClaimsChanged`), so a
+                // full reconnect comes back with them.
+                let token = p.refresh_token(&self.cfg.api_key, &self.cfg.api_secret);
+                p.send(Resp::RefreshToken(token));
                 self.broadcast_info(key, true);
             }
             Req::PingReq(ping) => {
@@ -856,15 +1022,34 @@ impl Engine {
 
     fn on_add_track(&mut self, key: u64, req: lk::AddTrackRequest) {
         let p = self.parts.get_mut(&key).expect("checked");
+        // As livekit-server participant.go AddTrack / addPendingTrack.
+        let refuse = |p: &mut Participant, reason: lk::request_response::Reason, message: String, req: lk::AddTrackRequest| {
+            tracing::warn!(identity = %p.info.identity, cid = %req.cid, ?reason, "add_track refused");
+            p.send(Resp::RequestResponse(lk::RequestResponse {
+                reason: reason as i32,
+                message,
+                request: Some(lk::request_response::Request::AddTrack(req)),
+                ..Default::default()
+            }));
+        };
         if !p.info.permission.can_publish {
-            tracing::warn!(identity = %p.info.identity, "add_track without publish permission");
-            return;
+            return refuse(p, lk::request_response::Reason::NotAllowed, "does not have permission to publish".into(), req);
         }
-        if let Some(t) = p.tracks.iter().find(|t| t.cid == req.cid && !req.cid.is_empty()) {
-            let info = t.to_proto();
-            p.send(Resp::TrackPublished(lk::TrackPublishedResponse {
-                cid: req.cid,
-                track: Some(info),
+        if req.r#type != lk::TrackType::Audio as i32 && req.r#type != lk::TrackType::Video as i32 {
+            return refuse(p, lk::request_response::Reason::UnsupportedType, "unsupported track type".into(), req);
+        }
+        let pending = p.tracks.iter().filter(|t| !t.published()).count();
+        if pending >= MAX_PENDING_TRACKS {
+            return refuse(p, lk::request_response::Reason::LimitExceeded, format!("too many pending tracks, rejecting new track, numPendingTracks: {pending}"), req);
+        }
+        if !req.cid.is_empty() && p.tracks.iter().any(|t| t.cid == req.cid) {
+            // A track with this cid exists: livekit-server queues the new one (published after
+            // the first one goes) and says QUEUED; devroom does not publish it.
+            tracing::info!(identity = %p.info.identity, cid = %req.cid, "add_track for a cid in use: queued");
+            p.send(Resp::RequestResponse(lk::RequestResponse {
+                reason: lk::request_response::Reason::Queued as i32,
+                request: Some(lk::request_response::Request::AddTrack(req)),
+                ..Default::default()
             }));
             return;
         }
@@ -934,20 +1119,22 @@ impl Engine {
             .collect();
         p.send(Resp::Answer(lk::SessionDescription {
             r#type: "answer".into(),
-            sdp: answer,
+            sdp: crate::peer::strip_candidates(&answer),
             id: sd.id,
             mid_to_track_id,
         }));
+        p.publisher_sdp = answer;
+        p.trickle_candidates(lk::SignalTarget::Publisher);
         for t in unpublished {
             self.on_track_unpublished(key, t);
         }
         for sid in newly_published {
-            self.on_track_published(key, &sid);
+            tracing::debug!(%sid, "track bound to its m-line; published on its first RTP packet");
         }
     }
 
     /// A track's media is flowing: tell everyone, subscribe them.
-    fn on_track_published(&mut self, key: u64, track_sid: &str) {
+    pub(crate) fn on_track_published(&mut self, key: u64, track_sid: &str) {
         let Some(p) = self.parts.get_mut(&key) else {
             return;
         };
@@ -1016,6 +1203,7 @@ impl Engine {
                 return;
             }
         }
+        p.offer_sent_at = None;
         p.down.retain(|d| !matches!(d.state, DownState::NegotiatingStop(_)));
         for d in p.down.iter_mut() {
             if let DownState::Negotiating(m) = d.state {

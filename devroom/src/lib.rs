@@ -14,6 +14,7 @@ pub mod auth;
 pub mod config;
 mod dispatch;
 mod engine;
+mod ice_tcp;
 mod peer;
 pub mod room;
 mod roomservice;

@@ -76,15 +76,21 @@ pub struct Peer {
 }
 
 impl Peer {
-    pub fn new(role: Role, now: Instant, local: SocketAddr) -> Peer {
+    /// `udp`: our UDP candidate (None with `--udp-off`); `tcp`: our passive ICE-TCP candidate.
+    pub fn new(role: Role, now: Instant, udp: Option<SocketAddr>, tcp: Option<SocketAddr>, ice_lite: bool) -> Peer {
         let mut rtc = RtcConfig::new()
-            .set_ice_lite(true)
+            .set_ice_lite(ice_lite)
             .clear_codecs()
             .enable_opus(true, false)
+            .enable_pcmu(true, false)
+            .enable_pcma(true, false)
             .enable_vp8(true)
             .enable_h264(true)
             .build(now);
-        if let Ok(c) = Candidate::host(local, "udp") {
+        if let Some(Ok(c)) = udp.map(|a| Candidate::host(a, "udp")) {
+            rtc.add_local_candidate(c);
+        }
+        if let Some(Ok(c)) = tcp.map(|a| Candidate::builder().tcp().host(a).tcptype(str0m::net::TcpType::Passive).build()) {
             rtc.add_local_candidate(c);
         }
         Peer {
@@ -162,6 +168,8 @@ pub struct SubscriberChange {
     pub stop: Vec<Mid>,
     /// Create the `_reliable` / `_lossy` channels (first offer).
     pub data_channels: bool,
+    /// New ICE credentials (after a client resumed).
+    pub ice_restart: bool,
 }
 
 impl Peer {
@@ -200,6 +208,9 @@ impl Peer {
         for mid in &change.stop {
             api.stop_media(*mid);
         }
+        if change.ice_restart {
+            let _ = api.ice_restart(true);
+        }
         let (offer, pending) = api.apply()?;
         for (id, kind) in new_channels {
             self.channels.insert(id, kind);
@@ -207,6 +218,32 @@ impl Peer {
         self.pending = Some(pending);
         Some((offer.to_sdp_string(), mids))
     }
+}
+
+/// An SDP without its candidates: livekit-server trickles them (`SignalResponse.trickle`)
+/// instead, so a client that only reads the SDP never connects.
+pub fn strip_candidates(sdp: &str) -> String {
+    let mut out = String::with_capacity(sdp.len());
+    for line in sdp.split_inclusive('\n') {
+        let l = line.trim_end();
+        if l.starts_with("a=candidate:") || l == "a=end-of-candidates" {
+            continue;
+        }
+        out.push_str(line);
+    }
+    out
+}
+
+/// Our local candidates as trickle `candidateInit` JSON strings (for `ufrag`).
+pub fn candidate_inits(sdp: &str) -> Vec<String> {
+    let ufrag = sdp.lines().find_map(|l| l.trim_end().strip_prefix("a=ice-ufrag:")).unwrap_or("").to_string();
+    let mut seen = std::collections::HashSet::new();
+    sdp.lines()
+        .filter_map(|l| l.trim_end().strip_prefix("a="))
+        .filter(|c| c.starts_with("candidate:"))
+        .filter(|c| seen.insert(c.to_string()))
+        .map(|c| serde_json::json!({"candidate": c, "sdpMid": "0", "sdpMLineIndex": 0, "usernameFragment": ufrag}).to_string())
+        .collect()
 }
 
 /// The `candidate` line out of a trickle `candidateInit` (`{"candidate":"candidate:…","sdpMid":"0",…}`).
@@ -338,8 +375,21 @@ m=audio 0 UDP/TLS/RTP/SAVPF 111\r\na=mid:2\r\na=sendonly\r\na=ssrc:1 msid:s trac
     }
 
     #[test]
+    fn candidates_move_from_the_sdp_to_trickle() {
+        let sdp = "v=0\r\na=ice-ufrag:abcd\r\nm=audio 9 UDP 111\r\na=candidate:1 1 udp 2130706431 127.0.0.1 7882 typ host\r\na=end-of-candidates\r\na=mid:0\r\nm=application 9 x\r\na=candidate:1 1 udp 2130706431 127.0.0.1 7882 typ host\r\n";
+        let stripped = strip_candidates(sdp);
+        assert!(!stripped.contains("candidate"), "{stripped}");
+        assert!(stripped.contains("a=mid:0\r\n"));
+        let inits = candidate_inits(sdp);
+        assert_eq!(inits.len(), 1, "one per distinct candidate");
+        let v: serde_json::Value = serde_json::from_str(&inits[0]).unwrap();
+        assert_eq!(v["candidate"], "candidate:1 1 udp 2130706431 127.0.0.1 7882 typ host");
+        assert_eq!(v["usernameFragment"], "abcd");
+    }
+
+    #[test]
     fn garbage_sdp_is_an_error_not_a_panic() {
-        let mut p = Peer::new(Role::Publisher, Instant::now(), "127.0.0.1:9".parse().unwrap());
+        let mut p = Peer::new(Role::Publisher, Instant::now(), Some("127.0.0.1:9".parse().unwrap()), None, false);
         assert!(p.accept_offer("this is not sdp").is_err());
         assert!(p.accept_offer("").is_err());
         assert!(matches!(p.accept_answer("v=0"), Err(PeerError::Sdp { .. }) | Err(PeerError::NoPendingOffer)));

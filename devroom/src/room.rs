@@ -93,7 +93,8 @@ impl Room {
 }
 
 pub fn enabled_codecs() -> Vec<lk::Codec> {
-    ["audio/opus", "video/VP8", "video/H264"]
+    // livekit-server ≥ 1.9.1 enables PCMU and PCMA besides Opus by default.
+    ["audio/opus", "audio/PCMU", "audio/PCMA", "video/VP8", "video/H264"]
         .iter()
         .map(|m| lk::Codec {
             mime: m.to_string(),
@@ -141,6 +142,8 @@ pub struct PublishedTrack {
     pub stream: String,
     /// Publisher-PC mid once the offer carrying it was accepted.
     pub mid: Option<String>,
+    /// Its first RTP packet arrived: the room sees it.
+    pub live: bool,
     pub mime_type: String,
 }
 
@@ -158,12 +161,13 @@ impl PublishedTrack {
             disable_red: req.disable_red,
             stream: req.stream.clone(),
             mid: None,
+            live: false,
             mime_type: String::new(),
         }
     }
 
     pub fn published(&self) -> bool {
-        self.mid.is_some()
+        self.mid.is_some() && self.live
     }
 
     pub fn to_proto(&self) -> lk::TrackInfo {

@@ -27,7 +27,7 @@ impl Engine {
             for p in self.parts.values_mut() {
                 for peer in [&mut p.publisher, &mut p.subscriber] {
                     if peer.dirty || peer.next_timeout <= now {
-                        poll_peer(&self.socket, peer, p.key, &mut events);
+                        poll_peer(&self.socket, &self.tcp_conns, peer, p.key, &mut events);
                     }
                 }
             }
@@ -147,14 +147,23 @@ impl Engine {
 
     fn forward_media(&mut self, key: u64, data: MediaData) {
         let mid = data.mid.to_string();
-        let Some(track_sid) = self.parts.get(&key).and_then(|p| {
+        let Some((track_sid, live)) = self.parts.get(&key).and_then(|p| {
             p.tracks
                 .iter()
                 .find(|t| t.mid.as_deref() == Some(mid.as_str()))
-                .map(|t| t.sid.clone())
+                .map(|t| (t.sid.clone(), t.live))
         }) else {
             return;
         };
+        if !live {
+            // Published on its first RTP packet, not when the offer arrived (livekit-server up
+            // to 1.8.1; later versions publish on the SDP — a client that copes with this
+            // copes with both).
+            if let Some(t) = self.parts.get_mut(&key).and_then(|p| p.tracks.iter_mut().find(|t| t.sid == track_sid)) {
+                t.live = true;
+            }
+            self.on_track_published(key, &track_sid);
+        }
         let is_video = self
             .parts
             .get(&key)
@@ -348,8 +357,9 @@ impl Engine {
                 .collect(),
             stop: stop.iter().map(|(_, m)| *m).collect(),
             data_channels: p.sub_needs_channels,
+            ice_restart: std::mem::take(&mut p.sub_ice_restart),
         };
-        if change.add.is_empty() && change.stop.is_empty() && !change.data_channels {
+        if change.add.is_empty() && change.stop.is_empty() && !change.data_channels && !change.ice_restart {
             return false;
         }
         p.subscriber.dirty = true;
@@ -375,12 +385,15 @@ impl Engine {
         tracing::debug!(identity = %p.info.identity, adds = change.add.len(), stops = change.stop.len(), "subscriber offer");
         let offer = lk::SessionDescription {
             r#type: "offer".into(),
-            sdp,
+            sdp: crate::peer::strip_candidates(&sdp),
             id: p.offer_id,
             mid_to_track_id,
         };
+        p.subscriber_sdp = sdp;
         p.last_offer = Some(offer.clone());
+        p.offer_sent_at = Some(Instant::now());
         p.send(Resp::Offer(offer));
+        p.trickle_candidates(lk::SignalTarget::Subscriber);
         true
     }
 }
@@ -429,7 +442,13 @@ pub(crate) fn deliver_data(p: &mut Participant, kind: DataKind, encoded: &Arc<[u
     }
 }
 
-fn poll_peer(socket: &UdpSocket, peer: &mut Peer, key: u64, events: &mut Vec<(u64, Role, Event)>) {
+fn poll_peer(
+    socket: &UdpSocket,
+    tcp: &std::collections::HashMap<std::net::SocketAddr, tokio::sync::mpsc::Sender<Vec<u8>>>,
+    peer: &mut Peer,
+    key: u64,
+    events: &mut Vec<(u64, Role, Event)>,
+) {
     let far = Instant::now() + Duration::from_secs(3600);
     if !peer.rtc.is_alive() {
         peer.next_timeout = far;
@@ -438,11 +457,18 @@ fn poll_peer(socket: &UdpSocket, peer: &mut Peer, key: u64, events: &mut Vec<(u6
     }
     loop {
         match peer.rtc.poll_output() {
-            Ok(Output::Transmit(t)) => {
+            Ok(Output::Transmit(t)) if t.proto == str0m::net::Protocol::Udp => {
                 if let Err(e) = socket.try_send_to(&t.contents, t.destination) {
                     tracing::trace!(error = %e, dest = %t.destination, "udp send failed");
                 }
             }
+            Ok(Output::Transmit(t)) => match tcp.get(&t.destination) {
+                // A full queue drops the packet (a client that does not read), never blocks.
+                Some(tx) => {
+                    let _ = tx.try_send(t.contents.to_vec());
+                }
+                None => tracing::trace!(dest = %t.destination, "no ICE-TCP connection to that address; packet dropped"),
+            },
             Ok(Output::Timeout(t)) => {
                 peer.next_timeout = t;
                 peer.dirty = false;

@@ -84,6 +84,9 @@ fn validate(app: &App, headers: &HeaderMap, params: &Params) -> Result<JoinInit,
         },
         auto_subscribe: truthy(params.get("auto_subscribe"), true),
         room_agents: claims.room_agents(),
+        protocol: params.get("protocol").and_then(|p| p.parse().ok()).unwrap_or(0),
+        video: video.clone(),
+        token_exp: claims.exp.unwrap_or(0.0),
         reconnect: truthy(params.get("reconnect"), false),
         sid: params.get("sid").cloned().unwrap_or_default(),
     })
@@ -100,6 +103,9 @@ struct JoinInit {
     auto_subscribe: bool,
     /// The token's `roomConfig.agents` (dispatched if this join creates the room).
     room_agents: Vec<lk::RoomAgentDispatch>,
+    protocol: i32,
+    video: auth::VideoGrant,
+    token_exp: f64,
     /// `reconnect=1&sid=…`: resume an existing participant.
     reconnect: bool,
     sid: String,
@@ -171,6 +177,9 @@ pub async fn rtc_handler(
         permission: init.permission,
         auto_subscribe: init.auto_subscribe,
         room_agents: init.room_agents,
+        protocol: init.protocol,
+        video: init.video,
+        token_exp: init.token_exp,
         tx,
     };
     match app.engine.call(|r| Command::Join(req, r)).await {

@@ -494,18 +494,18 @@ async fn explicit_dispatch_reaches_only_the_named_worker() {
 }
 
 #[tokio::test]
-async fn jobs_wait_for_a_worker_and_full_workers_get_nothing() {
+async fn jobs_without_a_worker_are_dropped_as_livekit_server_does() {
     let server = Devroom::start("dispatch_pending", &[]);
-    // No worker yet: the job waits.
+    // No worker: the job is dropped (JS_FAILED), not kept for a worker that registers later
+    // (livekit-server agentservice.go JobRequest → ResourceExhausted).
     rooms(&server).create_room("early-room", Default::default()).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let list = dispatches(&server).list_dispatch("early-room").await.unwrap();
+    let st = list[0].state.clone().unwrap().jobs[0].state.clone().unwrap();
+    assert_eq!(st.status, lk::JobStatus::JsFailed as i32, "{st:?}");
     let (mut ws, _) = register(&server, "").await;
-    let job = expect_offer(&mut ws).await.job.unwrap();
-    assert_eq!(job.room.unwrap().name, "early-room");
-    answer(&mut ws, &job.id, true, "agent-early").await;
-    expect_assignment(&mut ws).await;
+    expect_silence(&mut ws, Duration::from_millis(500)).await;
 
-    // A full worker is offered nothing until it is available again.
+    // A full worker is offered nothing: the job is dropped, and not offered when it frees up.
     send(
         &mut ws,
         W::UpdateWorker(lk::UpdateWorkerStatus {
@@ -517,8 +517,8 @@ async fn jobs_wait_for_a_worker_and_full_workers_get_nothing() {
     )
     .await;
     tokio::time::sleep(Duration::from_millis(200)).await;
-    rooms(&server).create_room("busy-room", Default::default()).await.unwrap();
-    expect_silence(&mut ws, Duration::from_millis(800)).await;
+    rooms(&server).create_room("full-room", Default::default()).await.unwrap();
+    expect_silence(&mut ws, Duration::from_millis(500)).await;
     send(
         &mut ws,
         W::UpdateWorker(lk::UpdateWorkerStatus {
@@ -529,6 +529,15 @@ async fn jobs_wait_for_a_worker_and_full_workers_get_nothing() {
         }),
     )
     .await;
+    expect_silence(&mut ws, Duration::from_millis(500)).await;
+
+    // Declined by the only worker: dropped, never offered again.
+    rooms(&server).create_room("declined-room", Default::default()).await.unwrap();
+    let job = expect_offer(&mut ws).await.job.unwrap();
+    answer(&mut ws, &job.id, false, "").await;
+    expect_silence(&mut ws, Duration::from_millis(800)).await;
+
+    rooms(&server).create_room("busy-room", Default::default()).await.unwrap();
     let job = expect_offer(&mut ws).await.job.unwrap();
     assert_eq!(job.room.unwrap().name, "busy-room");
 

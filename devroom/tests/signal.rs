@@ -164,6 +164,13 @@ async fn signal_join_offer_ping_track_and_updates() {
     assert!(join.subscriber_primary);
     assert!(join.ping_interval > 0 && join.ping_timeout > join.ping_interval);
     assert!(join.other_participants.is_empty());
+    // A first token refresh comes at once (livekit-server rtcSessionWorker).
+    let token = wait_for(&mut a, |m| match m {
+        Resp::RefreshToken(t) => Some(t),
+        _ => None,
+    })
+    .await;
+    assert_eq!(token.split('.').count(), 3, "a JWT");
 
     // The server offers the subscriber PC right away, data channels included.
     let offer = wait_for(&mut a, |m| match m {
@@ -173,8 +180,16 @@ async fn signal_join_offer_ping_track_and_updates() {
     .await;
     assert_eq!(offer.r#type, "offer");
     assert!(offer.sdp.contains("m=application"), "{}", offer.sdp);
-    assert!(offer.sdp.contains("a=ice-lite"), "{}", offer.sdp);
-    assert!(offer.sdp.contains("a=candidate:"), "{}", offer.sdp);
+    // As livekit-server: full ICE (not lite unless --ice-lite), candidates trickled, not in the SDP.
+    assert!(!offer.sdp.contains("a=ice-lite"), "{}", offer.sdp);
+    assert!(!offer.sdp.contains("a=candidate:"), "{}", offer.sdp);
+    let trickle = wait_for(&mut a, |m| match m {
+        Resp::Trickle(t) => Some(t),
+        _ => None,
+    })
+    .await;
+    assert_eq!(trickle.target, lk::SignalTarget::Subscriber as i32);
+    assert!(trickle.candidate_init.contains("candidate:"), "{}", trickle.candidate_init);
 
     send(&mut a, Req::PingReq(lk::Ping { timestamp: 1234, rtt: 0 })).await;
     let pong = wait_for(&mut a, |m| match m {
@@ -413,9 +428,17 @@ async fn odd_requests_are_ignored_without_breaking_anything() {
         send(&mut a, m).await;
     }
     a.send(Message::Binary(lk::SignalRequest { message: None }.encode_to_vec().into())).await.unwrap();
-    // No permission to update own metadata: a RequestResponse says so.
+    // An unknown track type is refused (livekit-server: UNSUPPORTED_TYPE) …
     let rr = wait_for(&mut a, |m| match m {
-        Resp::RequestResponse(r) => Some(r),
+        Resp::RequestResponse(r) if r.request_id == 0 => Some(r),
+        _ => None,
+    })
+    .await;
+    assert_eq!(rr.reason, lk::request_response::Reason::UnsupportedType as i32);
+    assert!(matches!(rr.request, Some(lk::request_response::Request::AddTrack(_))));
+    // … and no permission to update own metadata: a RequestResponse says so.
+    let rr = wait_for(&mut a, |m| match m {
+        Resp::RequestResponse(r) if r.request_id == 5 => Some(r),
         _ => None,
     })
     .await;

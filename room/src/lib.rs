@@ -79,6 +79,7 @@
 pub mod audio;
 pub mod data;
 mod error;
+mod ice_tcp;
 pub mod events;
 mod peer;
 mod room;

@@ -139,6 +139,8 @@ pub(crate) struct Peer {
     pub role: Role,
     rtc: Rtc,
     local: SocketAddr,
+    /// Our active ICE-TCP candidate's address (`destination` of TCP input).
+    tcp_local: SocketAddr,
     pending_offer: Option<SdpPendingOffer>,
     has_remote_description: bool,
     early_candidates: Vec<Candidate>,
@@ -189,10 +191,21 @@ impl Peer {
             .build(now);
         let cand = Candidate::host(local, Protocol::Udp).map_err(|e| RoomError::Rtc(format!("local candidate: {e}")))?;
         rtc.add_local_candidate(cand);
+        // ICE over TCP to the server's passive candidates (livekit-server's fallback when UDP
+        // fails; with UDP blocked the only way in). Lower priority than UDP by type preference.
+        let tcp_local = crate::ice_tcp::TcpLinks::active_addr(local.ip());
+        let tcp = Candidate::builder()
+            .tcp()
+            .host(tcp_local)
+            .tcptype(str0m::net::TcpType::Active)
+            .build()
+            .map_err(|e| RoomError::Rtc(format!("local TCP candidate: {e}")))?;
+        rtc.add_local_candidate(tcp);
         let mut p = Self {
             role,
             rtc,
             local,
+            tcp_local,
             pending_offer: None,
             has_remote_description: false,
             early_candidates: Vec::new(),
@@ -258,6 +271,23 @@ impl Peer {
         if let Err(e) = self.rtc.handle_input(input) {
             self.counters.bad_datagrams += 1;
             tracing::debug!(role = ?self.role, error = %e, "datagram rejected");
+        }
+        self.drain();
+    }
+
+    /// Feed one ICE-TCP frame from the server at `source`.
+    pub(crate) fn handle_tcp(&mut self, now: Instant, source: SocketAddr, bytes: &[u8]) {
+        if self.failed {
+            return;
+        }
+        let Ok(contents) = bytes.try_into() else {
+            self.counters.bad_datagrams += 1;
+            return;
+        };
+        let input = Input::Receive(now, Receive { proto: Protocol::Tcp, source, destination: self.tcp_local, contents });
+        if let Err(e) = self.rtc.handle_input(input) {
+            self.counters.bad_datagrams += 1;
+            tracing::debug!(role = ?self.role, error = %e, "TCP frame rejected");
         }
         self.drain();
     }

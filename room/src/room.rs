@@ -38,6 +38,7 @@ use crate::audio::{AudioCodec, AudioSink, AudioTrackOptions, IncomingAudio, Outg
 use crate::data::{self, DataKind, DataPacketBuilder};
 use crate::error::RoomError;
 use crate::events::{attribute_changes, DisconnectReason, Participant, ReconnectKind, RoomEvent, TrackInfo, TrackKind};
+use crate::ice_tcp::{TcpFrame, TcpLinks};
 use crate::peer::{Peer, PeerEvent, Role, SdpMedia};
 use crate::signal::{self, Incoming, JoinParams, Request, Response, SignalConn};
 
@@ -261,6 +262,7 @@ impl Room {
         let (cmd_tx, cmd_rx) = mpsc::channel(64);
         let (audio_tx, audio_rx) = mpsc::channel(options.audio_queue_frames.max(8));
         let (ready_tx, ready_rx) = oneshot::channel();
+        let (tcp, tcp_rx) = TcpLinks::new();
 
         let room = join.room.clone().unwrap_or_default();
         let shared = Arc::new(Shared {
@@ -286,6 +288,7 @@ impl Room {
             reconnect: None,
             ice_recovery: IceRecovery::default(),
             new_sockets: None,
+            tcp,
             local: local_info,
             publisher,
             subscriber,
@@ -320,7 +323,7 @@ impl Room {
         // The driver should never panic (str0m promises not to on any input, and we never
         // unwrap untrusted data); if it does anyway, the application still gets `Disconnected`.
         let watch_tx = engine.events_tx.clone();
-        let driver = tokio::spawn(engine.run(pub_sock, sub_sock, cmd_rx, audio_rx));
+        let driver = tokio::spawn(engine.run(pub_sock, sub_sock, cmd_rx, audio_rx, tcp_rx));
         tokio::spawn(async move {
             if let Err(e) = driver.await {
                 if e.is_panic() {
@@ -527,6 +530,7 @@ enum Wake {
     Signal(Box<Incoming>),
     Resume(ResumeResult),
     Audio(Option<OutgoingAudio>),
+    Tcp(Option<TcpFrame>),
     Timer,
 }
 
@@ -543,6 +547,8 @@ struct Engine {
     ice_recovery: IceRecovery,
     /// Sockets of the peers created by a full reconnect; the run loop swaps them in.
     new_sockets: Option<(UdpSocket, UdpSocket)>,
+    /// ICE-TCP connections of both peers.
+    tcp: TcpLinks,
     local: proto::ParticipantInfo,
     publisher: Peer,
     subscriber: Peer,
@@ -656,6 +662,7 @@ impl Engine {
         mut sub_sock: UdpSocket,
         mut cmd_rx: mpsc::Receiver<Command>,
         mut audio_rx: mpsc::Receiver<OutgoingAudio>,
+        mut tcp_rx: mpsc::Receiver<TcpFrame>,
     ) {
         let mut pub_buf = vec![0u8; 2048];
         let mut sub_buf = vec![0u8; 2048];
@@ -669,6 +676,7 @@ impl Engine {
                 m = recv_signal(&mut self.signal) => Wake::Signal(Box::new(m)),
                 r = join_resume(&mut self.resume_task) => Wake::Resume(r),
                 a = audio_rx.recv() => Wake::Audio(a),
+                f = tcp_rx.recv() => Wake::Tcp(f),
                 _ = tokio::time::sleep_until(deadline.into()) => Wake::Timer,
             };
             let now = Instant::now();
@@ -691,6 +699,11 @@ impl Engine {
                 }
                 Wake::Audio(Some(a)) => self.on_outgoing_audio(a, now),
                 Wake::Audio(None) => {}
+                Wake::Tcp(Some((role, from, bytes))) => {
+                    inc(&self.shared.counters.datagrams_in);
+                    self.peer(role).handle_tcp(now, from, &bytes);
+                }
+                Wake::Tcp(None) => {}
                 Wake::Timer => self.on_timer(now),
             }
             // A timer that fell due while something else won the select runs now, not after
@@ -779,6 +792,11 @@ impl Engine {
         self.flush_data_queue(Instant::now());
         for (peer, sock) in [(&mut self.publisher, pub_sock), (&mut self.subscriber, sub_sock)] {
             for t in peer.transmits.drain(..) {
+                if t.proto == str0m::net::Protocol::Tcp {
+                    self.tcp.send(peer.role, t.destination, &t.contents);
+                    inc(&self.shared.counters.datagrams_out);
+                    continue;
+                }
                 match sock.try_send_to(&t.contents, t.destination) {
                     Ok(_) => inc(&self.shared.counters.datagrams_out),
                     Err(e) => {
@@ -1733,6 +1751,7 @@ impl Engine {
 
         self.publisher.close();
         self.subscriber.close();
+        self.tcp.clear();
         self.publisher = publisher;
         self.subscriber = subscriber;
         self.new_sockets = Some((pub_sock, sub_sock));

@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::{estimate_frequency, snr_db, tone, Devroom};
-use room::{AudioTrackOptions, DataKind, DataPacketBuilder, DisconnectReason, Room, RoomEvent, RoomOptions};
+use room::{AudioTrackOptions, DataKind, DataPacketBuilder, DisconnectReason, ReconnectKind, Room, RoomEvent, RoomOptions};
 use tokio::sync::mpsc;
 
 async fn next_matching<F: FnMut(&RoomEvent) -> bool>(rx: &mut mpsc::Receiver<RoomEvent>, what: &str, mut f: F) -> RoomEvent {
@@ -199,18 +199,20 @@ async fn dropping_the_sink_unpublishes_and_republish_works() {
     for round in 0..2 {
         let mut sink = alice.publish_audio(AudioTrackOptions { sample_rate: 16_000, ..Default::default() }).await.expect("publish");
         let sid = sink.track_sid().to_string();
-        let ev = next_matching(&mut bob_ev, "TrackSubscribed", |e| matches!(e, RoomEvent::TrackSubscribed { .. })).await;
-        let RoomEvent::TrackSubscribed { track, .. } = ev else { unreachable!() };
-        assert_eq!(track.sid(), sid, "round {round}");
-        let mut stream = track.stream(16_000).unwrap();
+        // Media first: a server publishes a track on its first RTP packet (livekit-server
+        // before 1.8.2, and devroom).
         let pusher = tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_millis(20));
-            for f in 0..25 {
+            for f in 0..100 {
                 tick.tick().await;
                 sink.push(&tone(300.0, 16_000, f * 320, 320, 8000.0)).await.unwrap();
             }
             sink // dropped below: unpublishes
         });
+        let ev = next_matching(&mut bob_ev, "TrackSubscribed", |e| matches!(e, RoomEvent::TrackSubscribed { .. })).await;
+        let RoomEvent::TrackSubscribed { track, .. } = ev else { unreachable!() };
+        assert_eq!(track.sid(), sid, "round {round}");
+        let mut stream = track.stream(16_000).unwrap();
         let first = tokio::time::timeout(Duration::from_secs(5), stream.recv()).await.expect("audio arrives");
         assert!(first.is_some());
         drop(pusher.await.unwrap());
@@ -341,8 +343,8 @@ async fn signalling_drop_recovers_by_resume_or_rejoin() {
 
     let old_sid = alice.local_participant().sid;
     alice.simulate_signal_drop().await;
-    next_matching(&mut alice_ev, "Reconnecting", |e| matches!(e, RoomEvent::Reconnecting)).await;
-    next_matching(&mut alice_ev, "Reconnected", |e| matches!(e, RoomEvent::Reconnected)).await;
+    next_matching(&mut alice_ev, "Reconnecting", |e| matches!(e, RoomEvent::Reconnecting { .. })).await;
+    next_matching(&mut alice_ev, "Reconnected", |e| matches!(e, RoomEvent::Reconnected { .. })).await;
     let st = alice.stats();
     assert_eq!(st.resumes + st.rejoins, 1, "{st:?}");
     if st.rejoins == 1 {
@@ -383,6 +385,94 @@ async fn signalling_drop_recovers_by_resume_or_rejoin() {
     next_matching(&mut bob_ev, "data after reconnect", |e| matches!(e, RoomEvent::DataReceived(m) if m.payload == b"after")).await;
     bob.send_data(DataPacketBuilder::new(b"back".to_vec())).await.unwrap();
     next_matching(&mut alice_ev, "data back", |e| matches!(e, RoomEvent::DataReceived(m) if m.payload == b"back")).await;
+    pusher.abort();
+    alice.close().await;
+    bob.close().await;
+}
+
+/// Hear `track` until `secs` seconds of tone at 440 Hz arrive; judged on the last second.
+async fn hear_tone(track: &room::RemoteAudioTrack, secs: usize) {
+    let mut stream = track.stream(8_000).unwrap();
+    let mut pcm = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while pcm.len() < 8_000 * secs {
+            pcm.extend(stream.recv().await.expect("audio").samples);
+        }
+    })
+    .await
+    .expect("tone within 10 s");
+    let settled = &pcm[8_000 * (secs - 1)..];
+    let f = estimate_frequency(settled, 8_000);
+    assert!((f - 440.0).abs() <= 10.0, "{f}");
+    let snr = snr_db(settled, 8_000, f);
+    assert!(snr >= 20.0, "SNR {snr:.1} dB");
+}
+
+/// The LiveKit server restarts mid-call (killed, started again on the same port, every session
+/// gone): both participants are told `leave{STATE_MISMATCH, RECONNECT}` on resume and join
+/// again from scratch; the listener hears the tone again on the republished track within 5 s of
+/// the server being back, and data flows again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_restart_rejoins_and_audio_comes_back() {
+    common::init_tracing();
+    let mut dev = Devroom::start().await;
+    let port = dev.port;
+    let (alice, mut alice_ev) = Room::connect(&dev.url(), &dev.token("restart", "alice"), RoomOptions::default()).await.expect("alice");
+    let (bob, mut bob_ev) = Room::connect(&dev.url(), &dev.token("restart", "bob"), RoomOptions::default()).await.expect("bob");
+    alice.set_attributes([("role".to_string(), "caller".to_string())].into_iter().collect()).await.expect("attributes");
+    let mut sink = alice.publish_audio(AudioTrackOptions { sample_rate: 8_000, ..Default::default() }).await.expect("publish");
+    let pusher = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(20));
+        for f in 0..(50 * 40) {
+            tick.tick().await;
+            if sink.push(&tone(440.0, 8_000, f * 160, 160, 10_000.0)).await.is_err() {
+                break;
+            }
+        }
+    });
+    let ev = next_matching(&mut bob_ev, "TrackSubscribed", |e| matches!(e, RoomEvent::TrackSubscribed { .. })).await;
+    let RoomEvent::TrackSubscribed { track, .. } = ev else { unreachable!() };
+    hear_tone(&track, 2).await;
+    let (alice_sid, bob_sid) = (alice.local_participant().sid, bob.local_participant().sid);
+
+    dev.kill();
+    next_matching(&mut alice_ev, "alice Reconnecting", |e| matches!(e, RoomEvent::Reconnecting { .. })).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let _dev = Devroom::start_on(port, &[]).await;
+    let back = std::time::Instant::now();
+
+    for (who, ev) in [("alice", &mut alice_ev), ("bob", &mut bob_ev)] {
+        next_matching(ev, &format!("{who} Reconnected(full)"), |e| matches!(e, RoomEvent::Reconnected { kind: ReconnectKind::Full })).await;
+    }
+    let track = loop {
+        let ev = next_matching(&mut bob_ev, "TrackSubscribed after the restart", |e| matches!(e, RoomEvent::TrackSubscribed { .. })).await;
+        let RoomEvent::TrackSubscribed { track, participant } = ev else { unreachable!() };
+        if participant.identity == "alice" {
+            break track;
+        }
+    };
+    let mut stream = track.stream(8_000).unwrap();
+    tokio::time::timeout(Duration::from_secs(5).saturating_sub(back.elapsed()), stream.recv())
+        .await
+        .expect("audio within 5 s of the server being back")
+        .expect("audio");
+    eprintln!("audio back {:?} after the server", back.elapsed());
+    drop(stream);
+    hear_tone(&track, 2).await;
+    assert_ne!(alice.local_participant().sid, alice_sid);
+    assert_ne!(bob.local_participant().sid, bob_sid);
+    assert_eq!(alice.stats().rejoins, 1, "{:?}", alice.stats());
+    // No ghost: bob knows one alice, under her new sid; her attribute was restored.
+    let remotes = bob.remote_participants();
+    assert_eq!(remotes.len(), 1, "{remotes:?}");
+    assert_eq!(remotes[0].sid, alice.local_participant().sid);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while alice.local_participant().attributes.get("role").map(String::as_str) != Some("caller") {
+        assert!(std::time::Instant::now() < deadline, "attributes not restored: {:?}", alice.local_participant());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    alice.send_data(DataPacketBuilder::new(b"after restart".to_vec())).await.unwrap();
+    next_matching(&mut bob_ev, "data after restart", |e| matches!(e, RoomEvent::DataReceived(m) if m.payload == b"after restart")).await;
     pusher.abort();
     alice.close().await;
     bob.close().await;

@@ -56,18 +56,24 @@ impl Devroom {
 
     /// Start devroom on a free port and wait until it accepts TCP connections.
     pub async fn start() -> Devroom {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        Self::start_on(port, &[]).await
+    }
+
+    /// Start devroom on `port` with extra arguments (e.g. `--udp-off`).
+    pub async fn start_on(port: u16, extra: &[&str]) -> Devroom {
         let bin = devroom_binary();
         assert!(
             bin.exists(),
             "devroom binary not found at {} — build it first: cargo build -p devroom",
             bin.display()
         );
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let child = Command::new(&bin)
             .arg("--listen")
             .arg(format!("127.0.0.1:{port}"))
             .arg("--rtc-port")
             .arg("0")
+            .args(extra)
             .env("RUST_LOG", std::env::var("DEVROOM_LOG").unwrap_or_else(|_| "warn".into()))
             .stdin(Stdio::null())
             .spawn()
@@ -81,6 +87,12 @@ impl Devroom {
             assert!(start.elapsed() < Duration::from_secs(15), "devroom did not start listening on {port}");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// Kill it (SIGKILL: no `leave` for anyone, as a crashed or restarted node).
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
