@@ -414,6 +414,17 @@ async fn hear_tone(track: &room::RemoteAudioTrack, secs: usize) {
 /// the server being back, and data flows again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_restart_rejoins_and_audio_comes_back() {
+    server_restart(&[]).await;
+}
+
+/// The same, with UDP blocked after the restart (`--udp-off`: TCP candidates only, UDP dropped):
+/// the rejoined peer connections come up over ICE-TCP.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_restart_with_udp_blocked_continues_over_ice_tcp() {
+    server_restart(&["--udp-off"]).await;
+}
+
+async fn server_restart(after: &[&str]) {
     common::init_tracing();
     let mut dev = Devroom::start().await;
     let port = dev.port;
@@ -438,7 +449,7 @@ async fn server_restart_rejoins_and_audio_comes_back() {
     dev.kill();
     next_matching(&mut alice_ev, "alice Reconnecting", |e| matches!(e, RoomEvent::Reconnecting { .. })).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let _dev = Devroom::start_on(port, &[]).await;
+    let _dev = Devroom::start_on(port, after).await;
     let back = std::time::Instant::now();
 
     for (who, ev) in [("alice", &mut alice_ev), ("bob", &mut bob_ev)] {
