@@ -293,6 +293,11 @@ impl Call {
             RoomEvent::Disconnected(reason) => {
                 self.session.end(EndReason::Driver(format!("left the room: {reason:?}")));
             }
+            RoomEvent::Reconnecting { kind } => tracing::warn!(kind = kind.as_str(), "room connection lost; reconnecting"),
+            RoomEvent::Reconnected { kind } => {
+                tracing::info!(kind = kind.as_str(), "room connection back");
+                self.app.metrics.room_reconnects.with_label_values(&[kind.as_str()]).inc();
+            }
             _ => {}
         }
     }

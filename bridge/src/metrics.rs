@@ -26,6 +26,8 @@ pub struct Metrics {
     pub tokio_tasks: IntGauge,
     pub pending_calls: IntGauge,
     pub unstarted_streams: IntGauge,
+    /// Room connections recovered, by kind (`resume` | `full`), from `room`'s events.
+    pub room_reconnects: IntCounterVec,
 }
 
 /// 25 µs … 200 ms, doubling: resolves the ≤ 2 ms target and shows stalls.
@@ -91,6 +93,11 @@ impl Metrics {
             tokio_tasks: IntGauge::new("bridge_tokio_tasks", "Tasks alive in the tokio runtime").unwrap(),
             pending_calls: IntGauge::new("bridge_pending_calls", "Calls admitted whose stream has not started").unwrap(),
             unstarted_streams: IntGauge::new("bridge_unstarted_streams", "Media Streams sockets waiting for start").unwrap(),
+            room_reconnects: IntCounterVec::new(
+                Opts::new("room_reconnects_total", "LiveKit connections recovered: resume (same session) or full (fresh join)"),
+                &["kind"],
+            )
+            .unwrap(),
             registry,
         };
         let r = &m.registry;
@@ -111,6 +118,7 @@ impl Metrics {
         r.register(Box::new(m.tokio_tasks.clone())).unwrap();
         r.register(Box::new(m.pending_calls.clone())).unwrap();
         r.register(Box::new(m.unstarted_streams.clone())).unwrap();
+        r.register(Box::new(m.room_reconnects.clone())).unwrap();
         m
     }
 

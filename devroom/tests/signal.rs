@@ -464,3 +464,113 @@ async fn odd_requests_are_ignored_without_breaking_anything() {
     let mut b = connect(&server, &join_token("bob", "odd")).await;
     assert!(matches!(next(&mut b).await, Some(Resp::Join(_))));
 }
+
+async fn connect_with(server: &Devroom, token: &str, query: &str) -> Ws {
+    let mut req = format!("{}/rtc?{query}", server.ws_url()).into_client_request().unwrap();
+    req.headers_mut().insert("Authorization", format!("Bearer {token}").parse().unwrap());
+    tokio_tungstenite::connect_async(req).await.expect("ws connect").0
+}
+
+fn token_without_publish(identity: &str, room: &str) -> String {
+    use livekit_api::access_token::{AccessToken, VideoGrants};
+    AccessToken::with_api_key(API_KEY, API_SECRET)
+        .with_identity(identity)
+        .with_grants(VideoGrants { room_join: true, room: room.to_string(), can_publish: Some(false), ..Default::default() })
+        .to_jwt()
+        .unwrap()
+}
+
+/// What livekit-server does and a lenient server would not: refuse add_track without
+/// canPublish, queue a second add_track with a cid in use, answer a resume it cannot honour
+/// with leave{STATE_MISMATCH, RECONNECT}, and (protocol > 11) send no DISCONNECTED for an
+/// identity that joined again.
+#[tokio::test]
+async fn strict_as_livekit_server() {
+    let server = Devroom::start("signal_strict", &[]);
+    // add_track without canPublish: NOT_ALLOWED, naming the request.
+    let mut viewer = connect(&server, &token_without_publish("viewer", "strict")).await;
+    wait_for(&mut viewer, |m| matches!(m, Resp::Join(_)).then_some(())).await;
+    let add = lk::AddTrackRequest { cid: "c1".into(), r#type: lk::TrackType::Audio as i32, ..Default::default() };
+    send(&mut viewer, Req::AddTrack(add.clone())).await;
+    let rr = wait_for(&mut viewer, |m| match m {
+        Resp::RequestResponse(r) => Some(r),
+        Resp::TrackPublished(t) => panic!("published without permission: {t:?}"),
+        _ => None,
+    })
+    .await;
+    assert_eq!(rr.reason, lk::request_response::Reason::NotAllowed as i32);
+    assert_eq!(rr.request, Some(lk::request_response::Request::AddTrack(add.clone())));
+
+    // A cid in use: the second add_track is QUEUED, not published twice.
+    let mut a = connect_with(&server, &join_token("alice", "strict"), "protocol=17&sdk=rust").await;
+    wait_for(&mut a, |m| matches!(m, Resp::Join(_)).then_some(())).await;
+    send(&mut a, Req::AddTrack(add.clone())).await;
+    wait_for(&mut a, |m| matches!(m, Resp::TrackPublished(t) if t.cid == "c1").then_some(())).await;
+    send(&mut a, Req::AddTrack(add.clone())).await;
+    let rr = wait_for(&mut a, |m| match m {
+        Resp::RequestResponse(r) => Some(r),
+        Resp::TrackPublished(t) => panic!("published a second track for a cid in use: {t:?}"),
+        _ => None,
+    })
+    .await;
+    assert_eq!(rr.reason, lk::request_response::Reason::Queued as i32);
+
+    // A resume of a participant the server does not have: leave{STATE_MISMATCH, RECONNECT}.
+    let mut r = connect_with(&server, &join_token("ghost", "strict"), "protocol=17&sdk=rust&reconnect=1&sid=PA_nope").await;
+    let leave = wait_for(&mut r, |m| match m {
+        Resp::Leave(l) => Some(l),
+        _ => None,
+    })
+    .await;
+    assert_eq!(leave.reason, lk::DisconnectReason::StateMismatch as i32);
+    assert_eq!(leave.action, lk::leave_request::Action::Reconnect as i32);
+
+    // Bob (protocol 17) and an old client (protocol 8) watch carol join twice.
+    let mut bob = connect_with(&server, &join_token("bob", "strict"), "protocol=17&sdk=rust").await;
+    wait_for(&mut bob, |m| matches!(m, Resp::Join(_)).then_some(())).await;
+    let mut old = connect_with(&server, &join_token("old", "strict"), "protocol=8&sdk=js").await;
+    wait_for(&mut old, |m| matches!(m, Resp::Join(_)).then_some(())).await;
+    let mut c1 = connect_with(&server, &join_token("carol", "strict"), "protocol=17&sdk=rust").await;
+    let first = wait_for(&mut c1, |m| match m {
+        Resp::Join(j) => j.participant,
+        _ => None,
+    })
+    .await;
+    let mut c2 = connect_with(&server, &join_token("carol", "strict"), "protocol=17&sdk=rust").await;
+    let second = wait_for(&mut c2, |m| match m {
+        Resp::Join(j) => j.participant,
+        _ => None,
+    })
+    .await;
+    assert_ne!(first.sid, second.sid);
+    let leave = wait_for(&mut c1, |m| match m {
+        Resp::Leave(l) => Some(l),
+        _ => None,
+    })
+    .await;
+    assert_eq!(leave.reason, lk::DisconnectReason::DuplicateIdentity as i32);
+    // The old client hears of the old sid's DISCONNECTED; bob sees only the new sid.
+    wait_for(&mut old, |m| match m {
+        Resp::Update(u) => u
+            .participants
+            .iter()
+            .any(|p| p.sid == first.sid && p.state == lk::participant_info::State::Disconnected as i32)
+            .then_some(()),
+        _ => None,
+    })
+    .await;
+    let until = tokio::time::Instant::now() + Duration::from_millis(1500);
+    let mut saw_new = false;
+    while let Ok(Some(Ok(Message::Binary(b)))) = tokio::time::timeout_at(until, bob.next()).await {
+        if let Some(Resp::Update(u)) = lk::SignalResponse::decode(b.as_ref()).unwrap().message {
+            for p in u.participants {
+                assert!(
+                    !(p.sid == first.sid && p.state == lk::participant_info::State::Disconnected as i32),
+                    "protocol 17 got a DISCONNECTED for a replaced identity"
+                );
+                saw_new |= p.sid == second.sid;
+            }
+        }
+    }
+    assert!(saw_new, "bob hears of carol's new session");
+}

@@ -937,6 +937,52 @@ pub(crate) mod tests {
         assert!(rx.try_recv().is_err());
     }
 
+    /// PCMU/PCMA tracks (livekit-server ≥ 1.9.1 forwards them; SIP participants publish them)
+    /// are decoded and brought to the stream's rate, lost packets filled with silence.
+    #[tokio::test]
+    async fn g711_tracks_are_decoded_at_the_asked_rate() {
+        for (codec, encode) in [(AudioCodec::Pcmu, ::proto::g711::ulaw_encode as fn(i16) -> u8), (AudioCodec::Pcma, ::proto::g711::alaw_encode)] {
+            let shared = Arc::new(TrackShared::default());
+            let track = RemoteAudioTrack {
+                sid: "TR_g".into(),
+                name: "phone".into(),
+                participant_identity: "sip".into(),
+                participant_sid: "PA_s".into(),
+                shared: shared.clone(),
+            };
+            let mut s8 = track.stream(8_000).unwrap();
+            let mut s16 = track.stream(16_000).unwrap();
+            // 1 s of 440 Hz in 20 ms PCMU packets, packet 10 lost.
+            for k in 0..50usize {
+                if k == 10 {
+                    continue;
+                }
+                let payload: Vec<u8> = tone(440.0, 8_000, k * 160, 160, 8000.0).into_iter().map(encode).collect();
+                shared.dispatch(IncomingAudio { codec, rtp_time: 5_000 + k as u64 * 960, payload: payload.into(), received: Instant::now() });
+            }
+            let mut pcm8 = Vec::new();
+            let mut concealed = 0;
+            for _ in 0..50 {
+                let f = s8.recv().await.unwrap();
+                assert_eq!((f.sample_rate, f.samples.len()), (8_000, 160));
+                concealed += f.concealed as usize;
+                pcm8.extend(f.samples);
+            }
+            assert_eq!(concealed, 1, "{codec:?}: the lost packet");
+            let f = zero_cross_freq(&pcm8[2000..], 8_000);
+            assert!((f - 440.0).abs() < 5.0, "{codec:?}: {f} Hz");
+            let mut pcm16 = Vec::new();
+            while pcm16.len() < 16_000 * 3 / 4 {
+                let f = s16.recv().await.unwrap();
+                assert_eq!(f.sample_rate, 16_000);
+                pcm16.extend(f.samples);
+            }
+            let f = zero_cross_freq(&pcm16[4000..], 16_000);
+            assert!((f - 440.0).abs() < 5.0, "{codec:?} at 16 kHz: {f} Hz");
+            assert_eq!(s8.decode_errors(), 0);
+        }
+    }
+
     #[tokio::test]
     async fn stream_decodes_conceals_and_drops() {
         let shared = Arc::new(TrackShared::default());

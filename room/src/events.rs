@@ -166,6 +166,16 @@ pub enum RoomEvent {
     ParticipantConnected(Participant),
     /// A remote participant left.
     ParticipantDisconnected(Participant),
+    /// A remote participant joined again under a new sid (its connection or the server
+    /// restarted): same identity, so the same party; its old tracks were unpublished (and
+    /// unsubscribed) just before, its tracks come again as `TrackPublished` / `TrackSubscribed`.
+    /// Not a `ParticipantDisconnected`: the caller did not hang up.
+    ParticipantRejoined {
+        /// The participant under its new sid.
+        participant: Participant,
+        /// The sid it had.
+        old_sid: String,
+    },
     /// A remote participant published a track.
     TrackPublished {
         /// The publisher.

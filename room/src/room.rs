@@ -307,6 +307,7 @@ impl Room {
             remotes: HashMap::new(),
             explicit_subscriptions: HashMap::new(),
             pending_metadata: HashMap::new(),
+            rejoin_grace: HashMap::new(),
             data_queue: VecDeque::new(),
             reliable_seq: 1,
             ping_interval,
@@ -574,6 +575,9 @@ struct Engine {
     explicit_subscriptions: HashMap<String, ExplicitSubscription>,
     /// `set_attributes` / `set_metadata` calls waiting for the server's `RequestResponse`.
     pending_metadata: HashMap<u32, PendingMetadata>,
+    /// Remote participants missing from the join of our full reconnect: kept (trackless) until
+    /// this deadline, as after a server restart they are rejoining too.
+    rejoin_grace: HashMap<String, Instant>,
     // data
     data_queue: VecDeque<QueuedData>,
     reliable_seq: u32,
@@ -593,6 +597,9 @@ const ICE_RESUME_AFTER: Duration = Duration::from_secs(4);
 /// Still down this long: full reconnect (new peer connections, new candidates).
 const ICE_FULL_AFTER: Duration = Duration::from_secs(12);
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long a participant missing after our full reconnect may take to come back before it is
+/// reported gone (`ParticipantDisconnected`): everyone reconnects after a server restart.
+const REJOIN_GRACE: Duration = Duration::from_secs(20);
 const DATA_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a `set_attributes` / `set_metadata` waits for the server's answer.
 const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
@@ -1253,6 +1260,7 @@ impl Engine {
     /// A remote participant is gone (left, or replaced by a newer session of its identity):
     /// its subscriptions end, its tracks are unpublished, then `ParticipantDisconnected`.
     fn remove_remote(&mut self, old: &proto::ParticipantInfo) {
+        self.rejoin_grace.remove(&old.identity);
         self.remotes.remove(&old.identity);
         self.shared.snap().remotes.remove(&old.identity);
         let participant = Participant::from(old);
@@ -1261,6 +1269,24 @@ impl Engine {
             self.emit(RoomEvent::TrackUnpublished { participant: participant.clone(), track: TrackInfo::from(t) });
         }
         self.emit(RoomEvent::ParticipantDisconnected(participant));
+    }
+
+    /// The same identity under a new sid: its old tracks go, it stays in the room.
+    fn replace_remote(&mut self, old: &proto::ParticipantInfo, info: proto::ParticipantInfo) {
+        self.rejoin_grace.remove(&info.identity);
+        let was = Participant::from(old);
+        for t in &old.tracks {
+            self.unsubscribe_with(&t.sid, &was);
+            self.emit(RoomEvent::TrackUnpublished { participant: was.clone(), track: TrackInfo::from(t) });
+        }
+        let participant = Participant::from(&info);
+        self.shared.snap().remotes.insert(info.identity.clone(), participant.clone());
+        self.remotes.insert(info.identity.clone(), info.clone());
+        self.emit(RoomEvent::ParticipantRejoined { participant: participant.clone(), old_sid: old.sid.clone() });
+        for t in &info.tracks {
+            self.maybe_skip_video(t);
+            self.emit(RoomEvent::TrackPublished { participant: participant.clone(), track: TrackInfo::from(t) });
+        }
     }
 
     fn add_remote(&mut self, info: proto::ParticipantInfo) {
@@ -1300,8 +1326,7 @@ impl Engine {
                         continue;
                     }
                     tracing::info!(identity = %info.identity, old_sid = %old.sid, new_sid = %info.sid, "participant rejoined under a new sid");
-                    self.remove_remote(&old);
-                    self.add_remote(info);
+                    self.replace_remote(&old, info);
                 }
                 Some(old) if disconnected => self.remove_remote(&old),
                 Some(old) => {
@@ -1556,6 +1581,13 @@ impl Engine {
                 let _ = m.reply.send(Err(RoomError::Timeout("update_metadata response")));
             }
         }
+        // Participants that did not come back after our full reconnect.
+        let gone: Vec<String> = self.rejoin_grace.iter().filter(|(_, d)| now >= **d).map(|(k, _)| k.clone()).collect();
+        for identity in gone {
+            if let Some(p) = self.remotes.get(&identity).cloned() {
+                self.remove_remote(&p);
+            }
+        }
         self.check_media(now);
     }
 
@@ -1800,9 +1832,17 @@ impl Engine {
             .filter(|p| p.identity != self.local.identity)
             .map(|p| (p.identity.clone(), p))
             .collect();
+        // Missing ones keep their place, trackless, for REJOIN_GRACE (see `rejoin_grace`).
         let gone: Vec<proto::ParticipantInfo> = self.remotes.values().filter(|p| !fresh.contains_key(&p.identity)).cloned().collect();
-        for p in gone {
-            self.remove_remote(&p);
+        for mut p in gone {
+            let was = Participant::from(&p);
+            for t in std::mem::take(&mut p.tracks) {
+                self.unsubscribe_with(&t.sid, &was);
+                self.emit(RoomEvent::TrackUnpublished { participant: was.clone(), track: TrackInfo::from(&t) });
+            }
+            self.shared.snap().remotes.insert(p.identity.clone(), Participant::from(&p));
+            self.rejoin_grace.insert(p.identity.clone(), now + REJOIN_GRACE);
+            self.remotes.insert(p.identity.clone(), p);
         }
         let updates: Vec<proto::ParticipantInfo> = fresh
             .into_values()
@@ -1812,13 +1852,6 @@ impl Engine {
                 p
             })
             .collect();
-        for p in &updates {
-            if let Some(old) = self.remotes.get(&p.identity).cloned() {
-                if old.sid != p.sid {
-                    self.remove_remote(&old);
-                }
-            }
-        }
         self.on_participant_update(updates);
 
         // Explicit subscriptions: same track sid if it survived, else the same publisher
@@ -2129,8 +2162,11 @@ mod tests {
         p3.tracks.push(proto::TrackInfo { sid: "TR_b".into(), r#type: proto::TrackType::Audio as i32, ..Default::default() });
         srv.send(Resp::Update(proto::ParticipantUpdate { participants: vec![p3.clone()] }));
         next_event(&mut ev, "TrackUnpublished(TR_a)", |e| matches!(e, RoomEvent::TrackUnpublished { track, .. } if track.sid == "TR_a")).await;
-        next_event(&mut ev, "ParticipantDisconnected(PA_2)", |e| matches!(e, RoomEvent::ParticipantDisconnected(p) if p.sid == "PA_2")).await;
-        next_event(&mut ev, "ParticipantConnected(PA_3)", |e| matches!(e, RoomEvent::ParticipantConnected(p) if p.sid == "PA_3")).await;
+        // Not a hang-up: the same party rejoined.
+        match next_event(&mut ev, "ParticipantRejoined", |e| matches!(e, RoomEvent::ParticipantRejoined { .. } | RoomEvent::ParticipantDisconnected(_))).await {
+            RoomEvent::ParticipantRejoined { participant, old_sid } => assert_eq!((participant.sid.as_str(), old_sid.as_str()), ("PA_3", "PA_2")),
+            other => panic!("{other:?}"),
+        }
         // A late disconnect of the old sid does not remove the new session.
         let mut gone = p2.clone();
         gone.version = 2;

@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::{estimate_frequency, snr_db, tone, Devroom};
-use room::{AudioTrackOptions, DataPacketBuilder, Room, RoomEvent, RoomOptions};
+use room::{AudioTrackOptions, DataPacketBuilder, ReconnectKind, Room, RoomEvent, RoomOptions};
 
 fn python_sdk_available() -> bool {
     let ok = std::process::Command::new("python3")
@@ -123,5 +123,77 @@ async fn python_sdk_hears_us_and_we_hear_it() {
     assert!(received.iter().any(|m| m["data"] == "hello from rust" && m["topic"] == "rs" && m["from"] == "rusty"), "{r}");
 
     pusher.abort();
+    rusty.close().await;
+}
+
+/// An official SDK survives a server restart against devroom as it would against
+/// livekit-server: its resume is answered with leave{STATE_MISMATCH, RECONNECT}, it joins again
+/// and republishes; we (rejoined too) hear its tone on the new track.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_sdk_survives_a_server_restart() {
+    if !python_sdk_available() {
+        return;
+    }
+    common::init_tracing();
+    let mut dev = Devroom::start().await;
+    let port = dev.port;
+    let (rusty, mut ev) = Room::connect(&dev.url(), &dev.token("sdk-restart", "rusty"), RoomOptions::default()).await.expect("join");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/py/sdk_restart.py");
+    let child = tokio::process::Command::new("python3")
+        .arg(script)
+        .args(["--url", &dev.url(), "--room", "sdk-restart", "--identity", "py", "--freq", "440", "--seconds", "25"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("python3");
+    let py_track = |ev: &mut tokio::sync::mpsc::Receiver<RoomEvent>| {
+        let ev = ev;
+        async move {
+            loop {
+                match tokio::time::timeout(Duration::from_secs(30), ev.recv()).await.expect("TrackSubscribed from py").expect("events") {
+                    RoomEvent::TrackSubscribed { track, participant } if participant.identity == "py" => return track,
+                    RoomEvent::Disconnected(r) => panic!("disconnected: {r:?}"),
+                    _ => {}
+                }
+            }
+        }
+    };
+    let heard_440 = |track: room::RemoteAudioTrack| async move {
+        let mut s = track.stream(48_000).unwrap();
+        let mut pcm = Vec::new();
+        while pcm.len() < 48_000 * 2 {
+            pcm.extend(tokio::time::timeout(Duration::from_secs(10), s.recv()).await.expect("audio").expect("stream").samples);
+        }
+        let tail = &pcm[48_000..];
+        let f = estimate_frequency(tail, 48_000);
+        assert!((f - 440.0).abs() < 10.0, "{f}");
+        assert!(snr_db(tail, 48_000, f) > 15.0);
+    };
+    heard_440(py_track(&mut ev).await).await;
+
+    dev.kill();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let _dev = Devroom::start_on(port, &[]).await;
+    loop {
+        match tokio::time::timeout(Duration::from_secs(30), ev.recv()).await.expect("Reconnected").expect("events") {
+            RoomEvent::Reconnected { kind } => {
+                assert_eq!(kind, ReconnectKind::Full);
+                break;
+            }
+            RoomEvent::Disconnected(r) => panic!("disconnected: {r:?}"),
+            _ => {}
+        }
+    }
+    // The SDK rejoined and republished: its tone comes again, on a new track.
+    heard_440(py_track(&mut ev).await).await;
+
+    let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output()).await.expect("python ends").expect("python");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let last = stdout.lines().last().unwrap_or_default();
+    let v: serde_json::Value = serde_json::from_str(last).unwrap_or_else(|_| panic!("python said: {stdout}\n{}", String::from_utf8_lossy(&out.stderr)));
+    assert_eq!(v["ok"], true, "{v}");
+    assert!(v["events"].as_array().unwrap().iter().any(|e| e == "reconnected"), "{v}");
+    assert_ne!(v["sid"], v["first_sid"], "a fresh join gives a new sid: {v}");
     rusty.close().await;
 }
