@@ -85,6 +85,8 @@ pub struct Metrics {
     pub provider_errors: AtomicU64,
     pub jobs_accepted: AtomicU64,
     pub jobs_declined: AtomicU64,
+    /// Successful worker registrations on `/agent` (a reconnected worker registers again).
+    pub worker_registrations: AtomicU64,
     pub frames_pushed: AtomicU64,
     pub tts_underruns: AtomicU64,
     stages: Mutex<BTreeMap<&'static str, Histogram>>,

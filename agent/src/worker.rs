@@ -98,11 +98,13 @@ pub async fn run_worker(opts: WorkerOptions, params: SessionParams) -> anyhow::R
     let active = Arc::new(AtomicU32::new(0));
     let jobs: Arc<tokio::sync::Mutex<HashMap<String, tokio::task::AbortHandle>>> =
         Default::default();
+    // Rooms our running jobs are in (a second job for one of them is declined).
+    let rooms: Arc<tokio::sync::Mutex<std::collections::HashSet<String>>> = Default::default();
     // Job status updates outlive a connection: they queue here and go out on the next one.
     let (status_tx, mut status_rx) = mpsc::channel::<lk::worker_message::Message>(256);
     let mut failures = 0u32;
     loop {
-        match connect_and_serve(&opts, &params, &active, &jobs, &status_tx, &mut status_rx).await {
+        match connect_and_serve(&opts, &params, &active, &jobs, &rooms, &status_tx, &mut status_rx).await {
             Ok(()) => failures = 0,
             Err(e) => {
                 failures += 1;
@@ -122,6 +124,7 @@ async fn connect_and_serve(
     params: &SessionParams,
     active: &Arc<AtomicU32>,
     jobs: &Arc<tokio::sync::Mutex<HashMap<String, tokio::task::AbortHandle>>>,
+    rooms: &Arc<tokio::sync::Mutex<std::collections::HashSet<String>>>,
     status_tx: &mpsc::Sender<lk::worker_message::Message>,
     status_rx: &mut mpsc::Receiver<lk::worker_message::Message>,
 ) -> anyhow::Result<()> {
@@ -177,9 +180,11 @@ async fn connect_and_serve(
         }
     };
     tracing::info!(%worker_id, agent_name = %opts.agent_name, "worker registered");
+    params.metrics.worker_registrations.fetch_add(1, Ordering::Relaxed);
     let mut load_tick = tokio::time::interval(Duration::from_millis(2500));
-    // Assignments we said yes to, waiting for the server.
+    // Assignments we said yes to, waiting for the server (and their rooms).
     let mut accepted: HashMap<String, tokio::time::Instant> = HashMap::new();
+    let mut accepted_rooms: HashMap<String, String> = HashMap::new();
     loop {
         tokio::select! {
             _ = load_tick.tick() => {
@@ -194,10 +199,18 @@ async fn connect_and_serve(
                 }))).await?;
                 // Assignments that never came (7.5 s, as livekit-agents) free their slot.
                 accepted.retain(|_, t| t.elapsed() < Duration::from_millis(7500));
+                accepted_rooms.retain(|j, _| accepted.contains_key(j));
             }
             st = status_rx.recv() => {
                 if let Some(m) = st {
+                    let ended = matches!(&m, lk::worker_message::Message::UpdateJob(u)
+                        if u.status == lk::JobStatus::JsSuccess as i32 || u.status == lk::JobStatus::JsFailed as i32);
                     tx.send(encode(m)).await?;
+                    if ended {
+                        // Say at once that a slot is free: a server drops the jobs it cannot
+                        // place (livekit-server does), it does not wait for the next tick.
+                        load_tick.reset_immediately();
+                    }
                 }
             }
             m = rx.next() => {
@@ -223,14 +236,18 @@ async fn connect_and_serve(
                         let Some(job) = req.job else { continue };
                         let room_name = job.room.as_ref().map(|r| r.name.clone()).unwrap_or_default();
                         let busy = active.load(Ordering::Relaxed) + accepted.len() as u32;
-                        let available = busy < opts.max_jobs && !room_name.is_empty();
+                        // A room we already serve: after a LiveKit restart the room is created
+                        // again and dispatched again, while our agent rejoins it by itself.
+                        let serving = rooms.lock().await.contains(&room_name) || accepted_rooms.values().any(|r| *r == room_name);
+                        let available = busy < opts.max_jobs && !room_name.is_empty() && !serving;
                         if available {
                             params.metrics.jobs_accepted.fetch_add(1, Ordering::Relaxed);
                             accepted.insert(job.id.clone(), tokio::time::Instant::now());
+                            accepted_rooms.insert(job.id.clone(), room_name.clone());
                         } else {
                             params.metrics.jobs_declined.fetch_add(1, Ordering::Relaxed);
                         }
-                        tracing::info!(job = %job.id, room = %room_name, available, "job offered");
+                        tracing::info!(job = %job.id, room = %room_name, available, serving, "job offered");
                         tx.send(encode(lk::worker_message::Message::Availability(lk::AvailabilityResponse {
                             job_id: job.id.clone(),
                             available,
@@ -241,6 +258,7 @@ async fn connect_and_serve(
                     }
                     Some(lk::server_message::Message::Assignment(a)) => {
                         let Some(job) = a.job else { continue };
+                        accepted_rooms.remove(&job.id);
                         if accepted.remove(&job.id).is_none() {
                             tracing::warn!(job = %job.id, "assignment for a job we did not accept; ignored");
                             continue;
@@ -250,6 +268,8 @@ async fn connect_and_serve(
                         let room_name = job.room.as_ref().map(|r| r.name.clone()).unwrap_or_default();
                         active.fetch_add(1, Ordering::Relaxed);
                         let (params, active2, status_tx, jobs2) = (params.clone(), active.clone(), status_tx.clone(), jobs.clone());
+                        rooms.lock().await.insert(room_name.clone());
+                        let rooms2 = rooms.clone();
                         let token = a.token;
                         let jid = job_id.clone();
                         // Hold the map while spawning so a job that ends at once still finds
@@ -273,11 +293,13 @@ async fn connect_and_serve(
                                     status(lk::JobStatus::JsFailed, e.clone())
                                 }
                             };
-                            let _ = status_tx.send(m).await;
-                            // Whoever takes the job out of the map gives its slot back.
+                            rooms2.lock().await.remove(&room_name);
+                            // Whoever takes the job out of the map gives its slot back (before
+                            // the status goes out, so the load sent after it counts it free).
                             if jobs2.lock().await.remove(&jid).is_some() {
                                 active2.fetch_sub(1, Ordering::Relaxed);
                             }
+                            let _ = status_tx.send(m).await;
                         });
                         map.insert(job_id, handle.abort_handle());
                         drop(map);

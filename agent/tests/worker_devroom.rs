@@ -127,10 +127,15 @@ async fn worker_takes_jobs_that_devroom_dispatches() {
         max_jobs: 1,
         max_retries: Some(2),
     };
+    let registered = metrics.worker_registrations.load(std::sync::atomic::Ordering::Relaxed);
     let worker = tokio::spawn(run_worker(opts, params));
+    // A job nobody can take is dropped (as livekit-server does): wait for the registration.
+    wait_for("the worker to register", 15, async || {
+        (metrics.worker_registrations.load(std::sync::atomic::Ordering::Relaxed) > registered).then_some(())
+    })
+    .await;
 
-    // 1. A room made through Twirp: the automatic agent joins it (whether the worker has
-    //    registered yet or not: the job waits for it).
+    // 1. A room made through Twirp: the automatic agent joins it.
     let room1 = "call-CAworkerdevroom000000000000000000001";
     create_room(addr, room1).await;
     let agent_identity = format!("agent-{room1}");
@@ -162,8 +167,20 @@ async fn worker_takes_jobs_that_devroom_dispatches() {
     assert_eq!(code, 200, "{body}");
 
     // 3. The next room's job runs to its end (no caller) and the worker reports success.
+    // The worker says it is available again once the first job ended; a room made while it is
+    // still full has its job dropped, so make it again (a new room, a new job) until one lands.
     let room2 = "call-CAworkerdevroom000000000000000000002";
-    create_room(addr, room2).await;
+    wait_for("a job the free worker takes", 20, async || {
+        create_room(addr, room2).await;
+        let st = job_state(addr, room2).await;
+        if st["status"] == "JS_FAILED" {
+            let _ = twirp(addr, "RoomService", "DeleteRoom", serde_json::json!({"roomCreate": true}), serde_json::json!({"room": room2})).await;
+            tokio::time::sleep(Duration::from_millis(400)).await;
+            return None;
+        }
+        Some(())
+    })
+    .await;
     let st = wait_for("JS_SUCCESS", 40, async || {
         let st = job_state(addr, room2).await;
         (st["status"] == "JS_SUCCESS").then_some(st)
