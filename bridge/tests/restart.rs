@@ -13,7 +13,6 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use clap::Parser;
 use common::*;
 use room::{AudioTrackOptions, ReconnectKind, Room, RoomEvent, RoomOptions};
 use tokio::sync::mpsc;
@@ -58,32 +57,6 @@ impl Drop for DevroomProcess {
     fn drop(&mut self) {
         self.kill();
     }
-}
-
-async fn bridge_on(lk_url: &str, rest_base: &str) -> BridgeHandle {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let args = [
-        "bridge",
-        "--public-url",
-        &base,
-        "--twilio-auth-token",
-        AUTH_TOKEN,
-        "--twilio-account-sid",
-        ACCOUNT_SID,
-        "--twilio-api-base",
-        rest_base,
-        "--livekit-url",
-        lk_url,
-        // A steady test tone must not be taken for background noise and stopped.
-        "--opus-dtx",
-        "false",
-    ];
-    let cli = bridge::config::Cli::try_parse_from(args).unwrap();
-    let app = bridge::http::App::new(cli.config);
-    let serve_app = app.clone();
-    tokio::spawn(async move { bridge::serve(serve_app, listener).await });
-    BridgeHandle { base, app }
 }
 
 /// When (since `t0`) each 20 ms frame of the phone's audio reached the agent.
@@ -132,7 +105,8 @@ async fn restart_mid_call(udp_off_after: bool) {
     let mut dev = DevroomProcess::start(port, &[]).await;
     let rest = FakeRest::default();
     let rest_base = rest.start().await;
-    let bridge = bridge_on(&lk_url, &rest_base).await;
+    // A steady test tone must not be taken for background noise and stopped.
+    let bridge = start_bridge_at(&lk_url, &rest_base, &["--opus-dtx", "false"]).await;
     let sid = call_sid(if udp_off_after { 11 } else { 10 });
     let t0 = Instant::now();
 

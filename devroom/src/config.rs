@@ -80,6 +80,12 @@ pub struct Config {
     #[arg(long, env = "DEVROOM_NEGOTIATION_TIMEOUT_SECS", default_value_t = 15)]
     pub negotiation_timeout_secs: u64,
 
+    /// Publish a track on its first RTP packet, as livekit-server up to 1.8.1 did, instead of
+    /// when the offer carrying its m-line arrives (1.8.2 and later, `FireOnTrackBySdp`): a
+    /// client that only works with the latter stays silent on older servers.
+    #[arg(long, env = "DEVROOM_PUBLISH_ON_RTP")]
+    pub publish_on_rtp: bool,
+
     /// ICE-lite on the server side (livekit-server's `rtc.use_ice_lite`; off by default, so the
     /// server runs full ICE and clients must answer its connectivity checks).
     #[arg(long, env = "DEVROOM_ICE_LITE")]

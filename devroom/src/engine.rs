@@ -1129,7 +1129,15 @@ impl Engine {
             self.on_track_unpublished(key, t);
         }
         for sid in newly_published {
-            tracing::debug!(%sid, "track bound to its m-line; published on its first RTP packet");
+            if self.cfg.publish_on_rtp {
+                tracing::debug!(%sid, "track bound to its m-line; published on its first RTP packet");
+                continue;
+            }
+            // livekit-server ≥ 1.8.2: the track is published with the SDP (FireOnTrackBySdp).
+            if let Some(t) = self.parts.get_mut(&key).and_then(|p| p.tracks.iter_mut().find(|t| t.sid == sid)) {
+                t.live = true;
+            }
+            self.on_track_published(key, &sid);
         }
     }
 

@@ -9,9 +9,10 @@
 
 use std::net::SocketAddr;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use futures_util::{SinkExt, StreamExt};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
+use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
 
 use crate::engine::{Command, EngineHandle};
 
@@ -27,6 +28,11 @@ pub enum TcpEvent {
     Closed { remote: SocketAddr },
 }
 
+/// RFC 4571: each packet behind its 16-bit big-endian length.
+fn rfc4571_codec() -> LengthDelimitedCodec {
+    LengthDelimitedCodec::builder().length_field_length(2).max_frame_length(MAX_FRAME).new_codec()
+}
+
 /// Accepts ICE-TCP connections for the engine until the listener fails.
 pub async fn serve(listener: TcpListener, engine: EngineHandle) {
     loop {
@@ -39,35 +45,28 @@ pub async fn serve(listener: TcpListener, engine: EngineHandle) {
             }
         };
         let _ = stream.set_nodelay(true);
-        let (mut rd, mut wr) = stream.into_split();
+        let (rd, wr) = stream.into_split();
         let (tx, mut rx) = mpsc::channel::<Vec<u8>>(WRITE_QUEUE);
         if engine.send(Command::Tcp(TcpEvent::Opened { remote, tx })).await.is_err() {
             return;
         }
+        let mut frames_out = FramedWrite::new(wr, rfc4571_codec());
         let writer = tokio::spawn(async move {
             while let Some(frame) = rx.recv().await {
-                let len = (frame.len() as u16).to_be_bytes();
-                if wr.write_all(&len).await.is_err() || wr.write_all(&frame).await.is_err() {
+                if frames_out.send(bytes::Bytes::from(frame)).await.is_err() {
                     break;
                 }
             }
         });
         let engine = engine.clone();
         tokio::spawn(async move {
-            let mut len = [0u8; 2];
-            loop {
-                if rd.read_exact(&mut len).await.is_err() {
-                    break;
+            let mut frames_in = FramedRead::new(rd, rfc4571_codec());
+            // A bad length (or any read error) ends the connection.
+            while let Some(Ok(frame)) = frames_in.next().await {
+                if frame.is_empty() {
+                    continue;
                 }
-                let n = u16::from_be_bytes(len) as usize;
-                if n == 0 || n > MAX_FRAME {
-                    tracing::debug!(%remote, n, "ICE-TCP frame of a bad size: closing");
-                    break;
-                }
-                let mut data = vec![0u8; n];
-                if rd.read_exact(&mut data).await.is_err() {
-                    break;
-                }
+                let data = frame.to_vec();
                 if engine.send(Command::Tcp(TcpEvent::Frame { remote, data })).await.is_err() {
                     break;
                 }

@@ -156,9 +156,7 @@ impl Engine {
             return;
         };
         if !live {
-            // Published on its first RTP packet, not when the offer arrived (livekit-server up
-            // to 1.8.1; later versions publish on the SDP — a client that copes with this
-            // copes with both).
+            // --publish-on-rtp: published on its first RTP packet (livekit-server up to 1.8.1).
             if let Some(t) = self.parts.get_mut(&key).and_then(|p| p.tracks.iter_mut().find(|t| t.sid == track_sid)) {
                 t.live = true;
             }

@@ -574,3 +574,21 @@ async fn strict_as_livekit_server() {
     }
     assert!(saw_new, "bob hears of carol's new session");
 }
+
+/// A subscriber offer left unanswered is a failed negotiation: livekit-server tells the client to
+/// join again (`leave{STATE_MISMATCH, RECONNECT}`) and closes the session.
+#[tokio::test]
+async fn unanswered_offer_asks_for_a_full_reconnect() {
+    let server = Devroom::start("signal_negotiation_timeout", &["--negotiation-timeout-secs", "1"]);
+    let mut a = connect(&server, &join_token("mute", "negotiation")).await;
+    wait_for(&mut a, |m| matches!(m, Resp::Offer(_)).then_some(())).await;
+    // No answer.
+    let leave = wait_for(&mut a, |m| match m {
+        Resp::Leave(l) => Some(l),
+        _ => None,
+    })
+    .await;
+    assert_eq!(leave.reason, lk::DisconnectReason::StateMismatch as i32);
+    assert_eq!(leave.action, lk::leave_request::Action::Reconnect as i32);
+    assert!(next(&mut a).await.is_none(), "then the session closes");
+}

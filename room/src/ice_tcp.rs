@@ -12,8 +12,9 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use futures_util::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
+use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
 
 use crate::peer::Role;
 
@@ -105,33 +106,25 @@ async fn run_link(role: Role, to: SocketAddr, mut rx: mpsc::Receiver<Vec<u8>>, f
     };
     let _ = stream.set_nodelay(true);
     tracing::debug!(?role, %to, "ICE-TCP link up");
-    let (mut rd, mut wr) = stream.into_split();
+    let (rd, wr) = stream.into_split();
+    // RFC 4571: each packet behind its 16-bit big-endian length.
+    let codec = || LengthDelimitedCodec::builder().length_field_length(2).max_frame_length(MAX_FRAME).new_codec();
+    let mut frames_out = FramedWrite::new(wr, codec());
+    let mut frames_in = FramedRead::new(rd, codec());
     let writer = async move {
         while let Some(p) = rx.recv().await {
-            if p.len() > u16::MAX as usize {
+            if p.len() > MAX_FRAME {
                 continue;
             }
-            let len = (p.len() as u16).to_be_bytes();
-            if wr.write_all(&len).await.is_err() || wr.write_all(&p).await.is_err() {
+            if frames_out.send(p.as_slice()).await.is_err() {
                 break;
             }
         }
     };
     let reader = async move {
-        let mut len = [0u8; 2];
-        loop {
-            if rd.read_exact(&mut len).await.is_err() {
-                break;
-            }
-            let n = u16::from_be_bytes(len) as usize;
-            if n == 0 || n > MAX_FRAME {
-                break;
-            }
-            let mut data = vec![0u8; n];
-            if rd.read_exact(&mut data).await.is_err() {
-                break;
-            }
-            if frames.send((role, to, data)).await.is_err() {
+        // A bad length (or any read error) ends the link.
+        while let Some(Ok(frame)) = frames_in.next().await {
+            if !frame.is_empty() && frames.send((role, to, frame.to_vec())).await.is_err() {
                 break;
             }
         }

@@ -192,7 +192,9 @@ async fn data_packets_both_ways() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropping_the_sink_unpublishes_and_republish_works() {
     common::init_tracing();
-    let dev = Devroom::start().await;
+    // As livekit-server ≤ 1.8.1: a track is published on its first RTP packet.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let dev = Devroom::start_on(port, &["--publish-on-rtp"]).await;
     let (alice, _alice_ev) = Room::connect(&dev.url(), &dev.token("unpub", "alice"), RoomOptions::default()).await.expect("alice");
     let (bob, mut bob_ev) = Room::connect(&dev.url(), &dev.token("unpub", "bob"), RoomOptions::default()).await.expect("bob");
 
@@ -426,7 +428,10 @@ async fn server_restart_with_udp_blocked_continues_over_ice_tcp() {
 
 async fn server_restart(after: &[&str]) {
     common::init_tracing();
-    let mut dev = Devroom::start().await;
+    // Tracks published on their first RTP packet (livekit-server ≤ 1.8.1), the stricter case
+    // for a republish after the restart.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut dev = Devroom::start_on(port, &["--publish-on-rtp"]).await;
     let port = dev.port;
     let (alice, mut alice_ev) = Room::connect(&dev.url(), &dev.token("restart", "alice"), RoomOptions::default()).await.expect("alice");
     let (bob, mut bob_ev) = Room::connect(&dev.url(), &dev.token("restart", "bob"), RoomOptions::default()).await.expect("bob");
@@ -449,7 +454,8 @@ async fn server_restart(after: &[&str]) {
     dev.kill();
     next_matching(&mut alice_ev, "alice Reconnecting", |e| matches!(e, RoomEvent::Reconnecting { .. })).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let _dev = Devroom::start_on(port, after).await;
+    let after: Vec<&str> = ["--publish-on-rtp"].iter().chain(after).copied().collect();
+    let _dev = Devroom::start_on(port, &after).await;
     let back = std::time::Instant::now();
 
     for (who, ev) in [("alice", &mut alice_ev), ("bob", &mut bob_ev)] {

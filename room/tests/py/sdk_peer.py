@@ -51,6 +51,19 @@ def analyse(pcm):
             "snr_db": round(10 * np.log10(sig / max(noise, 1e-9)), 1)}
 
 
+async def play_tone(source, freq, seconds):
+    """A sine at `freq` into `source` for `seconds`, in real time (10 ms frames)."""
+    n, start, frame = 0, time.monotonic(), RATE // 100
+    for i in range(int(seconds * 100)):
+        t = (np.arange(frame) + n) / RATE
+        n += frame
+        pcm = (0.4 * 32767 * np.sin(2 * np.pi * freq * t)).astype(np.int16)
+        await source.capture_frame(rtc.AudioFrame(pcm.tobytes(), RATE, 1, frame))
+        ahead = start + (i + 1) * 0.01 - time.monotonic()
+        if ahead > 0:
+            await asyncio.sleep(ahead)
+
+
 async def run(a):
     room = rtc.Room()
     got = []
@@ -79,18 +92,7 @@ async def run(a):
     local = rtc.LocalAudioTrack.create_audio_track("py-tone", source)
     await room.local_participant.publish_track(local, rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE))
 
-    async def play():
-        n, start, frame = 0, time.monotonic(), RATE // 100
-        for i in range(int(a.seconds * 100)):
-            t = (np.arange(frame) + n) / RATE
-            n += frame
-            pcm = (0.4 * 32767 * np.sin(2 * np.pi * a.freq * t)).astype(np.int16)
-            await source.capture_frame(rtc.AudioFrame(pcm.tobytes(), RATE, 1, frame))
-            ahead = start + (i + 1) * 0.01 - time.monotonic()
-            if ahead > 0:
-                await asyncio.sleep(ahead)
-
-    player = asyncio.ensure_future(play())
+    player = asyncio.ensure_future(play_tone(source, a.freq, a.seconds))
     result = {"ok": True, "sid": room.local_participant.sid}
     await room.local_participant.publish_data(b"hello from python", topic="py", reliable=True,
                                               destination_identities=[a.measure_from])

@@ -11,13 +11,11 @@ import asyncio
 import json
 import os
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(__file__))
 try:
-    import numpy as np
     from livekit import rtc
-    from sdk_peer import RATE, token
+    from sdk_peer import RATE, play_tone, token
 except ImportError as e:  # pragma: no cover
     print(json.dumps({"ok": False, "missing": str(e)}))
     sys.exit(77)
@@ -34,15 +32,7 @@ async def run(a):
     source = rtc.AudioSource(RATE, 1)
     local = rtc.LocalAudioTrack.create_audio_track("py-tone", source)
     await room.local_participant.publish_track(local, rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE))
-    n, start, frame = 0, time.monotonic(), RATE // 100
-    for i in range(int(a.seconds * 100)):
-        t = (np.arange(frame) + n) / RATE
-        n += frame
-        pcm = (0.4 * 32767 * np.sin(2 * np.pi * a.freq * t)).astype(np.int16)
-        await source.capture_frame(rtc.AudioFrame(pcm.tobytes(), RATE, 1, frame))
-        ahead = start + (i + 1) * 0.01 - time.monotonic()
-        if ahead > 0:
-            await asyncio.sleep(ahead)
+    await play_tone(source, a.freq, a.seconds)
     result = {"ok": room.isconnected(), "events": events, "first_sid": first_sid,
               "sid": room.local_participant.sid}
     await room.disconnect()
