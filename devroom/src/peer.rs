@@ -234,15 +234,18 @@ pub fn strip_candidates(sdp: &str) -> String {
     out
 }
 
-/// Our local candidates as trickle `candidateInit` JSON strings (for `ufrag`).
+/// Our local candidates as trickle `candidateInit` JSON strings, on the first m-line (its real
+/// mid: browsers refuse a candidate for a mid the description does not have; str0m's mids are
+/// not "0").
 pub fn candidate_inits(sdp: &str) -> Vec<String> {
     let ufrag = sdp.lines().find_map(|l| l.trim_end().strip_prefix("a=ice-ufrag:")).unwrap_or("").to_string();
+    let mid = sdp.lines().find_map(|l| l.trim_end().strip_prefix("a=mid:")).unwrap_or("0").to_string();
     let mut seen = std::collections::HashSet::new();
     sdp.lines()
         .filter_map(|l| l.trim_end().strip_prefix("a="))
         .filter(|c| c.starts_with("candidate:"))
         .filter(|c| seen.insert(c.to_string()))
-        .map(|c| serde_json::json!({"candidate": c, "sdpMid": "0", "sdpMLineIndex": 0, "usernameFragment": ufrag}).to_string())
+        .map(|c| serde_json::json!({"candidate": c, "sdpMid": mid, "sdpMLineIndex": 0, "usernameFragment": ufrag}).to_string())
         .collect()
 }
 
@@ -376,15 +379,16 @@ m=audio 0 UDP/TLS/RTP/SAVPF 111\r\na=mid:2\r\na=sendonly\r\na=ssrc:1 msid:s trac
 
     #[test]
     fn candidates_move_from_the_sdp_to_trickle() {
-        let sdp = "v=0\r\na=ice-ufrag:abcd\r\nm=audio 9 UDP 111\r\na=candidate:1 1 udp 2130706431 127.0.0.1 7882 typ host\r\na=end-of-candidates\r\na=mid:0\r\nm=application 9 x\r\na=candidate:1 1 udp 2130706431 127.0.0.1 7882 typ host\r\n";
+        let sdp = "v=0\r\na=ice-ufrag:abcd\r\nm=audio 9 UDP 111\r\na=candidate:1 1 udp 2130706431 127.0.0.1 7882 typ host\r\na=end-of-candidates\r\na=mid:Xq9\r\nm=application 9 x\r\na=mid:Ab1\r\na=candidate:1 1 udp 2130706431 127.0.0.1 7882 typ host\r\n";
         let stripped = strip_candidates(sdp);
         assert!(!stripped.contains("candidate"), "{stripped}");
-        assert!(stripped.contains("a=mid:0\r\n"));
+        assert!(stripped.contains("a=mid:Xq9\r\n"));
         let inits = candidate_inits(sdp);
         assert_eq!(inits.len(), 1, "one per distinct candidate");
         let v: serde_json::Value = serde_json::from_str(&inits[0]).unwrap();
         assert_eq!(v["candidate"], "candidate:1 1 udp 2130706431 127.0.0.1 7882 typ host");
         assert_eq!(v["usernameFragment"], "abcd");
+        assert_eq!(v["sdpMid"], "Xq9", "the first m-line's mid");
     }
 
     #[test]
