@@ -603,10 +603,11 @@ impl Call {
             d.delete_now().await;
         }
         let started = self.call_slot.is_some();
-        // The slot goes last: /health and the drain count the call until its room is gone.
+        m.calls.with_label_values(&[if started { self.outcome } else { "failed" }]).inc();
+        // The slot goes last: /health and the drain count the call until its room is gone and
+        // its outcome counted.
         self.call_slot = None;
         m.active_calls.set(self.app.registry.active_count() as i64);
-        m.calls.with_label_values(&[if started { self.outcome } else { "failed" }]).inc();
         tracing::info!(
             outcome = if started { self.outcome } else { "failed" },
             frames_in = stats.frames_in,
