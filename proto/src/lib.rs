@@ -17,3 +17,6 @@ pub mod stream_token;
 pub mod dial_policy;
 pub mod redact;
 pub mod watchdog;
+pub mod tones;
+pub mod dtmf;
+pub mod twirp;
