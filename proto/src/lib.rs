@@ -20,3 +20,4 @@ pub mod watchdog;
 pub mod tones;
 pub mod dtmf;
 pub mod twirp;
+pub mod outbound;
