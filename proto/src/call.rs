@@ -16,11 +16,15 @@ use std::time::{Duration, Instant};
 
 use crate::control::Control;
 use crate::dial_policy::NumberAllowList;
+use crate::dtmf::{DtmfError, DtmfTones, Press};
 use crate::g711::{ulaw_decode, ulaw_encode};
 use crate::inbound::{InboundAudio, InboundConfig, InboundStats};
 use crate::mixer::{Mixer, MixerStats, SourceId, MIX_FRAME};
 use crate::pacer::{Heard, MarkId, Output, Pacer, PacerConfig, PacerStats, UtteranceId, FRAME_BYTES};
 use crate::twilio::{Inbound, StreamStart, TwilioError};
+
+/// The mixer source of DTMF tones (drivers number room tracks from 1 up).
+pub const DTMF_SOURCE: SourceId = SourceId(u32::MAX);
 
 #[derive(Debug, Clone)]
 pub struct CallConfig {
@@ -78,6 +82,8 @@ pub enum Refusal {
     TransferNotAllowed,
     /// A transfer for this call is already under way.
     TransferInFlight,
+    /// A key press that is not a DTMF key, or too many waiting.
+    BadDtmf,
 }
 
 impl Refusal {
@@ -87,6 +93,7 @@ impl Refusal {
             Refusal::NotAgent => "not_agent",
             Refusal::TransferNotAllowed => "transfer_not_allowed",
             Refusal::TransferInFlight => "transfer_in_flight",
+            Refusal::BadDtmf => "bad_dtmf",
         }
     }
 }
@@ -129,6 +136,8 @@ pub struct CallStats {
     pub playback_reports: u64,
     /// Room audio dropped right after an interrupt (still in flight from the agent).
     pub muted_samples: u64,
+    /// Keys played to the caller as tones.
+    pub dtmf_keys_played: u64,
     pub inbound: InboundStats,
     pub pacer: PacerStats,
     pub mixer: MixerStats,
@@ -158,6 +167,9 @@ pub struct CallSession {
     last_report: Option<(UtteranceId, Instant)>,
     /// A transfer was handed to the driver and has not failed: refuse another.
     transfer_in_flight: bool,
+    /// Keys being played to the caller, and when their next 20 ms is due.
+    dtmf: DtmfTones,
+    dtmf_next: Option<Instant>,
     out: std::collections::VecDeque<CallOutput>,
     stats: CallStats,
 }
@@ -183,6 +195,8 @@ impl CallSession {
             muted: false,
             last_report: None,
             transfer_in_flight: false,
+            dtmf: DtmfTones::new(),
+            dtmf_next: None,
             out: std::collections::VecDeque::new(),
             stats: CallStats::default(),
         }
@@ -205,6 +219,7 @@ impl CallSession {
             inbound: self.inbound.stats().clone(),
             pacer: self.pacer.stats().clone(),
             mixer: self.mixer.stats().clone(),
+            dtmf_keys_played: self.dtmf.stats().keys_played,
             ..self.stats.clone()
         }
     }
@@ -297,6 +312,57 @@ impl CallSession {
             self.stats.muted_samples += pcm.len() as u64;
             return;
         }
+        self.mix(src, pcm, now);
+    }
+
+    /// Keys to press to the caller (an agent's `SipDTMF`, or an outbound call's dial string):
+    /// played as tones, mixed with the room's voices. Refused whole when too many are waiting.
+    pub fn send_dtmf(&mut self, presses: &[Press], now: Instant) -> Result<(), DtmfError> {
+        if self.phase == Phase::Ended {
+            return Ok(());
+        }
+        self.dtmf.push(presses)?;
+        if self.dtmf_next.is_none() && !self.dtmf.is_idle() {
+            self.dtmf_next = Some(now);
+        }
+        Ok(())
+    }
+
+    /// LiveKit's `SipDTMF` packet from the room: only agents press keys on the caller's line.
+    pub fn handle_sip_dtmf(&mut self, code: u32, digit: &str, from: ControlSender, now: Instant) {
+        if from != ControlSender::Agent {
+            self.refuse("dtmf", Refusal::NotAgent);
+            return;
+        }
+        // The code is authoritative (as in LiveKit SIP); the digit text is a fallback.
+        let key = crate::dtmf::key_of(code).or_else(|e| {
+            let mut chars = digit.chars();
+            match (chars.next(), chars.next()) {
+                (Some(c), None) => crate::dtmf::key(c),
+                _ => Err(e),
+            }
+        });
+        match key.and_then(|k| self.send_dtmf(&[Press::Key(k)], now)) {
+            Ok(()) => {}
+            Err(_) => self.refuse("dtmf", Refusal::BadDtmf),
+        }
+    }
+
+    /// Due DTMF frames join the mix as one more room source (never muted: keys are not speech).
+    fn play_dtmf(&mut self, now: Instant) {
+        while let Some(due) = self.dtmf_next.filter(|d| *d <= now) {
+            let Some(frame) = self.dtmf.next_frame() else {
+                self.dtmf_next = None;
+                break;
+            };
+            self.end_utterance_if_quiet(now);
+            self.last_room_audio = Some(now);
+            self.mix(DTMF_SOURCE, &frame, now);
+            self.dtmf_next = if self.dtmf.is_idle() { None } else { Some(due + crate::pacer::FRAME) };
+        }
+    }
+
+    fn mix(&mut self, src: SourceId, pcm: &[i16], now: Instant) {
         self.mixer.push(src, pcm);
         while let Some(mixed) = self.mixer.poll_frame() {
             let id = *self.speaking.get_or_insert_with(|| {
@@ -401,6 +467,7 @@ impl CallSession {
 
     pub fn poll_output(&mut self, now: Instant) -> Option<CallOutput> {
         if self.out.is_empty() && self.phase == Phase::Streaming {
+            self.play_dtmf(now);
             self.end_utterance_if_quiet(now);
             self.drain_pacer(now);
         }
@@ -415,10 +482,7 @@ impl CallSession {
             (true, Some(t)) => Some(t + self.cfg.utterance_gap),
             _ => None,
         };
-        match (self.pacer.poll_timeout(), quiet_at) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [self.pacer.poll_timeout(), quiet_at, self.dtmf_next].into_iter().flatten().min()
     }
 
     fn end_utterance_if_quiet(&mut self, now: Instant) {

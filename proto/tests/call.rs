@@ -371,3 +371,31 @@ fn only_agents_steer_the_call_and_only_to_allowed_numbers() {
     assert_eq!(sim.call.stats().control_refused, 9);
     assert!(!sim.call.is_ended());
 }
+
+#[test]
+fn keys_an_agent_presses_reach_the_caller_as_tones_paced_and_mixed() {
+    use proto::dtmf::{parse_dial_string, DtmfDetector};
+    let mut sim = Sim::new();
+    // A browser viewer's key press is refused; an agent's keys play while it also speaks.
+    sim.call.handle_sip_dtmf(5, "5", ControlSender::Other, sim.now);
+    sim.call.handle_sip_dtmf(99, "xx", ControlSender::Agent, sim.now);
+    sim.drain();
+    let refused: Vec<_> = sim.seen.other.iter().filter(|o| matches!(o, CallOutput::ControlRefused { .. })).collect();
+    assert_eq!(refused.len(), 2, "{refused:?}");
+    sim.call.handle_sip_dtmf(1, "1", ControlSender::Agent, sim.now);
+    sim.call.send_dtmf(&parse_dial_string("w#A").unwrap(), sim.now).unwrap();
+    sim.call.handle_sip_dtmf(11, "", ControlSender::Agent, sim.now);
+    sim.run(3000, |t, sim| {
+        if (2000..2400).contains(&t) && t % 20 == 0 {
+            sim.agent_says(&tone(300.0, 0, 160));
+        }
+    });
+    let heard: Vec<i16> = sim.tw.media.iter().flat_map(|(_, f)| f.iter().map(|b| ulaw_decode(*b))).collect();
+    let keys: String = DtmfDetector::new().push(&heard).iter().map(|d| d.key).collect();
+    assert_eq!(keys, "1#A#");
+    // Four keys and a pause: 4·170 + 500 ms, sent at the pace they play (never far ahead).
+    let first = sim.tw.media[0].0;
+    let span = sim.tw.media[58].0 - first;
+    assert!(span >= MS * 1080 && span <= MS * 1200, "{span:?}");
+    assert_eq!(sim.call.stats().dtmf_keys_played, 4);
+}
