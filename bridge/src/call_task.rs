@@ -16,6 +16,7 @@ use futures_util::{FutureExt, StreamExt};
 use proto::call::{CallConfig, CallOutput, CallSession, ControlSender, EndReason};
 use proto::control::CONTROL_TOPIC;
 use proto::mixer::SourceId;
+use proto::outbound::{OutboundCall, OutboundOutput, SipCallStatus, ATTR_CALL_STATUS};
 use proto::pacer::PacerConfig;
 use proto::redact::Masked;
 use proto::watchdog::{CallWatchdog, WatchdogAction, WatchdogConfig};
@@ -26,8 +27,9 @@ use tokio::sync::mpsc;
 use tracing::Instrument;
 
 use crate::http::{unix_now, App};
-use crate::livekit::phone_identity;
-use crate::registry::{ActivateRefusal, CallInfo, CallSlot, StreamSlot};
+use crate::livekit::{phone_attributes, phone_identity, room_name};
+use crate::outbound::{Handoff, OutboundEntry, OutboundEvent, PendingReply};
+use crate::registry::{ActivateRefusal, CallInfo, CallSlot, Direction, StreamSlot};
 
 /// Twilio must send `start` this soon after the socket opens.
 const START_TIMEOUT: Duration = Duration::from_secs(10);
@@ -92,17 +94,44 @@ enum Background {
 }
 
 /// A packet for the room, sent by the call's sender task so the audio loop never waits on it.
-enum RoomSend {
+pub(crate) enum RoomSend {
     Data(DataPacketBuilder),
     Dtmf { code: u32, digit: String },
+    /// Our own attributes (`sip.callStatus`, …).
+    Attributes(HashMap<String, String>),
 }
 
-/// The room side once joined.
-struct Joined {
-    room: Room,
-    events: mpsc::Receiver<RoomEvent>,
-    sink: AudioSink,
-    sends: mpsc::Sender<RoomSend>,
+/// An outbound call carried by this task (see `crate::outbound`).
+struct OutboundState {
+    call: OutboundCall,
+    events: mpsc::Receiver<OutboundEvent>,
+    reply: Option<PendingReply>,
+    _entry: OutboundEntry,
+}
+
+/// The room side once joined, as the phone participant.
+pub(crate) struct Joined {
+    pub(crate) room: Room,
+    pub(crate) events: mpsc::Receiver<RoomEvent>,
+    pub(crate) sink: AudioSink,
+    pub(crate) sends: mpsc::Sender<RoomSend>,
+}
+
+impl Joined {
+    /// Queues a packet for the room's sender task; a full queue drops it (counted) rather than
+    /// stall the caller's audio behind a room that is reconnecting.
+    pub(crate) fn send(&self, app: &App, packet: RoomSend) {
+        if self.sends.try_send(packet).is_err() {
+            app.metrics.room_sends_dropped.inc();
+        }
+    }
+
+    /// Sets `sip.callStatus` to `hangup` and leaves (LiveKit SIP's last word on a call).
+    pub(crate) async fn leave(self) {
+        let hangup = HashMap::from([(ATTR_CALL_STATUS.to_owned(), SipCallStatus::Hangup.as_str().to_owned())]);
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.room.set_attributes(hangup)).await;
+        self.room.close().await;
+    }
 }
 
 struct Call {
@@ -116,6 +145,8 @@ struct Call {
     call_slot: Option<CallSlot>,
     room_deleter: Option<RoomDeleter>,
     joined: Option<Joined>,
+    /// An outbound call's state, callbacks and pending reply, once its stream took it over.
+    outbound: Option<OutboundState>,
     watchdog: Option<CallWatchdog>,
     audio: AudioIn,
     /// Subscribed room tracks: track sid → (mixer source, publisher identity).
@@ -152,6 +183,7 @@ impl Call {
             call_slot: None,
             room_deleter: None,
             joined: None,
+            outbound: None,
             watchdog: None,
             audio: SelectAll::new(),
             sources: HashMap::new(),
@@ -176,7 +208,10 @@ impl Call {
         let mut end_all = self.app.registry.end_all_signal();
         let start_deadline = tokio::time::Instant::now() + START_TIMEOUT;
         loop {
-            let wake = earliest(self.session.poll_timeout(), self.watchdog.as_ref().and_then(|w| w.poll_timeout()));
+            let wake = earliest(
+                earliest(self.session.poll_timeout(), self.watchdog.as_ref().and_then(|w| w.poll_timeout())),
+                self.outbound.as_ref().and_then(|o| o.call.poll_timeout()),
+            );
             let waiting_for_start = self.call_slot.is_none() && !self.session.is_ended();
             tokio::select! {
                 biased;
@@ -184,6 +219,7 @@ impl Call {
                 msg = self.ws.recv() => self.on_ws(msg),
                 Some(bg) = self.background_rx.recv() => self.on_background(bg),
                 ev = recv_event(&mut self.joined) => self.on_room_event(ev),
+                Some(ev) = recv_outbound(&mut self.outbound) => self.on_outbound_event(ev),
                 Some((src, pcm, received)) = self.audio.next(), if !self.audio.is_empty() => {
                     self.session.handle_room_audio(src, &pcm, Instant::now());
                     // Packet off the network → decoded → queued for pacing (the pacer's wait excluded).
@@ -196,6 +232,7 @@ impl Call {
                 }
             }
             self.poll_watchdog();
+            self.poll_outbound();
             if !self.drain().await {
                 break;
             }
@@ -290,6 +327,11 @@ impl Call {
                     }
                 }
             }
+            RoomEvent::DtmfReceived(d) => {
+                // LiveKit SDKs' publish_dtmf: an agent pressing keys on the caller's line.
+                let from = self.sender_kind(&d.participant_identity);
+                self.session.handle_sip_dtmf(d.code, &d.digit, from, now);
+            }
             RoomEvent::Disconnected(reason) => {
                 self.session.end(EndReason::Driver(format!("left the room: {reason:?}")));
             }
@@ -361,6 +403,73 @@ impl Call {
         }
     }
 
+    /// The stream is over: the outbound call's last words (its reply, ending it at Twilio).
+    fn finish_outbound(&mut self) {
+        let Some(o) = &mut self.outbound else { return };
+        o.call.stream_ended();
+        let sid = self.call_slot.as_ref().map(|s| s.info.call_sid.clone()).unwrap_or_default();
+        while let Some(out) = o.call.poll_output(Instant::now()) {
+            match out {
+                OutboundOutput::Reply(r) => {
+                    if let Some(p) = o.reply.take() {
+                        p.send(r);
+                    }
+                }
+                OutboundOutput::EndTwilioCall { answered } => crate::outbound::end_at_twilio(&self.app, &sid, answered, &self.span),
+                OutboundOutput::End(how) => {
+                    self.app.metrics.outbound.with_label_values(&[how.as_str()]).inc();
+                }
+                _ => {}
+            }
+        }
+        self.outbound = None;
+    }
+
+    fn on_outbound_event(&mut self, ev: OutboundEvent) {
+        let Some(o) = &mut self.outbound else { return };
+        match ev {
+            OutboundEvent::Status(s) => o.call.twilio_status(s, Instant::now()),
+            OutboundEvent::AnsweredBy(a) => {
+                tracing::info!(answered_by = a.as_str(), "answering machine detection");
+                o.call.answered_by_result(a);
+            }
+            // Already taken over (a second stream for this call): nothing to hand.
+            OutboundEvent::Takeover { .. } => {}
+        }
+    }
+
+    /// Carries out what the outbound call's state machine says.
+    fn poll_outbound(&mut self) {
+        let now = Instant::now();
+        loop {
+            let Some(o) = &mut self.outbound else { return };
+            let Some(out) = o.call.poll_output(now) else { return };
+            match out {
+                OutboundOutput::Attributes(a) => {
+                    self.send_to_room(RoomSend::Attributes(a.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()))
+                }
+                OutboundOutput::Reply(r) => {
+                    if let Some(p) = o.reply.take() {
+                        p.send(r);
+                    }
+                }
+                OutboundOutput::Dtmf(presses) => {
+                    if let Err(e) = self.session.send_dtmf(&presses, now) {
+                        tracing::warn!(error = %e, "the request's dtmf keys were not played");
+                    }
+                }
+                OutboundOutput::EndTwilioCall { answered } => {
+                    let sid = self.info().map(|i| i.call_sid.clone()).unwrap_or_default();
+                    crate::outbound::end_at_twilio(&self.app, &sid, answered, &self.span);
+                }
+                OutboundOutput::End(how) => {
+                    self.session.end(EndReason::Driver(format!("outbound call {}", how.as_str())));
+                }
+                OutboundOutput::Dialtone(_) => {}
+            }
+        }
+    }
+
     /// The caller hears the fallback: the call's TwiML is replaced through Twilio's REST API
     /// (the stream ends when Twilio has it, or when the request fails — the call ends then).
     fn fall_back(&mut self, info: &CallInfo) {
@@ -419,7 +528,7 @@ impl Call {
                 }
                 CallOutput::Control(c) => self.send_to_room(RoomSend::Data(DataPacketBuilder::new(c.to_bytes()).topic(CONTROL_TOPIC))),
                 CallOutput::SipDtmf(digit) => {
-                    if let Some(code) = dtmf_code(&digit) {
+                    if let Some(code) = digit.chars().next().filter(|_| digit.len() == 1).and_then(|c| proto::dtmf::code_of(c).ok()) {
                         self.send_to_room(RoomSend::Dtmf { code, digit });
                     }
                 }
@@ -465,12 +574,9 @@ impl Call {
         }
     }
 
-    /// Queues a packet for the room's sender task; a full queue drops it (counted) rather than
-    /// stall the caller's audio behind a room that is reconnecting.
     fn send_to_room(&self, packet: RoomSend) {
-        let Some(j) = &self.joined else { return };
-        if j.sends.try_send(packet).is_err() {
-            self.app.metrics.room_sends_dropped.inc();
+        if let Some(j) = &self.joined {
+            j.send(&self.app, packet);
         }
     }
 
@@ -500,16 +606,25 @@ impl Call {
     /// `start`: check the one-time token, then join the call's room as the phone. A refusal
     /// ends the stream; a failure after the token was good gives the caller the fallback. The
     /// webhook may have been answered by another replica: the token vouches for the call's
-    /// description, which comes back with it in the custom parameters.
+    /// description, which comes back with it in the custom parameters. An outbound call this
+    /// replica is dialling is taken over with its room connection (the phone never leaves the
+    /// room); one dialled elsewhere joins as its participant, which replaces the other's.
     async fn start(&mut self, start: proto::twilio::StreamStart) {
         let call_sid = start.call_sid.clone();
         self.span.record("call_sid", call_sid.as_str());
         let param = |k: &str| start.custom_parameters.get(k).cloned().unwrap_or_default();
-        let account_sid = match param("accountSid") {
-            a if a.is_empty() => start.account_sid.clone(),
-            a => a,
+        let or = |v: String, default: String| if v.is_empty() { default } else { v };
+        let account_sid = or(param("accountSid"), start.account_sid.clone());
+        let outbound = param("direction") == "outbound";
+        let info = CallInfo {
+            call_sid: call_sid.clone(),
+            account_sid,
+            from: param("from"),
+            to: param("to"),
+            room: or(param("room"), room_name(&call_sid)),
+            identity: or(param("identity"), phone_identity(&call_sid)),
+            direction: if outbound { Direction::Outbound } else { Direction::Inbound },
         };
-        let info = CallInfo { call_sid: call_sid.clone(), account_sid, from: param("from"), to: param("to") };
         let token = param("token");
         let claims = match proto::stream_token::verify(&self.app.stream_secret, &token, &info.description(), unix_now()) {
             Ok(c) => c,
@@ -520,7 +635,20 @@ impl Call {
                 return;
             }
         };
-        let slot = match self.app.registry.activate(info, &claims.nonce, Instant::now()) {
+        let handoff = if outbound { self.app.outbound.take_over(&param("dial"), &call_sid).await } else { None };
+        let mut max_duration = self.app.cfg.max_call_duration;
+        let mut taken: Option<Joined> = None;
+        let activated = match handoff {
+            Some(h) => {
+                let Handoff { joined, call, slot, events, reply, entry, max_duration: d } = h;
+                max_duration = d;
+                self.outbound = Some(OutboundState { call, events, reply, _entry: entry });
+                taken = Some(joined);
+                self.app.registry.activate_dialed(info, slot, Instant::now())
+            }
+            None => self.app.registry.activate(info, &claims.nonce, Instant::now()),
+        };
+        let slot = match activated {
             Ok(slot) => slot,
             Err(why) => {
                 let kind = match why {
@@ -529,13 +657,17 @@ impl Call {
                 };
                 self.app.metrics.error(kind);
                 tracing::warn!(reason = ?why, "stream refused");
+                if let Some(o) = &mut self.outbound {
+                    o.call.hangup();
+                }
+                self.joined = taken;
                 self.session.end(EndReason::Driver(format!("stream refused: {why:?}")));
                 return;
             }
         };
         // One stream per call across every replica.
-        let ttl = self.app.cfg.max_call_duration + Duration::from_secs(300);
-        match self.app.shared.claim_stream(&self.app.livekit, &call_sid, ttl).await {
+        let ttl = max_duration + Duration::from_secs(300);
+        match self.app.shared.claim_stream(&self.app.livekit, &slot.info, ttl).await {
             Ok(true) => {}
             Ok(false) => {
                 self.app.metrics.error("stream_token_reused");
@@ -549,6 +681,7 @@ impl Call {
                 let info = slot.info.clone();
                 self.call_slot = Some(slot);
                 self.stream_slot = None;
+                self.joined = taken;
                 self.outcome = "room_failed";
                 self.fall_back(&info);
                 return;
@@ -557,19 +690,32 @@ impl Call {
         self.stream_slot = None;
         let info = slot.info.clone();
         self.call_slot = Some(slot);
-        self.room_deleter = Some(RoomDeleter { app: self.app.clone(), call_sid: call_sid.clone(), armed: true });
+        if info.direction == Direction::Inbound {
+            // Rooms of inbound calls are the bridge's; an outbound call's room is its caller's.
+            self.room_deleter = Some(RoomDeleter { app: self.app.clone(), call_sid: call_sid.clone(), armed: true });
+        }
         self.app.metrics.active_calls.set(self.app.registry.active_count() as i64);
-        match join_room(&self.app, &self.span, &info).await {
+        let joined = match taken {
+            Some(j) => Ok(j),
+            None => {
+                let (name, attributes) = Self::phone_participant(&self.app, &info).await;
+                join_room(&self.app, &self.span, &info, &name, attributes).await
+            }
+        };
+        match joined {
             Ok(joined) => {
                 self.app.metrics.setup_seconds.observe(self.opened.elapsed().as_secs_f64());
-                tracing::info!(room = %joined.room.name(), identity = %phone_identity(&call_sid), "caller joined the room");
+                tracing::info!(room = %info.room, identity = %info.identity, direction = ?info.direction, "caller joined the room");
                 self.joined = Some(joined);
                 let wd = WatchdogConfig {
                     agent_join_timeout: self.app.cfg.agent_join_timeout,
                     media_timeout: self.app.cfg.media_timeout,
-                    max_duration: self.app.cfg.max_call_duration,
+                    max_duration,
                 };
                 self.watchdog = Some(CallWatchdog::new(wd, Instant::now()));
+                if let Some(o) = &mut self.outbound {
+                    o.call.stream_started(Instant::now());
+                }
                 self.outcome = "completed";
             }
             Err(why) => {
@@ -580,7 +726,25 @@ impl Call {
         }
     }
 
+    /// Name and attributes the phone joins with: an inbound caller's number and LiveKit SIP's
+    /// attributes, or — for an outbound call dialled by another replica — what its
+    /// participant already shows in the room.
+    async fn phone_participant(app: &App, info: &CallInfo) -> (String, HashMap<String, String>) {
+        let mut attributes = phone_attributes(info, SipCallStatus::Active.as_str());
+        let mut name = info.remote_number().to_owned();
+        if info.direction == Direction::Outbound {
+            if let Ok(Some(p)) = app.livekit.participant(&info.room, &info.identity).await {
+                name = p.name;
+                for (k, v) in p.attributes {
+                    attributes.entry(k).or_insert(v);
+                }
+            }
+        }
+        (name, attributes)
+    }
+
     async fn cleanup(mut self) {
+        self.finish_outbound();
         let stats = self.session.stats();
         let m = &self.app.metrics;
         m.frames_in.inc_by(stats.frames_in);
@@ -597,7 +761,7 @@ impl Call {
                 dtx = sink.frames_dtx.load(std::sync::atomic::Ordering::Relaxed),
                 "caller track"
             );
-            j.room.close().await;
+            j.leave().await;
         }
         if let Some(d) = &mut self.room_deleter {
             d.delete_now().await;
@@ -622,9 +786,16 @@ impl Call {
     }
 }
 
-/// Joins the call's room as the phone and publishes the caller's track.
-async fn join_room(app: &Arc<App>, span: &tracing::Span, info: &CallInfo) -> Result<Joined, String> {
-    let jwt = app.livekit.phone_token(info).map_err(|e| format!("token: {e}"))?;
+/// Joins the call's room as the phone (named and with these attributes) and publishes the
+/// caller's track.
+pub(crate) async fn join_room(
+    app: &Arc<App>,
+    span: &tracing::Span,
+    info: &CallInfo,
+    name: &str,
+    attributes: HashMap<String, String>,
+) -> Result<Joined, String> {
+    let jwt = app.livekit.phone_token(info, name, attributes).map_err(|e| format!("token: {e}"))?;
     let (room, events) = Room::connect(app.livekit.url(), &jwt, RoomOptions::default()).await.map_err(|e| {
         app.metrics.error("room_join_failed");
         format!("joining the room: {e}")
@@ -655,13 +826,14 @@ async fn join_room(app: &Arc<App>, span: &tracing::Span, info: &CallInfo) -> Res
     Ok(Joined { room, events, sink, sends })
 }
 
-/// The call's sender task: control messages and DTMF to the room, in order, waiting as long as
-/// the room needs (a reconnect) without holding up the call's audio.
+/// The call's sender task: control messages, DTMF and attributes to the room, in order,
+/// waiting as long as the room needs (a reconnect) without holding up the call's audio.
 async fn send_to_room(room: Room, mut queue: mpsc::Receiver<RoomSend>, app: Arc<App>) {
     while let Some(p) = queue.recv().await {
         let res = match p {
             RoomSend::Data(packet) => room.send_data(packet).await,
             RoomSend::Dtmf { code, digit } => room.send_dtmf(code, &digit, vec![]).await,
+            RoomSend::Attributes(a) => room.set_attributes(a).await,
         };
         if let Err(e) = res {
             app.metrics.error("room_data");
@@ -673,6 +845,13 @@ async fn send_to_room(room: Room, mut queue: mpsc::Receiver<RoomSend>, app: Arc<
 async fn recv_event(joined: &mut Option<Joined>) -> Option<RoomEvent> {
     match joined {
         Some(j) => j.events.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn recv_outbound(o: &mut Option<OutboundState>) -> Option<OutboundEvent> {
+    match o {
+        Some(o) => o.events.recv().await,
         None => std::future::pending().await,
     }
 }
@@ -691,28 +870,3 @@ fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
     }
 }
 
-/// LiveKit SIP's DTMF codes: 0-9, `*` = 10, `#` = 11, A-D = 12-15.
-fn dtmf_code(digit: &str) -> Option<u32> {
-    match digit.as_bytes() {
-        [d @ b'0'..=b'9'] => Some((d - b'0') as u32),
-        [b'*'] => Some(10),
-        [b'#'] => Some(11),
-        [d @ (b'A'..=b'D' | b'a'..=b'd')] => Some((d.to_ascii_uppercase() - b'A') as u32 + 12),
-        _ => None,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn dtmf_codes() {
-        use super::dtmf_code;
-        assert_eq!(dtmf_code("0"), Some(0));
-        assert_eq!(dtmf_code("9"), Some(9));
-        assert_eq!(dtmf_code("*"), Some(10));
-        assert_eq!(dtmf_code("#"), Some(11));
-        assert_eq!(dtmf_code("d"), Some(15));
-        assert_eq!(dtmf_code("12"), None);
-        assert_eq!(dtmf_code(""), None);
-    }
-}

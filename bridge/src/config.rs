@@ -108,6 +108,22 @@ pub struct Config {
     /// Numbers an outbound call may dial (same format as TRANSFER_ALLOW). Empty: none.
     #[arg(long, env = "DIAL_ALLOW", default_value = "")]
     pub dial_allow: NumberAllowList,
+    /// Caller ID of outbound calls when the request gives no `sip_number` (a number on the
+    /// Twilio account, E.164).
+    #[arg(long, env = "TWILIO_FROM_NUMBER")]
+    pub twilio_from_number: Option<String>,
+    /// Answering-machine detection on outbound calls: DetectMessageEnd, Enable or off (a
+    /// request's `X-Twilio-MachineDetection` header overrides it). The result becomes the phone
+    /// participant's `sip.twilio.answeredBy`.
+    #[arg(long, env = "OUTBOUND_AMD", default_value = "DetectMessageEnd")]
+    pub outbound_amd: proto::outbound::AmdMode,
+    /// How long an outbound call may ring when the request sets no `ringing_timeout`.
+    #[arg(long, env = "OUTBOUND_RINGING_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    pub outbound_ringing_timeout: Duration,
+    /// Write a stereo WAV of every call here (left: the caller, right: what the caller heard),
+    /// with its statistics in a JSON file beside it. Off when unset.
+    #[arg(long, env = "RECORDINGS_DIR")]
+    pub recordings_dir: Option<std::path::PathBuf>,
     /// Nobody else in the room publishing audio this long after the caller joined (or after
     /// everyone left): dispatch an agent again once, then the caller hears the fallback.
     #[arg(long, env = "AGENT_JOIN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
@@ -363,6 +379,11 @@ mod tests {
         assert_eq!(c.media_timeout, Duration::from_secs(15));
         assert_eq!(c.max_call_duration, Duration::from_secs(4 * 3600));
         assert!(c.transfer_allow.is_empty() && c.dial_allow.is_empty());
+        assert_eq!(c.outbound_amd, proto::outbound::AmdMode::DetectMessageEnd);
+        assert_eq!(c.outbound_ringing_timeout, Duration::from_secs(60));
+        assert!(c.recordings_dir.is_none() && c.twilio_from_number.is_none());
+        assert_eq!(cfg(&["--outbound-amd", "off"]).outbound_amd, proto::outbound::AmdMode::Off);
+        assert!(Cli::try_parse_from(["bridge", "--outbound-amd", "sometimes"]).is_err());
         let c = cfg(&["--transfer-allow", "+15551234567,+44203*"]);
         assert!(c.transfer_allow.allows("+442035550000"));
         assert!(Cli::try_parse_from(["bridge", "--transfer-allow", "*"]).is_err());

@@ -40,6 +40,8 @@ pub struct App {
     pub stream_secret: [u8; 32],
     /// One-time webhooks and streams across replicas.
     pub shared: SharedState,
+    /// Outbound calls this replica owns, for their callbacks and their stream's hand-over.
+    pub outbound: crate::outbound::OutboundCalls,
 }
 
 impl App {
@@ -53,6 +55,7 @@ impl App {
             twilio: TwilioRest::new(&cfg.twilio_api_base, &cfg.twilio_account_sid, cfg.twilio_token().unwrap_or("")),
             stream_secret: cfg.stream_token_key(),
             shared,
+            outbound: Default::default(),
             cfg,
         }))
     }
@@ -82,18 +85,30 @@ impl App {
 }
 
 pub fn router(app: Arc<App>) -> Router {
+    // CreateSIPParticipant with wait_until_answered waits for the callee (LiveKit allows 80 s;
+    // a ring may last up to Twilio's 10 minutes).
+    let twirp = Router::new()
+        .route("/twirp/livekit.SIP/CreateSIPParticipant", post(create_sip_participant))
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            crate::outbound::MAX_RINGING + std::time::Duration::from_secs(60),
+        ));
     Router::new()
         .route("/incoming-call", post(incoming_call))
         .route("/call-status", post(call_status))
+        .route("/outbound-call", post(outbound_call))
+        .route("/outbound-status", post(outbound_status))
+        .route("/outbound-amd", post(outbound_amd))
         .route("/media-stream", get(media_stream))
         .route("/health", get(health))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
-        .layer(axum::extract::DefaultBodyLimit::max(MAX_WEBHOOK_BODY))
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
             app.cfg.http_request_timeout,
         ))
+        .merge(twirp)
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_WEBHOOK_BODY))
         .with_state(app)
 }
 
@@ -123,12 +138,7 @@ async fn incoming_call(State(app): State<Arc<App>>, uri: Uri, headers: HeaderMap
         tracing::warn!(path = "/incoming-call", "refused: bad X-Twilio-Signature");
         return (StatusCode::FORBIDDEN, "invalid X-Twilio-Signature").into_response();
     }
-    let info = CallInfo {
-        call_sid: param(&params, "CallSid").to_owned(),
-        account_sid: param(&params, "AccountSid").to_owned(),
-        from: param(&params, "From").to_owned(),
-        to: param(&params, "To").to_owned(),
-    };
+    let info = CallInfo::inbound(param(&params, "CallSid"), param(&params, "AccountSid"), param(&params, "From"), param(&params, "To"));
     if !is_sid(&info.call_sid, "CA") {
         app.metrics.error("bad_request");
         return (StatusCode::BAD_REQUEST, "CallSid missing or malformed").into_response();
@@ -245,6 +255,99 @@ async fn call_status(State(app): State<Arc<App>>, uri: Uri, headers: HeaderMap, 
     let sid = param(&params, "CallSid");
     let sid = if is_sid(sid, "CA") { sid } else { "invalid" };
     tracing::info!(call_sid = %sid, status = label, duration = %param(&params, "CallDuration").parse::<u64>().unwrap_or(0), "call status");
+    StatusCode::NO_CONTENT.into_response()
+}
+
+async fn create_sip_participant(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> Response {
+    crate::outbound::create_sip_participant(app, headers, body).await
+}
+
+/// A signed Twilio form POST to one of the outbound URLs, checked: (params, the call).
+fn outbound_request(app: &App, uri: &Uri, headers: &HeaderMap, body: &[u8], path: &str) -> Result<(Vec<(String, String)>, crate::outbound::Callback), Response> {
+    let Ok(params) = serde_urlencoded::from_bytes::<Vec<(String, String)>>(body) else {
+        app.metrics.error("bad_request");
+        return Err((StatusCode::BAD_REQUEST, "body is not form-encoded").into_response());
+    };
+    if !app.form_signed(uri, headers, &params) {
+        app.metrics.error("signature_invalid");
+        tracing::warn!(path, "refused: bad X-Twilio-Signature");
+        return Err((StatusCode::FORBIDDEN, "invalid X-Twilio-Signature").into_response());
+    }
+    let sid = param(&params, "CallSid");
+    if !is_sid(sid, "CA") {
+        app.metrics.error("bad_request");
+        return Err((StatusCode::BAD_REQUEST, "CallSid missing or malformed").into_response());
+    }
+    // Only calls this bridge placed: the URL carries its token over the call's description.
+    match crate::outbound::callback_from(app, uri, sid) {
+        Ok(cb) => Ok((params, cb)),
+        Err(why) => {
+            app.metrics.error("outbound_ref_invalid");
+            tracing::warn!(path, reason = why, "refused: not a call this bridge placed");
+            Err((StatusCode::FORBIDDEN, "not a call this bridge placed").into_response())
+        }
+    }
+}
+
+/// Twilio fetches the TwiML of an outbound call when the callee answers: the Media Stream,
+/// whose token covers the room and identity the call was placed for.
+async fn outbound_call(State(app): State<Arc<App>>, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
+    let (params, cb) = match outbound_request(&app, &uri, &headers, &body, "/outbound-call") {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    // Twilio answered: as good as the in-progress callback, which may come later.
+    let amd = proto::outbound::AnsweredBy::parse(param(&params, "AnsweredBy"));
+    crate::outbound::deliver(&app, &cb, Some(proto::outbound::TwilioCallStatus::InProgress), amd).await;
+    let mut nonce_bytes = [0u8; 16];
+    rand::thread_rng().fill_bytes(&mut nonce_bytes);
+    let nonce: String = nonce_bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let token = proto::stream_token::mint(&app.stream_secret, &cb.info.description(), unix_now() + STREAM_TOKEN_TTL_SECS, &nonce);
+    let info = &cb.info;
+    let mut parameters = vec![
+        ("callSid".into(), info.call_sid.clone()),
+        ("accountSid".into(), info.account_sid.clone()),
+        ("from".into(), info.from.clone()),
+        ("to".into(), info.to.clone()),
+    ];
+    parameters.extend(crate::outbound::stream_parameters(&cb));
+    parameters.push(("token".into(), token));
+    let answer = ConnectStream { url: app.cfg.stream_url(), name: Some(info.room.clone()), status_callback: None, parameters };
+    match answer.to_twiml() {
+        Ok(x) => xml(x),
+        Err(e) => {
+            app.metrics.error("config");
+            tracing::error!(error = %e, "PUBLIC_URL gives an unusable stream URL");
+            xml(twiml::busy(&app.cfg.fallback_message))
+        }
+    }
+}
+
+/// Status callbacks of an outbound call (initiated, ringing, answered, completed, or why not).
+async fn outbound_status(State(app): State<Arc<App>>, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
+    let (params, cb) = match outbound_request(&app, &uri, &headers, &body, "/outbound-status") {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    let status = proto::outbound::TwilioCallStatus::parse(param(&params, "CallStatus"));
+    let amd = proto::outbound::AnsweredBy::parse(param(&params, "AnsweredBy"));
+    tracing::info!(call_sid = %cb.info.call_sid, status = status.map_or("other", |s| s.as_str()), "outbound call status");
+    crate::outbound::deliver(&app, &cb, status, amd).await;
+    StatusCode::NO_CONTENT.into_response()
+}
+
+/// Twilio's asynchronous answering-machine result.
+async fn outbound_amd(State(app): State<Arc<App>>, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
+    let (params, cb) = match outbound_request(&app, &uri, &headers, &body, "/outbound-amd") {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    let Some(amd) = proto::outbound::AnsweredBy::parse(param(&params, "AnsweredBy")) else {
+        app.metrics.error("bad_request");
+        return (StatusCode::BAD_REQUEST, "AnsweredBy missing or unknown").into_response();
+    };
+    tracing::info!(call_sid = %cb.info.call_sid, answered_by = amd.as_str(), "answering machine detection");
+    crate::outbound::deliver(&app, &cb, None, Some(amd)).await;
     StatusCode::NO_CONTENT.into_response()
 }
 

@@ -6,6 +6,7 @@ pub mod config;
 pub mod http;
 pub mod livekit;
 pub mod metrics;
+pub mod outbound;
 pub mod registry;
 pub mod shared_state;
 pub mod sip_setup;

@@ -27,11 +27,12 @@ pub fn phone_identity(call_sid: &str) -> String {
     format!("phone-{call_sid}")
 }
 
-/// The attributes LiveKit SIP sets on a phone participant, so an agent treats both paths alike.
+/// The attributes LiveKit SIP sets on a phone participant, so an agent treats both paths alike:
+/// `sip.phoneNumber` is the other end of the line, `sip.trunkPhoneNumber` ours.
 pub fn phone_attributes(info: &CallInfo, call_status: &str) -> HashMap<String, String> {
     HashMap::from([
-        ("sip.phoneNumber".to_owned(), info.from.clone()),
-        ("sip.trunkPhoneNumber".to_owned(), info.to.clone()),
+        ("sip.phoneNumber".to_owned(), info.remote_number().to_owned()),
+        ("sip.trunkPhoneNumber".to_owned(), info.our_number().to_owned()),
         ("sip.callStatus".to_owned(), call_status.to_owned()),
         ("sip.twilio.callSid".to_owned(), info.call_sid.clone()),
         ("sip.twilio.accountSid".to_owned(), info.account_sid.clone()),
@@ -147,23 +148,48 @@ impl LiveKit {
         Ok(())
     }
 
-    /// A token that can join only this call's room, as the phone (kind `sip`).
-    pub fn phone_token(&self, info: &CallInfo) -> anyhow::Result<String> {
+    /// A token that can join only this call's room, as the phone (kind `sip`), with these
+    /// attributes; it may update them (`sip.callStatus` moves as the call does).
+    pub fn phone_token(&self, info: &CallInfo, name: &str, attributes: HashMap<String, String>) -> anyhow::Result<String> {
         let grants = VideoGrants {
             room_join: true,
-            room: room_name(&info.call_sid),
+            room: info.room.clone(),
             can_publish: Some(true),
             can_subscribe: Some(true),
             can_publish_data: Some(true),
+            can_update_own_metadata: Some(true),
             ..Default::default()
         };
         Ok(AccessToken::with_api_key(&self.api_key, self.api_secret.expose_secret())
-            .with_identity(&phone_identity(&info.call_sid))
-            .with_name(&info.from)
+            .with_identity(&info.identity)
+            .with_name(name)
             .with_kind("sip")
-            .with_attributes(phone_attributes(info, "active"))
+            .with_attributes(attributes)
             .with_grants(grants)
-            .with_ttl(Duration::from_secs(4 * 3600))
+            .with_ttl(Duration::from_secs(4 * 3600 + 600))
             .to_jwt()?)
+    }
+
+    /// A participant now in a room (None when it or the room is not there).
+    pub async fn participant(&self, room: &str, identity: &str) -> anyhow::Result<Option<livekit_protocol::ParticipantInfo>> {
+        use livekit_api::services::{ServiceError, TwirpError};
+        match self.rooms.get_participant(room, identity).await {
+            Ok(p) => Ok(Some(p)),
+            Err(ServiceError::Twirp(TwirpError::Twirp(code))) if code.code == "not_found" => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Sets attributes on a participant through the server API (RoomService UpdateParticipant):
+    /// for a call whose room connection another replica holds.
+    pub async fn update_attributes(&self, room: &str, identity: &str, attributes: HashMap<String, String>) -> anyhow::Result<()> {
+        self.rooms
+            .update_participant(
+                room,
+                identity,
+                livekit_api::services::room::UpdateParticipantOptions { attributes, ..Default::default() },
+            )
+            .await?;
+        Ok(())
     }
 }

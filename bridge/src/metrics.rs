@@ -28,6 +28,9 @@ pub struct Metrics {
     pub unstarted_streams: IntGauge,
     /// Room connections recovered, by kind (`resume` | `full`), from `room`'s events.
     pub room_reconnects: IntCounterVec,
+    /// Outbound calls (CreateSIPParticipant) by outcome.
+    pub outbound: IntCounterVec,
+    pub dialing_calls: IntGauge,
 }
 
 /// 25 µs … 200 ms, doubling: resolves the ≤ 2 ms target and shows stalls.
@@ -98,6 +101,12 @@ impl Metrics {
                 &["kind"],
             )
             .unwrap(),
+            outbound: IntCounterVec::new(
+                Opts::new("bridge_outbound_calls_total", "Outbound calls (CreateSIPParticipant) by outcome"),
+                &["outcome"],
+            )
+            .unwrap(),
+            dialing_calls: IntGauge::new("bridge_dialing_calls", "Outbound calls placed and not yet streaming").unwrap(),
             registry,
         };
         let r = &m.registry;
@@ -119,6 +128,8 @@ impl Metrics {
         r.register(Box::new(m.pending_calls.clone())).unwrap();
         r.register(Box::new(m.unstarted_streams.clone())).unwrap();
         r.register(Box::new(m.room_reconnects.clone())).unwrap();
+        r.register(Box::new(m.outbound.clone())).unwrap();
+        r.register(Box::new(m.dialing_calls.clone())).unwrap();
         m
     }
 
@@ -130,6 +141,7 @@ impl Metrics {
         self.active_calls.set(calls.active_count() as i64);
         self.pending_calls.set(calls.pending_count() as i64);
         self.unstarted_streams.set(calls.unstarted_count() as i64);
+        self.dialing_calls.set(calls.dialing_count() as i64);
     }
 
     pub fn error(&self, kind: &str) {

@@ -21,16 +21,60 @@ pub const REPLAY_MEMORY: usize = 100_000;
 /// Sockets waiting for `start` when MAX_CALLS is unlimited.
 pub const MAX_UNSTARTED_STREAMS: usize = 256;
 
-/// What `/incoming-call` learned about a call, kept until its stream starts.
+/// Which way a call goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// Twilio called the bridge (`/incoming-call`).
+    Inbound,
+    /// The bridge placed it (`CreateSIPParticipant`).
+    Outbound,
+}
+
+/// What the bridge knows about a call: from `/incoming-call` (inbound) or the request that
+/// placed it (outbound), kept until its stream starts and for its life.
 #[derive(Clone)]
 pub struct CallInfo {
     pub call_sid: String,
     pub account_sid: String,
+    /// Twilio's `From` and `To`: for an outbound call `from` is our number.
     pub from: String,
     pub to: String,
+    /// The room the phone participant joins, and its identity there.
+    pub room: String,
+    pub identity: String,
+    pub direction: Direction,
 }
 
 impl CallInfo {
+    /// An inbound call: room `call-<CallSid>`, identity `phone-<CallSid>`.
+    pub fn inbound(call_sid: &str, account_sid: &str, from: &str, to: &str) -> CallInfo {
+        CallInfo {
+            call_sid: call_sid.to_owned(),
+            account_sid: account_sid.to_owned(),
+            from: from.to_owned(),
+            to: to.to_owned(),
+            room: crate::livekit::room_name(call_sid),
+            identity: crate::livekit::phone_identity(call_sid),
+            direction: Direction::Inbound,
+        }
+    }
+
+    /// The number on the other end of the line (the caller, or whom we called).
+    pub fn remote_number(&self) -> &str {
+        match self.direction {
+            Direction::Inbound => &self.from,
+            Direction::Outbound => &self.to,
+        }
+    }
+
+    /// Our number on this call (the one called, or our caller ID).
+    pub fn our_number(&self) -> &str {
+        match self.direction {
+            Direction::Inbound => &self.to,
+            Direction::Outbound => &self.from,
+        }
+    }
+
     /// What the stream token vouches for.
     pub fn description(&self) -> proto::stream_token::CallDescription<'_> {
         proto::stream_token::CallDescription {
@@ -38,6 +82,9 @@ impl CallInfo {
             account_sid: &self.account_sid,
             from: &self.from,
             to: &self.to,
+            room: &self.room,
+            identity: &self.identity,
+            outbound: self.direction == Direction::Outbound,
         }
     }
 }
@@ -51,6 +98,8 @@ impl std::fmt::Debug for CallInfo {
             .field("account_sid", &self.account_sid)
             .field("from", &Masked(&self.from))
             .field("to", &Masked(&self.to))
+            .field("room", &self.room)
+            .field("direction", &self.direction)
             .finish()
     }
 }
@@ -100,6 +149,8 @@ struct Inner {
     active: HashMap<String, ActiveCall>,
     /// Media Streams sockets accepted and not yet started (or refused).
     unstarted: usize,
+    /// Outbound calls placed and not yet streaming (each holds a [`DialSlot`]).
+    dialing: usize,
     /// CallSids whose webhook was answered here.
     seen: SeenCalls,
     /// CallSids that streamed here.
@@ -156,6 +207,21 @@ impl Drop for StreamSlot {
     }
 }
 
+/// An outbound call's place from the request until its stream starts (or it ends unanswered).
+pub struct DialSlot {
+    inner: Arc<Mutex<Inner>>,
+    armed: bool,
+}
+
+impl Drop for DialSlot {
+    fn drop(&mut self) {
+        if self.armed {
+            let mut inner = Inner::lock(&self.inner);
+            inner.dialing = inner.dialing.saturating_sub(1);
+        }
+    }
+}
+
 /// An active call's place; the call leaves the registry when this is dropped.
 pub struct CallSlot {
     inner: Arc<Mutex<Inner>>,
@@ -200,13 +266,49 @@ impl Registry {
         // rooms to the sweeper.
         let ttl = self.pending_ttl;
         let live_pending = inner.pending.values().filter(|p| now.duration_since(p.admitted_at) < ttl).count();
-        let used = live_pending + inner.active.len();
+        let used = live_pending + inner.active.len() + inner.dialing;
         if self.max_calls > 0 && used >= self.max_calls {
             return Err(Refusal::Full);
         }
         inner.seen.insert(sid, now);
         inner.pending.insert(info.call_sid.clone(), Pending { info, nonce, admitted_at: now });
         Ok(())
+    }
+
+    /// A place for an outbound call being dialled; it counts against MAX_CALLS like a call.
+    pub fn begin_dial(&self, now: Instant) -> Result<DialSlot, Refusal> {
+        if self.is_draining() {
+            return Err(Refusal::Draining);
+        }
+        let mut inner = self.lock();
+        let ttl = self.pending_ttl;
+        let live_pending = inner.pending.values().filter(|p| now.duration_since(p.admitted_at) < ttl).count();
+        if self.max_calls > 0 && live_pending + inner.active.len() + inner.dialing >= self.max_calls {
+            return Err(Refusal::Full);
+        }
+        inner.dialing += 1;
+        Ok(DialSlot { inner: self.inner.clone(), armed: true })
+    }
+
+    /// A dialled call's stream started here: its dial place becomes the call's place (so a
+    /// full bridge never refuses the stream of a call it placed). A CallSid streams once.
+    pub fn activate_dialed(&self, info: CallInfo, mut dial: DialSlot, now: Instant) -> Result<CallSlot, ActivateRefusal> {
+        let mut inner = self.lock();
+        let sid = info.call_sid.clone();
+        inner.streamed.prune(now);
+        if inner.streamed.contains(&sid) || inner.active.contains_key(&sid) {
+            return Err(ActivateRefusal::AlreadyStreamed);
+        }
+        dial.armed = false;
+        inner.dialing = inner.dialing.saturating_sub(1);
+        inner.streamed.insert(&sid, now);
+        inner.active.insert(sid, ActiveCall { info: info.clone(), started: now });
+        Ok(CallSlot { inner: self.inner.clone(), info })
+    }
+
+    /// Outbound calls being dialled.
+    pub fn dialing_count(&self) -> usize {
+        self.lock().dialing
     }
 
     /// Gives up a reservation (room creation failed).
@@ -295,7 +397,7 @@ impl Registry {
         let inner = self.lock();
         let ttl = self.pending_ttl;
         let live_pending = inner.pending.values().filter(|p| now.duration_since(p.admitted_at) < ttl).count();
-        self.max_calls == 0 || live_pending + inner.active.len() < self.max_calls
+        self.max_calls == 0 || live_pending + inner.active.len() + inner.dialing < self.max_calls
     }
 
     pub fn active(&self) -> Vec<ActiveCall> {
@@ -324,7 +426,29 @@ mod tests {
     use super::*;
 
     fn info(sid: &str) -> CallInfo {
-        CallInfo { call_sid: sid.into(), account_sid: "AC".into(), from: "+15550000001".into(), to: "+2".into() }
+        CallInfo::inbound(sid, "AC", "+15550000001", "+2")
+    }
+
+    #[test]
+    fn dialled_calls_count_against_the_limit_and_become_calls() {
+        let r = Registry::new(2, Duration::from_secs(30));
+        let t = Instant::now();
+        let a = r.begin_dial(t).unwrap();
+        let b = r.begin_dial(t).unwrap();
+        assert!(r.begin_dial(t).is_err());
+        assert_eq!(r.admit(info("CA9"), "n".into(), t), Err(Refusal::Full));
+        assert!(!r.accepts_calls(t));
+        drop(b); // not answered
+        assert_eq!(r.dialing_count(), 1);
+        let call = r.activate_dialed(info("CA1"), a, t).unwrap();
+        assert_eq!((r.dialing_count(), r.active_count()), (0, 1));
+        let again = r.begin_dial(t).unwrap();
+        assert_eq!(r.activate_dialed(info("CA1"), again, t).err(), Some(ActivateRefusal::AlreadyStreamed));
+        assert_eq!(r.dialing_count(), 0, "a refused stream gives its dial place back");
+        drop(call);
+        assert_eq!(r.active_count(), 0);
+        r.start_draining();
+        assert!(r.begin_dial(t).is_err());
     }
 
     #[test]

@@ -16,7 +16,10 @@ use std::time::Duration;
 
 use redis::aio::ConnectionManager;
 
+use proto::outbound::ATTR_CALL_STATUS;
+
 use crate::livekit::{phone_identity, room_name, LiveKit};
+use crate::registry::{CallInfo, Direction};
 
 /// A Redis or LiveKit answer takes at most this long (the caller is waiting).
 const TIMEOUT: Duration = Duration::from_secs(2);
@@ -69,11 +72,21 @@ impl SharedState {
         }
     }
 
-    /// True for the first stream of this CallSid on any replica; `ttl` covers the longest call.
-    pub async fn claim_stream(&self, lk: &LiveKit, call_sid: &str, ttl: Duration) -> Result<bool, SharedStateError> {
-        match self {
-            SharedState::LiveKit => Ok(!lk.participant_present(&room_name(call_sid), &phone_identity(call_sid)).await.map_err(lk_err)?),
-            SharedState::Redis(mgr) => set_nx(mgr, &format!("callbridge:stream:{call_sid}"), ttl.as_secs().max(60)).await,
+    /// True for the first stream of this call on any replica; `ttl` covers the longest call.
+    /// With LiveKit, an outbound call's phone participant is already in the room while it
+    /// rings: the stream is the first while that participant has not gone past `ringing`.
+    pub async fn claim_stream(&self, lk: &LiveKit, info: &CallInfo, ttl: Duration) -> Result<bool, SharedStateError> {
+        match (self, info.direction) {
+            (SharedState::LiveKit, Direction::Inbound) => {
+                Ok(!lk.participant_present(&info.room, &info.identity).await.map_err(lk_err)?)
+            }
+            (SharedState::LiveKit, Direction::Outbound) => {
+                let p = lk.participant(&info.room, &info.identity).await.map_err(lk_err)?;
+                Ok(p.is_none_or(|p| {
+                    matches!(p.attributes.get(ATTR_CALL_STATUS).map(String::as_str), Some("dialing" | "ringing") | None)
+                }))
+            }
+            (SharedState::Redis(mgr), _) => set_nx(mgr, &format!("callbridge:stream:{}", info.call_sid), ttl.as_secs().max(60)).await,
         }
     }
 

@@ -1,4 +1,5 @@
-//! Twilio REST: update a live call (hang up, or redirect to new TwiML for a transfer).
+//! Twilio REST: place a call, and update a live one (hang up, cancel, or redirect to new TwiML
+//! for a transfer).
 
 use std::time::Duration;
 
@@ -31,6 +32,39 @@ impl TwilioRest {
         }
     }
 
+    /// `POST Calls.json`: places a call; returns its CallSid.
+    pub async fn create_call(&self, form: &[(&str, String)]) -> Result<String, RestError> {
+        let url = format!("{}/2010-04-01/Accounts/{}/Calls.json", self.base, self.account_sid);
+        let resp = self
+            .http
+            .post(&url)
+            .basic_auth(&self.account_sid, Some(&self.auth_token))
+            .header("Accept", "application/json")
+            .form(form)
+            .send()
+            .await
+            .map_err(|e| RestError::Http(e.to_string()))?;
+        let status = resp.status();
+        let body = resp.text().await.unwrap_or_default();
+        if !status.is_success() {
+            return Err(RestError::Status { status: status.as_u16(), body: body.chars().take(300).collect() });
+        }
+        #[derive(serde::Deserialize)]
+        struct Created {
+            sid: String,
+        }
+        let sid = serde_json::from_str::<Created>(&body).map(|c| c.sid).unwrap_or_default();
+        if !is_call_sid(&sid) {
+            return Err(RestError::BadSid(sid.chars().take(40).collect()));
+        }
+        Ok(sid)
+    }
+
+    /// `Status=canceled`: stop a call that is queued or ringing.
+    pub async fn cancel(&self, call_sid: &str) -> Result<(), RestError> {
+        self.update(call_sid, &[("Status", "canceled")]).await
+    }
+
     /// `Status=completed`: hang up an in-progress call.
     pub async fn hangup(&self, call_sid: &str) -> Result<(), RestError> {
         self.update(call_sid, &[("Status", "completed")]).await
@@ -43,7 +77,7 @@ impl TwilioRest {
 
     async fn update(&self, call_sid: &str, form: &[(&str, &str)]) -> Result<(), RestError> {
         // The sid goes into the URL path: accept only what Twilio issues.
-        if !(call_sid.len() == 34 && call_sid.starts_with("CA") && call_sid[2..].bytes().all(|b| b.is_ascii_hexdigit())) {
+        if !is_call_sid(call_sid) {
             return Err(RestError::BadSid(call_sid.to_owned()));
         }
         let url = format!("{}/2010-04-01/Accounts/{}/Calls/{}.json", self.base, self.account_sid, call_sid);
@@ -63,4 +97,9 @@ impl TwilioRest {
         let body = resp.text().await.unwrap_or_default();
         Err(RestError::Status { status: status.as_u16(), body: body.chars().take(300).collect() })
     }
+}
+
+/// `CA` + 32 hex digits, as Twilio issues them.
+pub fn is_call_sid(s: &str) -> bool {
+    s.len() == 34 && s.starts_with("CA") && s[2..].bytes().all(|b| b.is_ascii_hexdigit())
 }

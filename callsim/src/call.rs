@@ -58,6 +58,8 @@ pub enum CallEvent {
     Invalid { at: Duration, reason: String },
     /// A `dtmf` message was sent.
     DtmfSent { at: Duration, digit: char },
+    /// A DTMF key was heard in the audio from the server.
+    DtmfHeard { at: Duration, key: char },
     /// The stream is over.
     Ended { by: ClosedBy },
 }
@@ -235,8 +237,8 @@ pub(crate) async fn drive(
         ("AccountSid", account_sid.clone()),
         ("From", cfg.from.clone()),
         ("To", cfg.to.clone()),
-        ("CallStatus", "ringing".into()),
-        ("Direction", "inbound".into()),
+        ("CallStatus", if cfg.outbound { "in-progress" } else { "ringing" }.into()),
+        ("Direction", if cfg.outbound { "outbound-api" } else { "inbound" }.into()),
         ("ApiVersion", "2010-04-01".into()),
     ];
 
@@ -382,6 +384,10 @@ impl Session {
                 report.mark_rtts.push(ms(e.round_trip()));
             }
             self.emit(CallEvent::MarkEchoed { at: e.due, name: e.name, cleared: e.cleared }, report);
+        }
+        while let Some(k) = self.playback.poll_key() {
+            report.dtmf_heard.push(k.key);
+            self.emit(CallEvent::DtmfHeard { at: k.at, key: k.key }, report);
         }
         Ok(())
     }
@@ -572,6 +578,9 @@ async fn run_stream(
     };
     report.closed_by = Some(closed_by);
     s.playback.finish(now);
+    while let Some(k) = s.playback.poll_key() {
+        report.dtmf_heard.push(k.key);
+    }
     s.emit(CallEvent::Ended { by: closed_by }, report);
 
     let st = s.playback.stats().clone();

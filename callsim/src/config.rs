@@ -39,6 +39,12 @@ pub struct CallConfig {
     pub url: String,
     /// Path of the voice webhook (default `/incoming-call`).
     pub incoming_path: String,
+    /// The whole voice webhook URL, query included, instead of `url` + `incoming_path`: the
+    /// TwiML `Url` of an outbound call (see [`crate::far_end`]).
+    pub webhook_url: Option<String>,
+    /// An outbound call answered (`Direction=outbound-api`, `CallStatus=in-progress`) rather
+    /// than an inbound one ringing.
+    pub outbound: bool,
     /// Path of the status callback (default `/call-status`).
     pub status_path: String,
     /// Key for `X-Twilio-Signature`.
@@ -85,6 +91,8 @@ impl CallConfig {
         CallConfig {
             url: url.into(),
             incoming_path: "/incoming-call".into(),
+            webhook_url: None,
+            outbound: false,
             status_path: "/call-status".into(),
             auth_token: String::new(),
             account_sid: None,
@@ -202,9 +210,12 @@ impl CallConfig {
         self
     }
 
-    /// `{url}{incoming_path}`: the exact URL posted to and signed.
+    /// `{url}{incoming_path}` (or `webhook_url`): the exact URL posted to and signed.
     pub fn incoming_url(&self) -> String {
-        join_url(&self.url, &self.incoming_path)
+        match &self.webhook_url {
+            Some(u) => u.clone(),
+            None => join_url(&self.url, &self.incoming_path),
+        }
     }
 
     pub fn status_url(&self) -> String {

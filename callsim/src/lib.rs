@@ -44,5 +44,5 @@ pub use call::{run_call, spawn_call, stream_urls, Call, CallEvent};
 pub use config::{Action, CallConfig, Pace};
 pub use conversation::{Conversation, ConversationConfig, Step};
 pub use load::run_calls;
-pub use playback::{Playback, PlaybackConfig};
+pub use playback::{HeardKey, Playback, PlaybackConfig};
 pub use report::{Aggregate, ClosedBy, LoadReport, Outcome, Report};

@@ -133,7 +133,20 @@ pub struct Playback {
     gaps: Vec<Gap>,
     stats: PlaybackStats,
     echoes: VecDeque<MarkEcho>,
+    /// DTMF keys in what was played (`press_keys`, an outbound call's `dtmf`).
+    dtmf: proto::dtmf::DtmfDetector,
+    keys: VecDeque<HeardKey>,
 }
+
+/// A DTMF key the caller heard, and when (recognised ~50 ms into its tone).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeardKey {
+    pub key: char,
+    pub at: Duration,
+}
+
+/// Keys kept until read; more are dropped (a stream of keys this long is not a keypad).
+const MAX_KEYS_KEPT: usize = 1024;
 
 impl Playback {
     pub fn new(cfg: PlaybackConfig) -> Self {
@@ -150,7 +163,31 @@ impl Playback {
             gaps: Vec::new(),
             stats: PlaybackStats::default(),
             echoes: VecDeque::new(),
+            dtmf: proto::dtmf::DtmfDetector::new(),
+            keys: VecDeque::new(),
         }
+    }
+
+    /// Listens for keys in `mulaw` (played) or `n` samples of silence.
+    fn listen(&mut self, mulaw: Option<&[u8]>, n: u64) {
+        let found = match mulaw {
+            Some(b) => {
+                let pcm: Vec<i16> = b.iter().map(|x| proto::g711::ulaw_decode(*x)).collect();
+                self.dtmf.push(&pcm)
+            }
+            // One block of silence releases a held key; longer silence cannot hold one.
+            None => self.dtmf.push_silence(n),
+        };
+        for k in found {
+            if self.keys.len() < MAX_KEYS_KEPT {
+                self.keys.push_back(HeardKey { key: k.key, at: from_samples(k.at_sample) });
+            }
+        }
+    }
+
+    /// The next DTMF key heard, if any.
+    pub fn poll_key(&mut self) -> Option<HeardKey> {
+        self.keys.pop_front()
     }
 
     /// Plays the buffer up to `now`. Marks whose audio finished are ready in [`poll_echo`](Self::poll_echo).
@@ -165,10 +202,10 @@ impl Playback {
             self.resume();
             let played_before = self.played;
             let pos_before = self.pos;
+            let played: Vec<u8> = self.queue.drain(..n as usize).collect();
+            self.listen(Some(&played), n);
             if self.cfg.record {
-                self.timeline.extend(self.queue.drain(..n as usize));
-            } else {
-                self.queue.drain(..n as usize);
+                self.timeline.extend(played);
             }
             self.played += n;
             self.pos += n;
@@ -185,6 +222,7 @@ impl Playback {
         }
         let rest = now - self.pos;
         if rest > 0 {
+            self.listen(None, rest);
             if self.cfg.record {
                 self.timeline.resize(self.timeline.len() + rest as usize, SILENCE);
             }

@@ -119,6 +119,8 @@ pub struct Report {
     /// Frames skipped by `--loss` (their chunk/timestamp were used up).
     pub frames_lost: u64,
     pub dtmf_sent: u64,
+    /// DTMF keys heard in the audio from the server (Goertzel), in order.
+    pub dtmf_heard: String,
 
     /// Outbound `media` messages from the server.
     pub frames_received: u64,

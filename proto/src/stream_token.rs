@@ -1,10 +1,14 @@
 //! The one-time, short-lived token that ties a Media Streams WebSocket to the `/incoming-call`
 //! that admitted it. TwiML cannot put a query on the stream URL, so the token travels as a
 //! `<Parameter>` and comes back in `start.customParameters`, next to the call's description
-//! (`callSid`, `accountSid`, `from`, `to`), which the token's MAC covers: whichever replica the
-//! stream lands on can trust that description without having seen the webhook.
+//! (`callSid`, `accountSid`, `from`, `to`, and the room and identity the phone joins as), which
+//! the token's MAC covers: whichever replica the stream lands on can trust that description
+//! without having seen the webhook.
 //!
-//! Format: `<expires_unix>.<nonce>.<base64url(HMAC-SHA256(key, call_sid|account_sid|from|to|expires|nonce))>`.
+//! The same MAC, over a description whose `call_sid` is still empty, signs the TwiML and
+//! callback URLs of an outbound call before Twilio has given it a CallSid.
+//!
+//! Format: `<expires_unix>.<nonce>.<base64url(HMAC-SHA256(key, call_sid|account_sid|from|to|room|identity|direction|expires|nonce))>`.
 //! The key is the same on every replica ([`derive_key`]). One-time use is the bridge's job.
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
@@ -30,6 +34,11 @@ pub struct CallDescription<'a> {
     pub account_sid: &'a str,
     pub from: &'a str,
     pub to: &'a str,
+    /// The room the phone joins and its identity there.
+    pub room: &'a str,
+    pub identity: &'a str,
+    /// Placed by the bridge (`CreateSIPParticipant`) rather than received.
+    pub outbound: bool,
 }
 
 /// A verified token's parts.
@@ -54,7 +63,8 @@ pub fn derive_key(secrets: &[&[u8]]) -> [u8; 32] {
 
 fn sign(key: &[u8], call: &CallDescription<'_>, expires_unix: u64, nonce: &str) -> String {
     let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes keys of any length");
-    for part in [call.call_sid, call.account_sid, call.from, call.to, &expires_unix.to_string(), nonce] {
+    let direction = if call.outbound { "outbound" } else { "inbound" };
+    for part in [call.call_sid, call.account_sid, call.from, call.to, call.room, call.identity, direction, &expires_unix.to_string(), nonce] {
         mac.update(&(part.len() as u64).to_be_bytes());
         mac.update(part.as_bytes());
     }
@@ -89,8 +99,15 @@ pub fn verify(key: &[u8], token: &str, call: &CallDescription<'_>, now_unix: u64
 mod tests {
     use super::*;
 
-    const CALL: CallDescription<'static> =
-        CallDescription { call_sid: "CA1", account_sid: "AC1", from: "+15550000001", to: "+15550000002" };
+    const CALL: CallDescription<'static> = CallDescription {
+        call_sid: "CA1",
+        account_sid: "AC1",
+        from: "+15550000001",
+        to: "+15550000002",
+        room: "call-CA1",
+        identity: "phone-CA1",
+        outbound: false,
+    };
 
     #[test]
     fn mint_verify_expire_and_tamper() {
@@ -113,6 +130,10 @@ mod tests {
             CallDescription { from: "+19005550100", ..CALL },
             CallDescription { to: "+19005550100", ..CALL },
             CallDescription { account_sid: "AC2", ..CALL },
+            CallDescription { room: "someone-elses-room", ..CALL },
+            CallDescription { identity: "agent", ..CALL },
+            CallDescription { outbound: true, ..CALL },
+            CallDescription { call_sid: "", ..CALL },
             // Moving a separator between fields is a different description.
             CallDescription { from: "+1555000000", to: "1+15550000002", ..CALL },
         ] {
