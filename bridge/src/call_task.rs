@@ -115,6 +115,8 @@ pub(crate) struct Joined {
     pub(crate) events: mpsc::Receiver<RoomEvent>,
     pub(crate) sink: AudioSink,
     pub(crate) sends: mpsc::Sender<RoomSend>,
+    /// The sender task, so leaving waits for what is queued.
+    sender: tokio::task::JoinHandle<()>,
 }
 
 impl Joined {
@@ -126,11 +128,15 @@ impl Joined {
         }
     }
 
-    /// Sets `sip.callStatus` to `hangup` and leaves (LiveKit SIP's last word on a call).
+    /// Sends what is queued, sets `sip.callStatus` to `hangup` and leaves (LiveKit SIP's last
+    /// word on a call).
     pub(crate) async fn leave(self) {
+        let Joined { room, sends, sender, .. } = self;
+        drop(sends);
+        let _ = tokio::time::timeout(Duration::from_secs(1), sender).await;
         let hangup = HashMap::from([(ATTR_CALL_STATUS.to_owned(), SipCallStatus::Hangup.as_str().to_owned())]);
-        let _ = tokio::time::timeout(Duration::from_secs(1), self.room.set_attributes(hangup)).await;
-        self.room.close().await;
+        let _ = tokio::time::timeout(Duration::from_secs(1), room.set_attributes(hangup)).await;
+        room.close().await;
     }
 }
 
@@ -822,8 +828,8 @@ pub(crate) async fn join_room(
         }
     };
     let (sends, queue) = mpsc::channel(ROOM_SEND_QUEUE);
-    tokio::spawn(send_to_room(room.clone(), queue, app.clone()).instrument(span.clone()));
-    Ok(Joined { room, events, sink, sends })
+    let sender = tokio::spawn(send_to_room(room.clone(), queue, app.clone()).instrument(span.clone()));
+    Ok(Joined { room, events, sink, sends, sender })
 }
 
 /// The call's sender task: control messages, DTMF and attributes to the room, in order,

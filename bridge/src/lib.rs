@@ -120,20 +120,21 @@ async fn sweep_expired_reservations(app: Arc<http::App>) {
     }
 }
 
-/// Stops admitting calls, waits for active ones up to the drain deadline, then ends the rest
-/// and waits (bounded) for their cleanup.
+/// Stops admitting calls, waits for active ones (and outbound calls still ringing) up to the
+/// drain deadline, then ends the rest and waits (bounded) for their cleanup.
 pub async fn drain(app: &http::App) {
     app.registry.start_draining();
+    let busy = || app.registry.active_count() + app.registry.dialing_count();
     let deadline = tokio::time::Instant::now() + app.cfg.drain();
-    tracing::info!(active = app.registry.active_count(), "draining");
-    while app.registry.active_count() > 0 && tokio::time::Instant::now() < deadline {
+    tracing::info!(active = app.registry.active_count(), dialing = app.registry.dialing_count(), "draining");
+    while busy() > 0 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
-    if app.registry.active_count() > 0 {
-        tracing::warn!(active = app.registry.active_count(), "drain deadline: ending remaining calls");
+    if busy() > 0 {
+        tracing::warn!(active = app.registry.active_count(), dialing = app.registry.dialing_count(), "drain deadline: ending remaining calls");
         app.registry.end_all();
         let grace = tokio::time::Instant::now() + call_task::CLEANUP_TIMEOUT + Duration::from_secs(1);
-        while app.registry.active_count() > 0 && tokio::time::Instant::now() < grace {
+        while busy() > 0 && tokio::time::Instant::now() < grace {
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
     }

@@ -573,8 +573,8 @@ async fn dial_task(
             _ = sleep_until(wake) => {}
         }
     }
-    drop(slot);
     joined.leave().await;
+    drop(slot); // last: the drain counts the call until it has left the room
 }
 
 /// A call that ended before its stream took it: carry out the machine's last words and leave.

@@ -33,6 +33,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod conversation;
+pub mod far_end;
 pub mod load;
 pub mod playback;
 pub mod report;

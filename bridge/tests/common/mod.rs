@@ -34,14 +34,32 @@ pub async fn start_devroom() -> devroom::Running {
 pub type RestUpdate = (String, Vec<(String, String)>, Option<String>);
 
 /// Twilio's REST API as far as the bridge uses it: records each call update (and answers 500
-/// while `fail` is set).
+/// while `fail` is set), and places outbound calls (`Calls.json`): the far end of each is played
+/// by callsim as `far_end` says (per destination number, else the default).
 #[derive(Clone, Default)]
 pub struct FakeRest {
     pub updates: Arc<Mutex<Vec<RestUpdate>>>,
     pub fail: Arc<std::sync::atomic::AtomicBool>,
+    /// `Calls.json` forms received.
+    pub created: Arc<Mutex<Vec<Vec<(String, String)>>>>,
+    /// The far end of the next calls to a number (`None`: the default one).
+    pub far_ends: Arc<Mutex<std::collections::HashMap<Option<String>, callsim::far_end::FarEnd>>>,
+    /// Calls placed, by CallSid.
+    pub placed: Arc<Mutex<std::collections::HashMap<String, callsim::far_end::FarEndCall>>>,
 }
 
 impl FakeRest {
+    /// How calls to `to` (or, with `None`, any number) are answered.
+    pub fn far_end(&self, to: Option<&str>, far: callsim::far_end::FarEnd) {
+        self.far_ends.lock().unwrap().insert(to.map(str::to_owned), far);
+    }
+
+    /// Waits for the far end of call `sid` to finish.
+    pub async fn far_end_report(&self, sid: &str, within: Duration) -> callsim::far_end::FarEndReport {
+        let call = self.placed.lock().unwrap().remove(sid).expect("a call placed with that sid");
+        tokio::time::timeout(within, call.finish()).await.expect("the far end finishes")
+    }
+
     pub async fn start(&self) -> String {
         async fn update(
             State(rest): State<FakeRest>,
@@ -51,18 +69,61 @@ impl FakeRest {
         ) -> axum::response::Response {
             let form: Vec<(String, String)> = serde_urlencoded::from_bytes(&body).unwrap_or_default();
             let auth = headers.get("authorization").and_then(|v| v.to_str().ok()).map(str::to_owned);
-            rest.updates.lock().unwrap().push((call.trim_end_matches(".json").to_owned(), form, auth));
+            if call == "Calls.json" {
+                return create(rest, form).await;
+            }
+            let sid = call.trim_start_matches("Calls/").trim_end_matches(".json").to_owned();
+            if let Some(far) = rest.placed.lock().unwrap().get(&sid) {
+                match form_value(&form, "Status") {
+                    Some("canceled") => far.update(callsim::far_end::Update::Cancel),
+                    Some("completed") => far.update(callsim::far_end::Update::Hangup),
+                    _ => {}
+                }
+            }
+            rest.updates.lock().unwrap().push((sid, form, auth));
             if rest.fail.load(std::sync::atomic::Ordering::SeqCst) {
                 return (axum::http::StatusCode::INTERNAL_SERVER_ERROR, "fake outage").into_response();
             }
             axum::Json(serde_json::json!({"sid": call, "status": "completed"})).into_response()
         }
+        async fn create(rest: FakeRest, form: Vec<(String, String)>) -> axum::response::Response {
+            rest.created.lock().unwrap().push(form.clone());
+            if rest.fail.load(std::sync::atomic::Ordering::SeqCst) {
+                return (axum::http::StatusCode::INTERNAL_SERVER_ERROR, "fake outage").into_response();
+            }
+            let p = match callsim::far_end::Placement::from_form(&form) {
+                Ok(p) => p,
+                Err(e) => return (axum::http::StatusCode::BAD_REQUEST, e).into_response(),
+            };
+            let far = {
+                let plans = rest.far_ends.lock().unwrap();
+                plans.get(&Some(p.to.clone())).or_else(|| plans.get(&None)).cloned()
+            };
+            let Some(far) = far else {
+                return (axum::http::StatusCode::BAD_REQUEST, "no far end configured").into_response();
+            };
+            let call = callsim::far_end::place(p, far, ACCOUNT_SID);
+            let sid = call.call_sid.clone();
+            rest.placed.lock().unwrap().insert(sid.clone(), call);
+            (axum::http::StatusCode::CREATED, axum::Json(serde_json::json!({"sid": sid, "status": "queued"}))).into_response()
+        }
         use axum::response::IntoResponse;
-        let app = Router::new().route("/2010-04-01/Accounts/{account}/Calls/{call}", post(update)).with_state(self.clone());
+        let app = Router::new().route("/2010-04-01/Accounts/{account}/{*call}", post(update)).with_state(self.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move { axum::serve(listener, app).await });
         format!("http://{addr}")
+    }
+}
+
+/// A far end for the fake Twilio: `answer`, rings of 300 ms, the stream's Twilio signed with
+/// the bridge's token.
+pub fn far_end(answer: callsim::far_end::Answer) -> callsim::far_end::FarEnd {
+    callsim::far_end::FarEnd {
+        answer,
+        ring: Duration::from_millis(300),
+        amd_delay: Duration::from_millis(500),
+        call: callsim::CallConfig::new("http://unused").auth_token(AUTH_TOKEN).duration_secs(30.0).timeout(Duration::from_secs(10)),
     }
 }
 
