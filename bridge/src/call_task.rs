@@ -37,6 +37,8 @@ const START_TIMEOUT: Duration = Duration::from_secs(10);
 const SEND_TIMEOUT: Duration = Duration::from_secs(2);
 /// Cleanup (closing the socket, leaving and deleting the room) never takes longer than this.
 pub const CLEANUP_TIMEOUT: Duration = Duration::from_secs(10);
+/// Leaving waits at most this long for queued packets, and again for the `hangup` status.
+const LEAVE_STEP: Duration = Duration::from_millis(500);
 /// Control messages and DTMF packets waiting to be sent to the room.
 const ROOM_SEND_QUEUE: usize = 64;
 
@@ -132,10 +134,13 @@ impl Joined {
     /// word on a call).
     pub(crate) async fn leave(self) {
         let Joined { room, sends, sender, .. } = self;
+        let queued = sends.capacity() < sends.max_capacity();
         drop(sends);
-        let _ = tokio::time::timeout(Duration::from_secs(1), sender).await;
+        if queued {
+            let _ = tokio::time::timeout(LEAVE_STEP, sender).await;
+        }
         let hangup = HashMap::from([(ATTR_CALL_STATUS.to_owned(), SipCallStatus::Hangup.as_str().to_owned())]);
-        let _ = tokio::time::timeout(Duration::from_secs(1), room.set_attributes(hangup)).await;
+        let _ = tokio::time::timeout(LEAVE_STEP, room.set_attributes(hangup)).await;
         room.close().await;
     }
 }

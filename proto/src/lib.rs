@@ -21,3 +21,4 @@ pub mod tones;
 pub mod dtmf;
 pub mod twirp;
 pub mod outbound;
+pub mod recording;
