@@ -17,6 +17,7 @@ use proto::call::{CallConfig, CallOutput, CallSession, ControlSender, EndReason}
 use proto::control::CONTROL_TOPIC;
 use proto::mixer::SourceId;
 use proto::outbound::{OutboundCall, OutboundOutput, SipCallStatus, ATTR_CALL_STATUS};
+use proto::recording::CallRecorder;
 use proto::pacer::PacerConfig;
 use proto::redact::Masked;
 use proto::watchdog::{CallWatchdog, WatchdogAction, WatchdogConfig};
@@ -29,6 +30,7 @@ use tracing::Instrument;
 use crate::http::{unix_now, App};
 use crate::livekit::{phone_attributes, phone_identity, room_name};
 use crate::outbound::{Handoff, OutboundEntry, OutboundEvent, PendingReply};
+use crate::recording::Recording;
 use crate::registry::{ActivateRefusal, CallInfo, CallSlot, Direction, StreamSlot};
 
 /// Twilio must send `start` this soon after the socket opens.
@@ -37,6 +39,10 @@ const START_TIMEOUT: Duration = Duration::from_secs(10);
 const SEND_TIMEOUT: Duration = Duration::from_secs(2);
 /// Cleanup (closing the socket, leaving and deleting the room) never takes longer than this.
 pub const CLEANUP_TIMEOUT: Duration = Duration::from_secs(10);
+/// Recorded audio goes to disk in chunks of about this much.
+const RECORDING_CHUNK: Duration = Duration::from_millis(200);
+/// The phone participant's attribute naming the call's recording (a path on the bridge's disk).
+pub const ATTR_RECORDING: &str = "callbridge.recording";
 /// Leaving waits at most this long for queued packets, and again for the `hangup` status.
 const LEAVE_STEP: Duration = Duration::from_millis(500);
 /// Control messages and DTMF packets waiting to be sent to the room.
@@ -158,6 +164,9 @@ struct Call {
     joined: Option<Joined>,
     /// An outbound call's state, callbacks and pending reply, once its stream took it over.
     outbound: Option<OutboundState>,
+    /// `RECORDINGS_DIR`: the two channels as they become final, and their file.
+    recording: Option<(CallRecorder, Recording)>,
+    started_unix_ms: u128,
     watchdog: Option<CallWatchdog>,
     audio: AudioIn,
     /// Subscribed room tracks: track sid → (mixer source, publisher identity).
@@ -195,6 +204,8 @@ impl Call {
             room_deleter: None,
             joined: None,
             outbound: None,
+            recording: None,
+            started_unix_ms: 0,
             watchdog: None,
             audio: SelectAll::new(),
             sources: HashMap::new(),
@@ -511,6 +522,9 @@ impl Call {
             match out {
                 CallOutput::Start(start) => self.start(*start).await,
                 CallOutput::TwilioMedia(frame) => {
+                    if let Some((r, _)) = &mut self.recording {
+                        r.played(&frame, now);
+                    }
                     self.out_buf.clear();
                     proto::twilio::write_media_json(self.session.stream_sid(), &frame, &mut self.out_buf);
                     self.frames_out += 1;
@@ -522,6 +536,9 @@ impl Call {
                     self.send_text().await;
                 }
                 CallOutput::TwilioClear => {
+                    if let Some((r, _)) = &mut self.recording {
+                        r.cleared(now);
+                    }
                     self.out_buf.clear();
                     proto::twilio::write_clear_json(self.session.stream_sid(), &mut self.out_buf);
                     self.send_text().await;
@@ -530,6 +547,9 @@ impl Call {
                     }
                 }
                 CallOutput::CallerAudio { pcm, .. } => {
+                    if let Some((r, _)) = &mut self.recording {
+                        r.caller(&pcm);
+                    }
                     // Frames of a Twilio message date from its arrival; gap fill from now.
                     let captured = self.ws_at.take().unwrap_or(now);
                     if let Some(j) = &mut self.joined {
@@ -570,6 +590,11 @@ impl Call {
             }
         }
         self.ws_at = None;
+        if let Some((r, file)) = &mut self.recording {
+            if let Some(chunk) = r.poll(Instant::now(), RECORDING_CHUNK) {
+                file.write(chunk);
+            }
+        }
         !self.session.is_ended()
     }
 
@@ -724,6 +749,7 @@ impl Call {
                     max_duration,
                 };
                 self.watchdog = Some(CallWatchdog::new(wd, Instant::now()));
+                self.start_recording(&info);
                 if let Some(o) = &mut self.outbound {
                     o.call.stream_started(Instant::now());
                 }
@@ -735,6 +761,62 @@ impl Call {
                 self.fall_back(&info);
             }
         }
+    }
+
+    /// `RECORDINGS_DIR`: opens the call's WAV and record, and names it to the room.
+    fn start_recording(&mut self, info: &CallInfo) {
+        let Some(dir) = &self.app.cfg.recordings_dir else { return };
+        self.started_unix_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
+        match Recording::start(dir, &info.call_sid, self.record(info, None)) {
+            Ok(file) => {
+                let path = file.path.display().to_string();
+                self.send_to_room(RoomSend::Attributes(HashMap::from([(ATTR_RECORDING.to_owned(), path)])));
+                self.recording = Some((CallRecorder::new(Instant::now()), file));
+            }
+            Err(e) => {
+                self.app.metrics.error("recording");
+                tracing::error!(error = %e, "cannot record this call; it goes on unrecorded");
+            }
+        }
+    }
+
+    /// The call's record beside its WAV: what the agent's call record links to.
+    fn record(&self, info: &CallInfo, end: Option<(&proto::recording::RecordingStats, u64)>) -> serde_json::Value {
+        let stats = self.session.stats();
+        let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
+        let mut v = serde_json::json!({
+            "call_sid": info.call_sid,
+            "direction": match info.direction { Direction::Inbound => "inbound", Direction::Outbound => "outbound" },
+            "room": info.room,
+            "identity": info.identity,
+            "wav": format!("{}.wav", info.call_sid),
+            "channels": {"left": "caller", "right": "heard by the caller"},
+            "started_unix_ms": self.started_unix_ms as u64,
+            "complete": end.is_some(),
+        });
+        if let Some((rec, dropped_chunks)) = end {
+            v["ended_unix_ms"] = serde_json::json!(now_ms as u64);
+            v["outcome"] = serde_json::json!(self.outcome);
+            v["recording"] = serde_json::to_value(rec).unwrap_or_default();
+            v["recording"]["dropped_chunks"] = serde_json::json!(dropped_chunks);
+            v["pacer"] = serde_json::json!({
+                "underruns": stats.pacer.underruns,
+                "frames_sent": stats.pacer.frames_sent,
+                "clears": stats.pacer.clears,
+                "marks_expired": stats.pacer.marks_expired,
+                "overflow_bytes": stats.pacer.overflow_bytes,
+            });
+            v["inbound"] = serde_json::json!({
+                "frames": stats.frames_in,
+                "filled_frames": stats.inbound.filled_frames,
+                "gaps": stats.inbound.gaps,
+                "late_chunks": stats.inbound.late_chunks,
+                "resyncs": stats.inbound.resyncs,
+            });
+            v["interrupts"] = serde_json::json!(stats.interrupts);
+            v["dtmf_keys_played"] = serde_json::json!(stats.dtmf_keys_played);
+        }
+        v
     }
 
     /// Name and attributes the phone joins with: an inbound caller's number and LiveKit SIP's
@@ -756,6 +838,14 @@ impl Call {
 
     async fn cleanup(mut self) {
         self.finish_outbound();
+        if let Some((mut r, file)) = self.recording.take() {
+            let last = r.finish(Instant::now());
+            let dropped = file.dropped();
+            if let Some(info) = self.info().cloned() {
+                let record = self.record(&info, Some((r.stats(), dropped)));
+                file.finish(last, record);
+            }
+        }
         let stats = self.session.stats();
         let m = &self.app.metrics;
         m.frames_in.inc_by(stats.frames_in);

@@ -7,6 +7,7 @@ pub mod http;
 pub mod livekit;
 pub mod metrics;
 pub mod outbound;
+pub mod recording;
 pub mod registry;
 pub mod shared_state;
 pub mod sip_setup;
