@@ -117,8 +117,9 @@ pub struct Config {
     /// participant's `sip.twilio.answeredBy`.
     #[arg(long, env = "OUTBOUND_AMD", default_value = "DetectMessageEnd")]
     pub outbound_amd: proto::outbound::AmdMode,
-    /// How long an outbound call may ring when the request sets no `ringing_timeout`.
-    #[arg(long, env = "OUTBOUND_RINGING_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    /// How long an outbound call may ring when the request sets no `ringing_timeout` (LiveKit
+    /// SIP's default).
+    #[arg(long, env = "OUTBOUND_RINGING_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub outbound_ringing_timeout: Duration,
     /// Write a stereo WAV of every call here (left: the caller, right: what the caller heard),
     /// with its statistics in a JSON file beside it. Off when unset.
@@ -380,7 +381,7 @@ mod tests {
         assert_eq!(c.max_call_duration, Duration::from_secs(4 * 3600));
         assert!(c.transfer_allow.is_empty() && c.dial_allow.is_empty());
         assert_eq!(c.outbound_amd, proto::outbound::AmdMode::DetectMessageEnd);
-        assert_eq!(c.outbound_ringing_timeout, Duration::from_secs(60));
+        assert_eq!(c.outbound_ringing_timeout, Duration::from_secs(30));
         assert!(c.recordings_dir.is_none() && c.twilio_from_number.is_none());
         assert_eq!(cfg(&["--outbound-amd", "off"]).outbound_amd, proto::outbound::AmdMode::Off);
         assert!(Cli::try_parse_from(["bridge", "--outbound-amd", "sometimes"]).is_err());

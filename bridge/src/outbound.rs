@@ -694,7 +694,7 @@ mod tests {
         let d = Dial::from_request(req(), &cfg(&[])).unwrap();
         assert_eq!((d.from.as_str(), d.identity.as_str()), ("+15550001111", "sip_+15551234567"));
         assert_eq!(d.amd, AmdMode::DetectMessageEnd);
-        assert_eq!(d.ringing_timeout, Duration::from_secs(60));
+        assert_eq!(d.ringing_timeout, Duration::from_secs(30));
         let code = |r: CreateSipParticipantRequest| Dial::from_request(r, &cfg(&[])).unwrap_err().code;
         assert_eq!(code(CreateSipParticipantRequest { sip_call_to: "+19005550100".into(), ..req() }), TwirpCode::PermissionDenied);
         assert_eq!(code(CreateSipParticipantRequest { sip_call_to: "sip:a@b".into(), ..req() }), TwirpCode::InvalidArgument);
