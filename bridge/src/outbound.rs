@@ -311,7 +311,10 @@ pub async fn create_sip_participant(app: Arc<App>, headers: HeaderMap, body: Byt
     match place(&app, &headers, &body, enc).await {
         Ok(info) => encode(enc, &info),
         Err(e) => {
-            app.metrics.outbound.with_label_values(&[outcome_of(&e)]).inc();
+            // Calls that rang and were not answered are counted by their task.
+            if !e.meta.contains_key("sip_status_code") {
+                app.metrics.outbound.with_label_values(&[outcome_of(&e)]).inc();
+            }
             twirp_response(&e)
         }
     }
@@ -320,9 +323,8 @@ pub async fn create_sip_participant(app: Arc<App>, headers: HeaderMap, body: Byt
 fn outcome_of(e: &TwirpError) -> &'static str {
     match e.code {
         TwirpCode::Unauthenticated | TwirpCode::PermissionDenied => "refused",
-        TwirpCode::InvalidArgument | TwirpCode::Malformed | TwirpCode::FailedPrecondition if e.meta.is_empty() => "invalid",
-        TwirpCode::ResourceExhausted if e.meta.is_empty() => "full",
-        _ if e.meta.contains_key("sip_status_code") => "not_answered",
+        TwirpCode::InvalidArgument | TwirpCode::Malformed => "invalid",
+        TwirpCode::ResourceExhausted => "full",
         _ => "failed",
     }
 }

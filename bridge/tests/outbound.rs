@@ -111,6 +111,29 @@ async fn speak(room: &Room, freq: f64, secs: f64) -> tokio::task::JoinHandle<()>
     })
 }
 
+/// SNR of `s` as the sum of two sinusoids (least squares, one after the other).
+fn two_tone_snr(s: &[i16], f1: f64, f2: f64) -> f64 {
+    let fit_out = |x: &[f64], f: f64| -> Vec<f64> {
+        let w = 2.0 * std::f64::consts::PI * f / 8000.0;
+        let (mut ss, mut sc, mut cc, mut xs, mut xc) = (0.0, 0.0, 0.0, 0.0, 0.0);
+        for (i, v) in x.iter().enumerate() {
+            let (si, co) = ((w * i as f64).sin(), (w * i as f64).cos());
+            ss += si * si;
+            sc += si * co;
+            cc += co * co;
+            xs += v * si;
+            xc += v * co;
+        }
+        let det = ss * cc - sc * sc;
+        let (a, b) = ((xs * cc - xc * sc) / det, (xc * ss - xs * sc) / det);
+        x.iter().enumerate().map(|(i, v)| v - a * (w * i as f64).sin() - b * (w * i as f64).cos()).collect()
+    };
+    let x: Vec<f64> = s.iter().map(|v| *v as f64).collect();
+    let rest = fit_out(&fit_out(&x, f1), f2);
+    let e = |v: &[f64]| v.iter().map(|x| x * x).sum::<f64>();
+    10.0 * (e(&x) / e(&rest).max(1e-9)).log10()
+}
+
 /// Seconds of what the far end heard, as PCM.
 fn heard(report: &callsim::far_end::FarEndReport) -> Vec<i16> {
     ulaw_to_pcm(&report.call.as_ref().expect("the call was answered").heard)
@@ -120,7 +143,7 @@ fn heard(report: &callsim::far_end::FarEndReport) -> Vec<i16> {
 async fn an_agent_dials_out_waits_for_the_answer_and_talks_with_the_callee() {
     let lk = start_devroom().await;
     let rest = FakeRest::default();
-    let mut far = far_end(Answer::Human { rings: 2 });
+    let mut far = far_end(Answer::Human { rings: 8 });
     far.call = far.call.tone(700.0).duration_secs(6.0).keep_heard(true);
     rest.far_end(Some(CALLEE), far);
     let bridge = bridge_for_outbound(&lk, &rest, &[]).await;
@@ -145,6 +168,22 @@ async fn an_agent_dials_out_waits_for_the_answer_and_talks_with_the_callee() {
     // The phone participant joins at once, dialing, then rings, then is answered.
     assert!(watch(&mut events, &mut phone, "callee", Duration::from_secs(10), |p| p.statuses.contains(&"ringing".to_string())).await, "{phone:?}");
     assert!(!dial.is_finished(), "wait_until_answered: no reply while it rings");
+    // play_dialtone: the room hears ringback (440 + 480 Hz) while it rings.
+    assert!(watch(&mut events, &mut phone, "callee", Duration::from_secs(5), |p| p.track.is_some()).await);
+    let mut ring = phone.track.as_ref().unwrap().stream(8_000).unwrap();
+    let mut pcm = Vec::new();
+    while pcm.len() < 10_400 {
+        match tokio::time::timeout(Duration::from_secs(2), ring.recv()).await {
+            Ok(Some(f)) => pcm.extend(f.samples),
+            _ => break,
+        }
+    }
+    drop(ring);
+    // Skip the track's first 0.8 s: room's Opus path can overshoot on a steady two-tone signal
+    // as a stream starts (seen with a plain publisher too), which is not the bridge's doing.
+    let mut snrs: Vec<f64> = pcm.get(6_400..).unwrap_or_default().chunks_exact(800).map(|w| two_tone_snr(w, 440.0, 480.0)).collect();
+    snrs.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    assert!(snrs.len() >= 4 && snrs[1] > 10.0, "ringback while ringing: {snrs:?}");
     let (status, info) = dial.await.unwrap();
     assert_eq!(status, 200, "{info}");
     let call_sid = info["sipCallId"].as_str().unwrap().to_owned();
