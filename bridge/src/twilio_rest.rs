@@ -35,20 +35,7 @@ impl TwilioRest {
     /// `POST Calls.json`: places a call; returns its CallSid.
     pub async fn create_call(&self, form: &[(&str, String)]) -> Result<String, RestError> {
         let url = format!("{}/2010-04-01/Accounts/{}/Calls.json", self.base, self.account_sid);
-        let resp = self
-            .http
-            .post(&url)
-            .basic_auth(&self.account_sid, Some(&self.auth_token))
-            .header("Accept", "application/json")
-            .form(form)
-            .send()
-            .await
-            .map_err(|e| RestError::Http(e.to_string()))?;
-        let status = resp.status();
-        let body = resp.text().await.unwrap_or_default();
-        if !status.is_success() {
-            return Err(RestError::Status { status: status.as_u16(), body: body.chars().take(300).collect() });
-        }
+        let body = self.post(&url, form).await?;
         #[derive(serde::Deserialize)]
         struct Created {
             sid: String,
@@ -81,9 +68,14 @@ impl TwilioRest {
             return Err(RestError::BadSid(call_sid.to_owned()));
         }
         let url = format!("{}/2010-04-01/Accounts/{}/Calls/{}.json", self.base, self.account_sid, call_sid);
+        self.post(&url, form).await.map(|_| ())
+    }
+
+    /// A form POST with the account's credentials; the body of a 2xx answer.
+    async fn post<K: serde::Serialize, V: serde::Serialize>(&self, url: &str, form: &[(K, V)]) -> Result<String, RestError> {
         let resp = self
             .http
-            .post(&url)
+            .post(url)
             .basic_auth(&self.account_sid, Some(&self.auth_token))
             .header("Accept", "application/json")
             .form(form)
@@ -91,11 +83,11 @@ impl TwilioRest {
             .await
             .map_err(|e| RestError::Http(e.to_string()))?;
         let status = resp.status();
-        if status.is_success() {
-            return Ok(());
-        }
         let body = resp.text().await.unwrap_or_default();
-        Err(RestError::Status { status: status.as_u16(), body: body.chars().take(300).collect() })
+        if !status.is_success() {
+            return Err(RestError::Status { status: status.as_u16(), body: body.chars().take(300).collect() });
+        }
+        Ok(body)
     }
 }
 

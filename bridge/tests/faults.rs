@@ -10,7 +10,7 @@ use std::time::Duration;
 use common::*;
 use futures_util::{SinkExt, StreamExt};
 use proto::control::{Control, CONTROL_TOPIC};
-use room::{AudioTrackOptions, DataPacketBuilder, Room, RoomEvent, RoomOptions};
+use room::{DataPacketBuilder, Room, RoomEvent, RoomOptions};
 use tokio::sync::mpsc;
 use tokio::time::timeout;
 
@@ -45,18 +45,7 @@ async fn wait_for_phone(events: &mut mpsc::Receiver<RoomEvent>) {
 
 /// Publishes a tone (440 Hz, 8 kHz) in real time for `secs` seconds.
 async fn speak(room: &Room, secs: f64) -> tokio::task::JoinHandle<()> {
-    let mut sink = room.publish_audio(AudioTrackOptions { sample_rate: 8_000, ..Default::default() }).await.unwrap();
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_millis(20));
-        for k in 0..(secs * 50.0) as usize {
-            tick.tick().await;
-            // Modulated, so Opus DTX never takes it for background noise.
-            let amp = 6000.0 + 2000.0 * ((k as f64) * 0.3).sin();
-            if sink.push(&tone(440.0, 8_000, k * 160, 160, amp)).await.is_err() {
-                break;
-            }
-        }
-    })
+    speak_tone(room, 440.0, secs).await
 }
 
 async fn send_control(room: &Room, c: Control) {

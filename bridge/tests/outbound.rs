@@ -11,7 +11,7 @@ use callsim::far_end::{Answer, BEEP};
 use common::*;
 use livekit_api::access_token::{AccessToken, SIPGrants};
 use proto::control::{Control, CONTROL_TOPIC};
-use room::{AudioTrackOptions, DataPacketBuilder, Room, RoomEvent, RoomOptions};
+use room::{DataPacketBuilder, Room, RoomEvent, RoomOptions};
 use tokio::sync::mpsc;
 
 const CALLEE: &str = "+15551234567";
@@ -96,44 +96,6 @@ async fn watch(events: &mut mpsc::Receiver<RoomEvent>, phone: &mut Phone, identi
     true
 }
 
-/// Publishes a tone at 8 kHz in real time for `secs` seconds.
-async fn speak(room: &Room, freq: f64, secs: f64) -> tokio::task::JoinHandle<()> {
-    let mut sink = room.publish_audio(AudioTrackOptions { sample_rate: 8_000, ..Default::default() }).await.unwrap();
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_millis(20));
-        for k in 0..(secs * 50.0) as usize {
-            tick.tick().await;
-            let amp = 6000.0 + 2000.0 * ((k as f64) * 0.3).sin();
-            if sink.push(&tone(freq, 8_000, k * 160, 160, amp)).await.is_err() {
-                break;
-            }
-        }
-    })
-}
-
-/// SNR of `s` as the sum of two sinusoids (least squares, one after the other).
-fn two_tone_snr(s: &[i16], f1: f64, f2: f64) -> f64 {
-    let fit_out = |x: &[f64], f: f64| -> Vec<f64> {
-        let w = 2.0 * std::f64::consts::PI * f / 8000.0;
-        let (mut ss, mut sc, mut cc, mut xs, mut xc) = (0.0, 0.0, 0.0, 0.0, 0.0);
-        for (i, v) in x.iter().enumerate() {
-            let (si, co) = ((w * i as f64).sin(), (w * i as f64).cos());
-            ss += si * si;
-            sc += si * co;
-            cc += co * co;
-            xs += v * si;
-            xc += v * co;
-        }
-        let det = ss * cc - sc * sc;
-        let (a, b) = ((xs * cc - xc * sc) / det, (xc * ss - xs * sc) / det);
-        x.iter().enumerate().map(|(i, v)| v - a * (w * i as f64).sin() - b * (w * i as f64).cos()).collect()
-    };
-    let x: Vec<f64> = s.iter().map(|v| *v as f64).collect();
-    let rest = fit_out(&fit_out(&x, f1), f2);
-    let e = |v: &[f64]| v.iter().map(|x| x * x).sum::<f64>();
-    10.0 * (e(&x) / e(&rest).max(1e-9)).log10()
-}
-
 /// Seconds of what the far end heard, as PCM.
 fn heard(report: &callsim::far_end::FarEndReport) -> Vec<i16> {
     ulaw_to_pcm(&report.call.as_ref().expect("the call was answered").heard)
@@ -181,7 +143,7 @@ async fn an_agent_dials_out_waits_for_the_answer_and_talks_with_the_callee() {
     drop(ring);
     // Skip the track's first 0.8 s: room's Opus path can overshoot on a steady two-tone signal
     // as a stream starts (seen with a plain publisher too), which is not the bridge's doing.
-    let mut snrs: Vec<f64> = pcm.get(6_400..).unwrap_or_default().chunks_exact(800).map(|w| two_tone_snr(w, 440.0, 480.0)).collect();
+    let mut snrs: Vec<f64> = pcm.get(6_400..).unwrap_or_default().chunks_exact(800).map(|w| tones_snr(w, 8_000, &[440.0, 480.0])).collect();
     snrs.sort_by(|a, b| a.partial_cmp(b).unwrap());
     assert!(snrs.len() >= 4 && snrs[1] > 10.0, "ringback while ringing: {snrs:?}");
     let (status, info) = dial.await.unwrap();
@@ -199,7 +161,7 @@ async fn an_agent_dials_out_waits_for_the_answer_and_talks_with_the_callee() {
     }
     // The agent hears the callee and the callee hears the agent.
     let mut stream = phone.track.as_ref().unwrap().stream(8_000).unwrap();
-    let talking = speak(&agent, 440.0, 3.0).await;
+    let talking = speak_tone(&agent, 440.0, 3.0).await;
     let mut pcm = Vec::new();
     while pcm.len() < 8_000 * 2 {
         match tokio::time::timeout(Duration::from_secs(5), stream.recv()).await {
@@ -345,7 +307,7 @@ async fn a_voicemail_is_detected_and_the_agent_speaks_after_the_beep() {
     assert_eq!(phone.answered_by.as_deref(), Some("machine_end_beep"));
     assert!(answered.elapsed() >= Duration::from_secs(2), "not before the beep: {:?}", answered.elapsed());
     // The agent leaves its message, then hangs up.
-    speak(&agent, 900.0, 1.5).await.await.unwrap();
+    speak_tone(&agent, 900.0, 1.5).await.await.unwrap();
     agent.send_data(DataPacketBuilder::new(Control::Hangup { reason: Some("message left".into()) }.to_bytes()).topic(CONTROL_TOPIC)).await.unwrap();
     let report = rest.far_end_report(&call_sid, Duration::from_secs(15)).await;
     assert_eq!(report.answered_by.as_deref(), Some("machine_end_beep"));

@@ -2,26 +2,12 @@
 
 mod common;
 
-use std::process::Stdio;
 use std::time::Duration;
 
 use common::*;
 
-/// In CI a missing `livekit` module fails the test; elsewhere it is skipped with a reason.
 fn python_livekit_available() -> bool {
-    let ok = std::process::Command::new("python3")
-        .args(["-c", "import livekit.rtc, numpy"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    if !ok {
-        let msg = "python3 cannot import livekit.rtc/numpy; install with: pip install livekit==1.2.1 numpy";
-        assert!(std::env::var_os("CI").is_none(), "CI is set and {msg}");
-        eprintln!("SKIP: {msg}");
-    }
-    ok
+    python_can_import("livekit.rtc, numpy", "pip install livekit==1.2.1 numpy")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -56,21 +42,8 @@ async fn official_python_sdk_hears_the_caller() {
     assert_eq!(report.outcome, callsim::Outcome::Completed, "{report:?}");
 }
 
-/// In CI a missing `livekit.api` (PyPI livekit-api) fails the test; elsewhere it is skipped.
 fn python_livekit_api_available() -> bool {
-    let ok = std::process::Command::new("python3")
-        .args(["-c", "import livekit.api"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    if !ok {
-        let msg = "python3 cannot import livekit.api; install with: pip install livekit-api";
-        assert!(std::env::var_os("CI").is_none(), "CI is set and {msg}");
-        eprintln!("SKIP: {msg}");
-    }
-    ok
+    python_can_import("livekit.api", "pip install livekit-api")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -172,28 +172,83 @@ pub fn tone(freq: f64, rate: u32, start: usize, n: usize, amp: f64) -> Vec<i16> 
         .collect()
 }
 
-/// Least-squares fit of a sinusoid at `freq`; returns (SNR dB, amplitude).
-pub fn tone_snr(s: &[i16], rate: u32, freq: f64) -> (f64, f64) {
+/// Least-squares fit of a sinusoid at `freq`: its sine and cosine amplitudes.
+fn fit_sinusoid(x: &[f64], rate: u32, freq: f64) -> (f64, f64) {
     let w = 2.0 * std::f64::consts::PI * freq / rate as f64;
     let (mut ss, mut sc, mut cc, mut xs, mut xc) = (0.0, 0.0, 0.0, 0.0, 0.0);
-    for (i, x) in s.iter().enumerate() {
+    for (i, v) in x.iter().enumerate() {
         let (si, co) = ((w * i as f64).sin(), (w * i as f64).cos());
         ss += si * si;
         sc += si * co;
         cc += co * co;
-        xs += *x as f64 * si;
-        xc += *x as f64 * co;
+        xs += v * si;
+        xc += v * co;
     }
     let det = ss * cc - sc * sc;
-    let a = (xs * cc - xc * sc) / det;
-    let b = (xc * ss - xs * sc) / det;
-    let (mut sig, mut noise) = (0.0, 0.0);
-    for (i, x) in s.iter().enumerate() {
-        let fit = a * (w * i as f64).sin() + b * (w * i as f64).cos();
-        sig += fit * fit;
-        noise += (*x as f64 - fit).powi(2);
+    ((xs * cc - xc * sc) / det, (xc * ss - xs * sc) / det)
+}
+
+/// `x` less its best-fitting sinusoid at each of `freqs`, one after the other.
+fn without_tones(x: &[f64], rate: u32, freqs: &[f64]) -> Vec<f64> {
+    let mut rest = x.to_vec();
+    for f in freqs {
+        let (a, b) = fit_sinusoid(&rest, rate, *f);
+        let w = 2.0 * std::f64::consts::PI * f / rate as f64;
+        for (i, v) in rest.iter_mut().enumerate() {
+            *v -= a * (w * i as f64).sin() + b * (w * i as f64).cos();
+        }
     }
-    (10.0 * (sig / noise.max(1e-9)).log10(), (a * a + b * b).sqrt())
+    rest
+}
+
+/// Least-squares fit of a sinusoid at `freq`; returns (SNR dB, amplitude).
+pub fn tone_snr(s: &[i16], rate: u32, freq: f64) -> (f64, f64) {
+    let x: Vec<f64> = s.iter().map(|v| *v as f64).collect();
+    let (a, b) = fit_sinusoid(&x, rate, freq);
+    (tones_snr(s, rate, &[freq]), (a * a + b * b).sqrt())
+}
+
+/// SNR (dB) of `s` as the sum of sinusoids at `freqs` (e.g. a ringback's 440 + 480 Hz).
+pub fn tones_snr(s: &[i16], rate: u32, freqs: &[f64]) -> f64 {
+    let x: Vec<f64> = s.iter().map(|v| *v as f64).collect();
+    let rest = without_tones(&x, rate, freqs);
+    let energy = |v: &[f64]| v.iter().map(|x| x * x).sum::<f64>();
+    let noise = energy(&rest);
+    10.0 * ((energy(&x) - noise).max(0.0) / noise.max(1e-9)).log10()
+}
+
+/// Publishes a tone at 8 kHz in real time for `secs` seconds, its level gently modulated so
+/// Opus DTX never takes it for background noise.
+pub async fn speak_tone(room: &Room, freq: f64, secs: f64) -> tokio::task::JoinHandle<()> {
+    let mut sink = room.publish_audio(room::AudioTrackOptions { sample_rate: 8_000, ..Default::default() }).await.unwrap();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(20));
+        for k in 0..(secs * 50.0) as usize {
+            tick.tick().await;
+            let amp = 6000.0 + 2000.0 * ((k as f64) * 0.3).sin();
+            if sink.push(&tone(freq, 8_000, k * 160, 160, amp)).await.is_err() {
+                break;
+            }
+        }
+    })
+}
+
+/// Whether python3 can import `module`. In CI a missing one fails the test; elsewhere the
+/// test is skipped with the reason (`install` says how to get it).
+pub fn python_can_import(module: &str, install: &str) -> bool {
+    let ok = std::process::Command::new("python3")
+        .args(["-c", &format!("import {module}")])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if !ok {
+        let msg = format!("python3 cannot import {module}; install with: {install}");
+        assert!(std::env::var_os("CI").is_none(), "CI is set and {msg}");
+        eprintln!("SKIP: {msg}");
+    }
+    ok
 }
 
 /// The longest run of non-silent 20 ms frames (energy above a floor).
