@@ -262,21 +262,30 @@ async fn create_sip_participant(State(app): State<Arc<App>>, headers: HeaderMap,
     crate::outbound::create_sip_participant(app, headers, body).await
 }
 
+/// Why a request is turned away, as its answer.
+type Refused = (StatusCode, &'static str);
+
 /// A signed Twilio form POST to one of the outbound URLs, checked: (params, the call).
-fn outbound_request(app: &App, uri: &Uri, headers: &HeaderMap, body: &[u8], path: &str) -> Result<(Vec<(String, String)>, crate::outbound::Callback), Response> {
+fn outbound_request(
+    app: &App,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: &[u8],
+    path: &str,
+) -> Result<(Vec<(String, String)>, crate::outbound::Callback), Refused> {
     let Ok(params) = serde_urlencoded::from_bytes::<Vec<(String, String)>>(body) else {
         app.metrics.error("bad_request");
-        return Err((StatusCode::BAD_REQUEST, "body is not form-encoded").into_response());
+        return Err((StatusCode::BAD_REQUEST, "body is not form-encoded"));
     };
     if !app.form_signed(uri, headers, &params) {
         app.metrics.error("signature_invalid");
         tracing::warn!(path, "refused: bad X-Twilio-Signature");
-        return Err((StatusCode::FORBIDDEN, "invalid X-Twilio-Signature").into_response());
+        return Err((StatusCode::FORBIDDEN, "invalid X-Twilio-Signature"));
     }
     let sid = param(&params, "CallSid");
     if !is_sid(sid, "CA") {
         app.metrics.error("bad_request");
-        return Err((StatusCode::BAD_REQUEST, "CallSid missing or malformed").into_response());
+        return Err((StatusCode::BAD_REQUEST, "CallSid missing or malformed"));
     }
     // Only calls this bridge placed: the URL carries its token over the call's description.
     match crate::outbound::callback_from(app, uri, sid) {
@@ -284,7 +293,7 @@ fn outbound_request(app: &App, uri: &Uri, headers: &HeaderMap, body: &[u8], path
         Err(why) => {
             app.metrics.error("outbound_ref_invalid");
             tracing::warn!(path, reason = why, "refused: not a call this bridge placed");
-            Err((StatusCode::FORBIDDEN, "not a call this bridge placed").into_response())
+            Err((StatusCode::FORBIDDEN, "not a call this bridge placed"))
         }
     }
 }
@@ -294,7 +303,7 @@ fn outbound_request(app: &App, uri: &Uri, headers: &HeaderMap, body: &[u8], path
 async fn outbound_call(State(app): State<Arc<App>>, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
     let (params, cb) = match outbound_request(&app, &uri, &headers, &body, "/outbound-call") {
         Ok(x) => x,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     // Twilio answered: as good as the in-progress callback, which may come later.
     let amd = proto::outbound::AnsweredBy::parse(param(&params, "AnsweredBy"));
@@ -327,7 +336,7 @@ async fn outbound_call(State(app): State<Arc<App>>, uri: Uri, headers: HeaderMap
 async fn outbound_status(State(app): State<Arc<App>>, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
     let (params, cb) = match outbound_request(&app, &uri, &headers, &body, "/outbound-status") {
         Ok(x) => x,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let status = proto::outbound::TwilioCallStatus::parse(param(&params, "CallStatus"));
     let amd = proto::outbound::AnsweredBy::parse(param(&params, "AnsweredBy"));
@@ -340,7 +349,7 @@ async fn outbound_status(State(app): State<Arc<App>>, uri: Uri, headers: HeaderM
 async fn outbound_amd(State(app): State<Arc<App>>, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
     let (params, cb) = match outbound_request(&app, &uri, &headers, &body, "/outbound-amd") {
         Ok(x) => x,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let Some(amd) = proto::outbound::AnsweredBy::parse(param(&params, "AnsweredBy")) else {
         app.metrics.error("bad_request");

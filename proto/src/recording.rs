@@ -226,7 +226,7 @@ mod tests {
                     rec.played(&frame(5000), t0 + MS * 100);
                 }
             }
-            if (700..800).contains(&t) && t % 20 == 0 || (840..900).contains(&t) && t % 20 == 0 {
+            if t % 20 == 0 && ((700..800).contains(&t) || (840..900).contains(&t)) {
                 rec.played(&frame(5000), t0 + MS * t as u32);
             }
             if t == 1200 {

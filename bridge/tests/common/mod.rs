@@ -30,6 +30,9 @@ pub async fn start_devroom() -> devroom::Running {
     devroom::start(cfg).await.expect("devroom starts")
 }
 
+/// A form's fields, in order.
+pub type Form = Vec<(String, String)>;
+
 /// One REST call update: (CallSid, form fields, Authorization header).
 pub type RestUpdate = (String, Vec<(String, String)>, Option<String>);
 
@@ -41,7 +44,7 @@ pub struct FakeRest {
     pub updates: Arc<Mutex<Vec<RestUpdate>>>,
     pub fail: Arc<std::sync::atomic::AtomicBool>,
     /// `Calls.json` forms received.
-    pub created: Arc<Mutex<Vec<Vec<(String, String)>>>>,
+    pub created: Arc<Mutex<Vec<Form>>>,
     /// The far end of the next calls to a number (`None`: the default one).
     pub far_ends: Arc<Mutex<std::collections::HashMap<Option<String>, callsim::far_end::FarEnd>>>,
     /// Calls placed, by CallSid.
