@@ -31,6 +31,8 @@ pub enum ConfigError {
     WeakBridgeSecret,
     #[error("{0} is set but empty: unset it or give it a value")]
     Empty(&'static str),
+    #[error("TWILIO_FROM_NUMBER must be an E.164 number on the Twilio account (+ and up to 15 digits)")]
+    BadFromNumber,
 }
 
 /// `BRIDGE_SECRET` keys the stream tokens: at least this long.
@@ -213,6 +215,9 @@ impl Config {
         if self.redis_url.as_ref().is_some_and(|s| s.expose_secret().is_empty()) {
             return Err(ConfigError::Empty("REDIS_URL"));
         }
+        if self.twilio_from_number.as_deref().is_some_and(|n| !proto::dial_policy::is_e164(n)) {
+            return Err(ConfigError::BadFromNumber);
+        }
         self.check_livekit()
     }
 
@@ -334,6 +339,10 @@ mod tests {
         assert_eq!(with(&["--bridge-secret", "0123456789abcdef"]), Ok(()));
         assert_eq!(with(&["--fallback-url", ""]), Err(ConfigError::Empty("FALLBACK_URL")));
         assert_eq!(with(&["--redis-url", ""]), Err(ConfigError::Empty("REDIS_URL")));
+        assert!(Cli::try_parse_from(["bridge", "--recordings-dir", ""]).is_err(), "clap refuses an empty path");
+        assert_eq!(with(&["--twilio-from-number", ""]), Err(ConfigError::BadFromNumber));
+        assert_eq!(with(&["--twilio-from-number", "5550001111"]), Err(ConfigError::BadFromNumber));
+        assert_eq!(with(&["--twilio-from-number", "+15550001111", "--recordings-dir", "/tmp/r"]), Ok(()));
         assert_eq!(cfg(&["--twilio-auth-token", "", "--dev"]).check(), Err(ConfigError::Empty("TWILIO_AUTH_TOKEN")));
     }
 
