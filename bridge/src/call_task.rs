@@ -149,6 +149,22 @@ impl Joined {
         let _ = tokio::time::timeout(LEAVE_STEP, room.set_attributes(hangup)).await;
         room.close().await;
     }
+
+    /// [`leave`](Self::leave), then make sure the participant is gone from a room the bridge
+    /// does not delete (an outbound call's): a leave that did not reach the server would
+    /// otherwise leave the phone "in the room" for the server's reconnect window.
+    pub(crate) async fn leave_for_good(self, app: &App, info: &CallInfo) {
+        let sid = self.room.local_participant().sid;
+        self.leave().await;
+        if let Ok(Some(p)) = app.livekit.participant(&info.room, &info.identity).await {
+            if p.sid == sid {
+                app.metrics.error("leave_lost");
+                if let Err(e) = app.livekit.remove_participant(&info.room, &info.identity).await {
+                    tracing::debug!(error = %e, "could not remove the phone participant (it may have left)");
+                }
+            }
+        }
+    }
 }
 
 struct Call {
@@ -741,7 +757,7 @@ impl Call {
         match joined {
             Ok(joined) => {
                 self.app.metrics.setup_seconds.observe(self.opened.elapsed().as_secs_f64());
-                tracing::info!(room = %info.room, identity = %info.identity, direction = ?info.direction, "caller joined the room");
+                tracing::info!(room = %info.room, identity = %Masked(&info.identity), direction = ?info.direction, "caller joined the room");
                 self.joined = Some(joined);
                 let wd = WatchdogConfig {
                     agent_join_timeout: self.app.cfg.agent_join_timeout,
@@ -862,7 +878,10 @@ impl Call {
                 dtx = sink.frames_dtx.load(std::sync::atomic::Ordering::Relaxed),
                 "caller track"
             );
-            j.leave().await;
+            match self.call_slot.as_ref().map(|s| &s.info).filter(|i| i.direction == Direction::Outbound) {
+                Some(info) => j.leave_for_good(&self.app, info).await,
+                None => j.leave().await, // the room is deleted next
+            }
         }
         if let Some(d) = &mut self.room_deleter {
             d.delete_now().await;

@@ -180,6 +180,12 @@ impl LiveKit {
         }
     }
 
+    /// Removes a participant from a room (RoomService RemoveParticipant).
+    pub async fn remove_participant(&self, room: &str, identity: &str) -> anyhow::Result<()> {
+        self.rooms.remove_participant(room, identity).await?;
+        Ok(())
+    }
+
     /// Sets attributes on a participant through the server API (RoomService UpdateParticipant):
     /// for a call whose room connection another replica holds.
     pub async fn update_attributes(&self, room: &str, identity: &str, attributes: HashMap<String, String>) -> anyhow::Result<()> {

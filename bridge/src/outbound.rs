@@ -475,7 +475,7 @@ async fn dial_task(
             app.metrics.error("twilio_rest");
             tracing::error!(error = %e, to = %Masked(&dial.to), "outbound call: Twilio did not place it");
             let _ = reply.send(Err(rest_error(&e)));
-            joined.leave().await;
+            joined.leave_for_good(&app, &info).await;
             return;
         }
     };
@@ -544,7 +544,7 @@ async fn dial_task(
                         // The stream gave up waiting: the call is still ours to end.
                         let Handoff { joined, mut call, reply, .. } = h;
                         call.hangup();
-                        finish_unanswered(&app, call, reply, &call_sid, &span, joined).await;
+                        finish_unanswered(&app, call, reply, &call_sid, &span, joined, &info).await;
                     }
                     return;
                 }
@@ -575,12 +575,20 @@ async fn dial_task(
             _ = sleep_until(wake) => {}
         }
     }
-    joined.leave().await;
+    joined.leave_for_good(&app, &info).await;
     drop(slot); // last: the drain counts the call until it has left the room
 }
 
 /// A call that ended before its stream took it: carry out the machine's last words and leave.
-async fn finish_unanswered(app: &Arc<App>, mut call: OutboundCall, mut reply: Option<PendingReply>, call_sid: &str, span: &tracing::Span, joined: Joined) {
+async fn finish_unanswered(
+    app: &Arc<App>,
+    mut call: OutboundCall,
+    mut reply: Option<PendingReply>,
+    call_sid: &str,
+    span: &tracing::Span,
+    joined: Joined,
+    info: &CallInfo,
+) {
     while let Some(out) = call.poll_output(Instant::now()) {
         match out {
             OutboundOutput::Reply(r) => {
@@ -592,7 +600,7 @@ async fn finish_unanswered(app: &Arc<App>, mut call: OutboundCall, mut reply: Op
             _ => {}
         }
     }
-    joined.leave().await;
+    joined.leave_for_good(app, info).await;
 }
 
 async fn sleep_until(t: Option<tokio::time::Instant>) {

