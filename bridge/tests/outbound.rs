@@ -361,3 +361,47 @@ async fn keys_pressed_in_the_room_reach_the_callee_as_tones() {
     agent.close().await;
     viewer.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_dialled_on_one_replica_can_stream_on_another() {
+    let lk = start_devroom().await;
+    let rest = FakeRest::default();
+    let mut far = far_end(Answer::Human { rings: 2 });
+    far.call = far.call.tone(700.0).duration_secs(6.0);
+    rest.far_end(None, far);
+    // Twilio's requests for calls A places all reach B (as a load balancer might send them).
+    let b = bridge_for_outbound(&lk, &rest, &[]).await;
+    let a = bridge_for_outbound(&lk, &rest, &["--public-url", &b.base]).await;
+    let (agent, mut events) = join(&lk, "agent-out-5", "sales-5").await;
+    let (status, info) = create(
+        &a.base,
+        &sip_token(true),
+        serde_json::json!({"sip_call_to": CALLEE, "room_name": "sales-5", "participant_identity": "callee", "wait_until_answered": true}),
+    )
+    .await;
+    assert_eq!(status, 200, "{info}");
+    // B's stream joined as the phone participant, replacing A's; B's callbacks set its status
+    // and Twilio's AMD verdict through the server API.
+    let mut phone = Phone::default();
+    let heard = watch(&mut events, &mut phone, "callee", Duration::from_secs(10), |p| {
+        p.statuses.last().map(String::as_str) == Some("active") && p.answered_by.as_deref() == Some("human") && p.track.is_some()
+    })
+    .await;
+    assert!(heard, "{phone:?}");
+    assert!(phone.statuses.starts_with(&["dialing".to_string(), "ringing".to_string()]), "{phone:?}");
+    assert_eq!(phone.attributes.get("sip.phoneNumber").map(String::as_str), Some(CALLEE), "B carried the attributes over");
+    assert!(eventually(Duration::from_secs(5), || a.app.registry.dialing_count() == 0 && a.app.outbound.is_empty()).await, "A let go");
+    assert_eq!(b.app.registry.active_count(), 1);
+    // The callee's audio reaches the agent through B.
+    let mut stream = phone.track.take().unwrap().stream(8_000).unwrap();
+    let mut pcm = Vec::new();
+    while pcm.len() < 8_000 {
+        match tokio::time::timeout(Duration::from_secs(5), stream.recv()).await {
+            Ok(Some(f)) => pcm.extend(f.samples),
+            _ => break,
+        }
+    }
+    assert!(tone_snr_median(&pcm[2_000..], 8_000, 700.0) > 15.0);
+    assert!(eventually(Duration::from_secs(15), || b.app.registry.active_count() == 0).await, "B's call ended");
+    agent.close().await;
+}

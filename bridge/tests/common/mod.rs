@@ -369,10 +369,20 @@ pub async fn start_bridge_until(
 ) -> (BridgeHandle, tokio::task::JoinHandle<anyhow::Result<()>>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
+    // `--public-url` among `extra` puts this bridge behind another address (a load balancer,
+    // or another replica that Twilio's requests should reach).
+    let public = match extra.iter().position(|a| *a == "--public-url") {
+        Some(i) => extra.get(i + 1).copied().unwrap_or_default().to_owned(),
+        None => base.clone(),
+    };
+    let extra: Vec<&str> = match extra.iter().position(|a| *a == "--public-url") {
+        Some(i) => extra.iter().enumerate().filter(|(j, _)| *j != i && *j != i + 1).map(|(_, a)| *a).collect(),
+        None => extra.to_vec(),
+    };
     let mut args = vec![
         "bridge",
         "--public-url",
-        &base,
+        &public,
         "--twilio-auth-token",
         AUTH_TOKEN,
         "--twilio-account-sid",
@@ -383,7 +393,7 @@ pub async fn start_bridge_until(
         livekit_url,
         "--dev",
     ];
-    args.extend_from_slice(extra);
+    args.extend_from_slice(&extra);
     let cli = bridge::config::Cli::try_parse_from(args).unwrap();
     let app = bridge::http::App::new(cli.config).await.unwrap();
     let serve_app = app.clone();
