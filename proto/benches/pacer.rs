@@ -66,5 +66,36 @@ fn inbound_frame(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, pacer_frame, inbound_frame);
+fn recording_and_keys(c: &mut Criterion) {
+    // RECORDINGS_DIR: one caller frame in, one heard frame placed, final samples out.
+    c.bench_function("recording: caller + heard frame + poll per 20ms frame", |b| {
+        let t0 = Instant::now();
+        let mut r = proto::recording::CallRecorder::new(t0);
+        let (pcm, mulaw) = ([100i16; 160], [0x55u8; 160]);
+        let mut now = t0;
+        b.iter(|| {
+            r.caller(black_box(&pcm));
+            r.played(black_box(&mulaw), now);
+            black_box(r.poll(now, Duration::from_millis(200)));
+            now += Duration::from_millis(20);
+        });
+    });
+    c.bench_function("dtmf: tones for one 20ms frame", |b| {
+        let mut t = proto::dtmf::DtmfTones::new();
+        let keys = proto::dtmf::parse_dial_string("1234567890*#ABCD").unwrap();
+        b.iter(|| {
+            if t.is_idle() {
+                t.push(&keys).unwrap();
+            }
+            black_box(t.next_frame());
+        });
+    });
+    c.bench_function("dtmf: detect in one 20ms frame", |b| {
+        let mut d = proto::dtmf::DtmfDetector::new();
+        let frame: Vec<i16> = (0..160).map(|n| ((n * 37) % 2000) as i16 - 1000).collect();
+        b.iter(|| black_box(d.push(black_box(&frame))));
+    });
+}
+
+criterion_group!(benches, pacer_frame, inbound_frame, recording_and_keys);
 criterion_main!(benches);
