@@ -173,7 +173,8 @@ impl LiveKit {
     /// A participant now in a room (None when it or the room is not there).
     pub async fn participant(&self, room: &str, identity: &str) -> anyhow::Result<Option<livekit_protocol::ParticipantInfo>> {
         use livekit_api::services::{ServiceError, TwirpError};
-        match self.rooms.get_participant(room, identity).await {
+        let _permit = self.permit().await;
+        match self.api.room().get_participant(room, identity).await {
             Ok(p) => Ok(Some(p)),
             Err(ServiceError::Twirp(TwirpError::Twirp(code))) if code.code == "not_found" => Ok(None),
             Err(e) => Err(e.into()),
@@ -182,14 +183,17 @@ impl LiveKit {
 
     /// Removes a participant from a room (RoomService RemoveParticipant).
     pub async fn remove_participant(&self, room: &str, identity: &str) -> anyhow::Result<()> {
-        self.rooms.remove_participant(room, identity).await?;
+        let _permit = self.permit().await;
+        self.api.room().remove_participant(room, identity).await?;
         Ok(())
     }
 
     /// Sets attributes on a participant through the server API (RoomService UpdateParticipant):
     /// for a call whose room connection another replica holds.
     pub async fn update_attributes(&self, room: &str, identity: &str, attributes: HashMap<String, String>) -> anyhow::Result<()> {
-        self.rooms
+        let _permit = self.permit().await;
+        self.api
+            .room()
             .update_participant(
                 room,
                 identity,

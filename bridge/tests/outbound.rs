@@ -72,7 +72,7 @@ async fn watch(events: &mut mpsc::Receiver<RoomEvent>, phone: &mut Phone, identi
             _ => return false,
         };
         match ev {
-            RoomEvent::ParticipantConnected(p) if p.identity == identity => {
+            RoomEvent::ParticipantConnected(p) | RoomEvent::ParticipantRejoined { participant: p, .. } if p.identity == identity => {
                 phone.kind = Some(p.kind);
                 phone.attributes = p.attributes.clone();
                 if let Some(s) = p.attributes.get("sip.callStatus") {
@@ -380,8 +380,8 @@ async fn a_call_dialled_on_one_replica_can_stream_on_another() {
     )
     .await;
     assert_eq!(status, 200, "{info}");
-    // B's stream joined as the phone participant, replacing A's; B's callbacks set its status
-    // and Twilio's AMD verdict through the server API.
+    // B's stream joined as the phone participant, replacing A's (the room sees it rejoin);
+    // B's callbacks set its status and Twilio's AMD verdict through the server API.
     let mut phone = Phone::default();
     let heard = watch(&mut events, &mut phone, "callee", Duration::from_secs(10), |p| {
         p.statuses.last().map(String::as_str) == Some("active") && p.answered_by.as_deref() == Some("human") && p.track.is_some()
