@@ -105,8 +105,11 @@ async fn restart_mid_call(udp_off_after: bool) {
     let mut dev = DevroomProcess::start(port, &[]).await;
     let rest = FakeRest::default();
     let rest_base = rest.start().await;
-    // A steady test tone must not be taken for background noise and stopped.
-    let bridge = start_bridge_at(&lk_url, &rest_base, &["--opus-dtx", "false"]).await;
+    // A steady test tone must not be taken for background noise and stopped. Recording on:
+    // its attribute is set after the join, and must survive the rejoin (LiveKit refreshes the
+    // token with the participant's current attributes, and the rejoin uses it).
+    let recordings = std::env::temp_dir().join(format!("callbridge-restart-{}-{udp_off_after}", std::process::id()));
+    let bridge = start_bridge_at(&lk_url, &rest_base, &["--opus-dtx", "false", "--recordings-dir", recordings.to_str().unwrap()]).await;
     let sid = call_sid(if udp_off_after { 11 } else { 10 });
     let t0 = Instant::now();
 
@@ -164,12 +167,23 @@ async fn restart_mid_call(udp_off_after: bool) {
     assert!(metrics.contains("room_reconnects_total{kind=\"full\"} 1"), "{}", metrics.lines().filter(|l| l.contains("reconnect")).collect::<Vec<_>>().join("\n"));
 
     assert!(!agent.is_closed(), "the agent is still in the call");
+    // The phone participant rejoined with the attributes it had (here: where the call is
+    // recorded, set after it first joined).
+    let phone_attr = |k: &str| {
+        agent.remote_participants().into_iter().find(|p| p.identity.starts_with("phone-")).and_then(|p| p.attributes.get(k).cloned())
+    };
+    assert!(
+        eventually(Duration::from_secs(5), || phone_attr("callbridge.recording").is_some_and(|v| v.ends_with(&format!("{sid}.wav")))).await,
+        "the recording's attribute survives the rejoin: {:?}",
+        phone_attr("callbridge.recording")
+    );
     // The Twilio call went on to its natural end: nobody hung up on the caller.
     let report = timeout(Duration::from_secs(60), caller_events).await.expect("call ends").expect("caller task").expect("call report");
     assert_eq!(report.outcome, callsim::Outcome::Completed, "{report:?}");
     assert!(rest.updates.lock().unwrap().iter().all(|(_, form, _)| !form.iter().any(|(k, v)| k == "Status" && v == "completed")), "the bridge hung up");
     speaker.abort();
     agent.close().await;
+    let _ = std::fs::remove_dir_all(&recordings);
 }
 
 /// Waits for 200 ms of a `freq` tone that arrived at or after `after`; returns when it arrived.
