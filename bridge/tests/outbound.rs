@@ -392,15 +392,39 @@ async fn a_call_dialled_on_one_replica_can_stream_on_another() {
     assert_eq!(phone.attributes.get("sip.phoneNumber").map(String::as_str), Some(CALLEE), "B carried the attributes over");
     assert!(eventually(Duration::from_secs(5), || a.app.registry.dialing_count() == 0 && a.app.outbound.is_empty()).await, "A let go");
     assert_eq!(b.app.registry.active_count(), 1);
-    // The callee's audio reaches the agent through B.
-    let mut stream = phone.track.take().unwrap().stream(8_000).unwrap();
+    // The callee's audio reaches the agent through B. The track seen first may still be A's
+    // (replaced a moment later): when a stream ends, listen to the callee's newer track.
+    let mut track = phone.track.take().unwrap();
     let mut pcm = Vec::new();
-    while pcm.len() < 8_000 {
-        match tokio::time::timeout(Duration::from_secs(5), stream.recv()).await {
-            Ok(Some(f)) => pcm.extend(f.samples),
+    for _attempt in 0..3 {
+        pcm.clear();
+        let mut stream = track.stream(8_000).unwrap();
+        while pcm.len() < 8_000 {
+            match tokio::time::timeout(Duration::from_secs(2), stream.recv()).await {
+                Ok(Some(f)) => pcm.extend(f.samples),
+                _ => break,
+            }
+        }
+        if pcm.len() >= 8_000 {
+            break;
+        }
+        let newer = tokio::time::timeout(Duration::from_secs(5), async {
+            while let Some(ev) = events.recv().await {
+                if let RoomEvent::TrackSubscribed { track, participant } = ev {
+                    if participant.identity == "callee" {
+                        return Some(track);
+                    }
+                }
+            }
+            None
+        })
+        .await;
+        match newer {
+            Ok(Some(t)) => track = t,
             _ => break,
         }
     }
+    assert!(pcm.len() >= 8_000, "heard only {} samples of the callee", pcm.len());
     assert!(tone_snr_median(&pcm[2_000..], 8_000, 700.0) > 15.0);
     assert!(eventually(Duration::from_secs(15), || b.app.registry.active_count() == 0).await, "B's call ended");
     agent.close().await;
