@@ -10,7 +10,10 @@
 //! ```
 //!
 //! Utterances: the room's audio is cut into utterances by silence — a source quiet for
-//! `utterance_gap` ends the current one — so nothing is sent to the caller between replies.
+//! `utterance_gap` ends the current one — so nothing is sent to the caller between replies. An
+//! agent that speaks control protocol v2 names each utterance before its first frame
+//! (`utterance{utterance_id}`): the name also ends the utterance before it, and `playback`
+//! reports carry it. Unnamed utterances (v1 agents, a browser speaking) are `b1`, `b2`, ….
 
 use std::time::{Duration, Instant};
 
@@ -39,6 +42,9 @@ pub struct CallConfig {
     pub mixer_max_frames: usize,
     /// Numbers a `transfer` may go to (`TRANSFER_ALLOW`); empty: none.
     pub transfer_allow: NumberAllowList,
+    /// An agent's name that comes this soon after its utterance's first audio still names it
+    /// (the audio overtook the data packet).
+    pub label_grace: Duration,
 }
 
 impl Default for CallConfig {
@@ -50,6 +56,7 @@ impl Default for CallConfig {
             playback_report_every: Duration::from_millis(250),
             mixer_max_frames: 25,
             transfer_allow: NumberAllowList::none(),
+            label_grace: Duration::from_millis(120),
         }
     }
 }
@@ -160,6 +167,12 @@ pub struct CallSession {
     pacer: Pacer,
     /// The utterance room audio currently goes to.
     speaking: Option<UtteranceId>,
+    /// When the current utterance's first audio came.
+    speaking_since: Option<Instant>,
+    /// Names the agent gave utterances (newest last, at most [`LABELS_KEPT`]).
+    labels: std::collections::VecDeque<(UtteranceId, String)>,
+    /// A name waiting for the utterance it belongs to (its audio has not come yet).
+    pending_label: Option<String>,
     next_utterance: u64,
     last_room_audio: Option<Instant>,
     /// After an interrupt, room audio is dropped until the room goes quiet.
@@ -174,10 +187,8 @@ pub struct CallSession {
     stats: CallStats,
 }
 
-/// `MZ` + 32 hex digits and the like.
-fn is_sid(s: &str, prefix: &str) -> bool {
-    s.len() == 34 && s.starts_with(prefix) && s[2..].bytes().all(|b| b.is_ascii_hexdigit())
-}
+/// Utterance names remembered; reports for older utterances fall back to `b<n>`.
+const LABELS_KEPT: usize = 16;
 
 impl CallSession {
     pub fn new(cfg: CallConfig) -> CallSession {
@@ -190,6 +201,9 @@ impl CallSession {
             stream_sid: String::new(),
             call_sid: String::new(),
             speaking: None,
+            speaking_since: None,
+            labels: std::collections::VecDeque::new(),
+            pending_label: None,
             next_utterance: 1,
             last_room_audio: None,
             muted: false,
@@ -224,9 +238,48 @@ impl CallSession {
         }
     }
 
-    /// The utterance id as the agent sees it in `playback` messages.
+    /// The bridge's own label of an utterance the agent did not name.
     pub fn utterance_label(id: UtteranceId) -> String {
         format!("b{}", id.0)
+    }
+
+    /// The utterance id as the agent sees it in `playback` messages: its own name (protocol
+    /// v2), else the bridge's label.
+    pub fn label_of(&self, id: UtteranceId) -> String {
+        match self.labels.iter().rev().find(|(u, _)| *u == id) {
+            Some((_, l)) => l.clone(),
+            None => Self::utterance_label(id),
+        }
+    }
+
+    fn set_label(&mut self, id: UtteranceId, label: String) {
+        self.labels.push_back((id, label));
+        while self.labels.len() > LABELS_KEPT {
+            self.labels.pop_front();
+        }
+    }
+
+    /// The agent names its next utterance (protocol v2).
+    fn name_utterance(&mut self, label: String, now: Instant) {
+        if self.phase != Phase::Streaming {
+            return;
+        }
+        // The agent starts afresh after an interrupt: what follows is new speech.
+        self.muted = false;
+        let unnamed_and_new = |s: &Self, id: UtteranceId| {
+            !s.labels.iter().any(|(u, _)| *u == id) && s.speaking_since.is_some_and(|t| now < t + s.cfg.label_grace)
+        };
+        match self.speaking {
+            // Its first frames overtook the name: that utterance is the one named.
+            Some(id) if unnamed_and_new(self, id) => self.set_label(id, label),
+            Some(id) => {
+                // The agent names an utterance only after the one before it: that one is over.
+                self.speaking = None;
+                self.pacer.end_utterance(id);
+                self.pending_label = Some(label);
+            }
+            None => self.pending_label = Some(label),
+        }
     }
 
     /// One text frame from Twilio. A malformed one is counted and returned; the call goes on.
@@ -261,7 +314,7 @@ impl CallSession {
                     return;
                 }
                 // It is echoed into every message we send: accept only what Twilio issues.
-                if !is_sid(&stream_sid, "MZ") {
+                if !crate::twilio::is_sid(&stream_sid, "MZ") {
                     self.end(EndReason::BadStart(format!("streamSid {stream_sid:?} is not a Twilio stream SID")));
                     return;
                 }
@@ -365,11 +418,19 @@ impl CallSession {
     fn mix(&mut self, src: SourceId, pcm: &[i16], now: Instant) {
         self.mixer.push(src, pcm);
         while let Some(mixed) = self.mixer.poll_frame() {
-            let id = *self.speaking.get_or_insert_with(|| {
-                let id = UtteranceId(self.next_utterance);
-                self.next_utterance += 1;
-                id
-            });
+            let id = match self.speaking {
+                Some(id) => id,
+                None => {
+                    let id = UtteranceId(self.next_utterance);
+                    self.next_utterance += 1;
+                    self.speaking = Some(id);
+                    self.speaking_since = Some(now);
+                    if let Some(label) = self.pending_label.take() {
+                        self.set_label(id, label);
+                    }
+                    id
+                }
+            };
             let mut mulaw = [0u8; FRAME_BYTES];
             for (m, s) in mulaw.iter_mut().zip(mixed) {
                 *m = ulaw_encode(s);
@@ -397,6 +458,7 @@ impl CallSession {
         };
         let command = match &msg {
             Control::Interrupt { .. } => "interrupt",
+            Control::Utterance { .. } => "utterance",
             Control::Hangup { .. } => "hangup",
             Control::Transfer { .. } => "transfer",
             // Ours (playback, dtmf) or for browsers (transcript): nothing to do.
@@ -408,6 +470,7 @@ impl CallSession {
         }
         match msg {
             Control::Interrupt { .. } => self.interrupt(now),
+            Control::Utterance { utterance_id } => self.name_utterance(utterance_id, now),
             Control::Hangup { reason } => self.out.push_back(CallOutput::Hangup { reason }),
             Control::Transfer { to } => {
                 let to = to.trim();
@@ -442,6 +505,7 @@ impl CallSession {
         }
         self.stats.interrupts += 1;
         self.muted = true;
+        self.pending_label = None;
         self.mixer.clear();
         self.speaking = None;
         if !self.pacer.is_active() {
@@ -522,7 +586,7 @@ impl CallSession {
         self.last_report = Some((h.utterance, now));
         self.stats.playback_reports += 1;
         self.out.push_back(CallOutput::Control(Control::Playback {
-            utterance_id: Self::utterance_label(h.utterance),
+            utterance_id: self.label_of(h.utterance),
             heard_ms: h.heard_ms,
             complete: h.complete,
             interrupted,

@@ -310,6 +310,12 @@ impl Outbound {
     }
 }
 
+/// Whether `s` is a Twilio identifier of that kind: `prefix` (`CA`, `AC`, `MZ`, …) and 32 hex
+/// digits (protocols.md §3).
+pub fn is_sid(s: &str, prefix: &str) -> bool {
+    s.len() == prefix.len() + 32 && s.starts_with(prefix) && s[prefix.len()..].bytes().all(|b| b.is_ascii_hexdigit())
+}
+
 /// The outbound `media` message without building an `Outbound` (no payload copy).
 pub fn write_media_json(stream_sid: &str, payload: &[u8], out: &mut String) {
     out.push_str(r#"{"event":"media","streamSid":"#);
@@ -336,7 +342,13 @@ pub fn write_clear_json(stream_sid: &str, out: &mut String) {
 }
 
 fn push_json_str(out: &mut String, s: &str) {
-    // serde_json's string escaping, written straight into the buffer.
+    if !s.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20) {
+        out.push('"');
+        out.push_str(s);
+        out.push('"');
+        return;
+    }
+    // serde_json's string escaping for the rest.
     let escaped = serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into());
     out.push_str(&escaped);
 }
@@ -481,5 +493,14 @@ mod tests {
             assert_eq!(Outbound::parse(&m.to_json()).unwrap(), m);
         }
         assert!(Outbound::parse(r#"{"event":"start","streamSid":"MZ"}"#).is_err());
+    }
+
+    #[test]
+    fn sids_are_prefix_and_32_hex_digits() {
+        assert!(is_sid("CA0123456789abcdef0123456789ABCDEF", "CA"));
+        assert!(!is_sid("CA0123456789abcdef0123456789ABCDE", "CA"));
+        assert!(!is_sid("MZ0123456789abcdef0123456789abcdef", "CA"));
+        assert!(!is_sid("CA0123456789abcdef0123456789abcdeg", "CA"));
+        assert!(!is_sid("CAé123456789abcdef0123456789abcde", "CA"));
     }
 }

@@ -399,3 +399,82 @@ fn keys_an_agent_presses_reach_the_caller_as_tones_paced_and_mixed() {
     assert!(span >= MS * 1080 && span <= MS * 1200, "{span:?}");
     assert_eq!(sim.call.stats().dtmf_keys_played, 4);
 }
+
+fn name(sim: &mut Sim, id: &str) {
+    let at = sim.now;
+    sim.call.handle_control(&Control::Utterance { utterance_id: id.into() }.to_bytes(), ControlSender::Agent, at).unwrap();
+    sim.drain();
+}
+
+/// Ids of the final (complete or interrupted) reports, in order.
+fn finals(sim: &Sim) -> Vec<String> {
+    sim.playbacks().into_iter().filter(|p| p.3 || p.4).map(|p| p.1).collect()
+}
+
+#[test]
+fn named_utterances_are_reported_by_the_agents_names() {
+    let mut sim = Sim::new();
+    // Named before its audio, as a v2 agent does.
+    sim.run(99, |_, _| {});
+    name(&mut sim, "a1");
+    sim.run(800, speak(100, 400));
+    // Named after its first frame: the audio overtook the data packet.
+    sim.run(1000, speak(900, 400));
+    name(&mut sim, "a2");
+    sim.run(1700, speak(900, 400));
+    assert_eq!(finals(&sim), ["a1", "a2"]);
+    // Every report after the name carries it (one sent before it came has the bridge's label).
+    let pb = sim.playbacks();
+    assert!(pb.iter().filter(|p| p.0 >= 1000).all(|p| p.1 == "a2"), "{pb:?}");
+    assert!(pb.iter().filter(|p| p.0 < 900).all(|p| p.1 == "a1"), "{pb:?}");
+    // An agent that does not name its utterance gets the bridge's label.
+    sim.run(2500, speak(1800, 300));
+    assert_eq!(finals(&sim), ["a1", "a2", "b3"]);
+}
+
+#[test]
+fn a_name_ends_the_utterance_before_it_without_a_silence() {
+    let mut sim = Sim::new();
+    name(&mut sim, "a1");
+    sim.run(500, speak(0, 500));
+    // The next reply follows with no gap at all: the name alone cuts it.
+    name(&mut sim, "a2");
+    sim.run(1500, speak(500, 500));
+    let pb = sim.playbacks();
+    let a1 = pb.iter().rfind(|p| p.1 == "a1").unwrap();
+    let a2 = pb.iter().rfind(|p| p.1 == "a2").unwrap();
+    assert!(a1.3 && a2.3, "{pb:?}");
+    // Each heard in full: 500 ms apiece (one frame of slack for the cut).
+    assert!(a1.2.abs_diff(500) <= 20 && a2.2.abs_diff(500) <= 20, "{pb:?}");
+}
+
+#[test]
+fn after_an_interrupt_a_named_utterance_plays_at_once() {
+    let mut sim = Sim::new();
+    name(&mut sim, "a1");
+    sim.run(600, speak(0, 2000));
+    let at = sim.now;
+    sim.call.handle_control(&Control::Interrupt { utterance_id: Some("a1".into()) }.to_bytes(), ControlSender::Agent, at).unwrap();
+    sim.drain();
+    let sent = sim.tw.media.len();
+    // The agent resumes 100 ms later, before the room was quiet for the 200 ms utterance gap:
+    // the name says this is new speech, so it is not muted as the tail of the interrupted one.
+    sim.run(700, |_, _| {});
+    name(&mut sim, "a2");
+    sim.run(1400, speak(720, 400));
+    assert_eq!(sim.tw.media.len(), sent + 20);
+    assert_eq!(finals(&sim), ["a1", "a2"]);
+    let i = sim.playbacks().into_iter().find(|p| p.4).unwrap();
+    assert_eq!(i.1, "a1");
+}
+
+#[test]
+fn bad_names_are_refused_and_counted() {
+    let mut sim = Sim::new();
+    let at = sim.now;
+    let long = format!(r#"{{"v":2,"type":"utterance","utterance_id":"{}"}}"#, "x".repeat(100));
+    assert!(sim.call.handle_control(long.as_bytes(), ControlSender::Agent, at).is_err());
+    assert_eq!(sim.call.stats().control_malformed, 1);
+    sim.run(600, speak(100, 300));
+    assert_eq!(finals(&sim), ["b1"]);
+}
