@@ -113,9 +113,13 @@ pub struct AgentSpec {
     pub greeting: String,
     /// Said when the form is complete, before hanging up.
     pub closing: String,
-    /// Number `transfer` goes to when the caller asks for a person.
+    /// The one number `transfer` goes to when the caller asks for a person (E.164). With
+    /// `[transfers]` the model names a destination instead; it never chooses a number.
     #[serde(default)]
     pub transfer_number: Option<String>,
+    /// Named transfer destinations: `sales = "+1555…"` (E.164).
+    #[serde(default)]
+    pub transfers: BTreeMap<String, String>,
     /// Said before a transfer.
     #[serde(default = "default_transfer_line")]
     pub transfer_line: String,
@@ -182,11 +186,25 @@ pub struct TurnSpec {
     pub vad_margin_db: f32,
     /// Frames below this level (dBFS) are never speech.
     pub vad_min_dbfs: f32,
-    /// Quiet between two agent replies so the bridge cuts them into separate utterances
-    /// (its gap is 200 ms).
+    /// Quiet between two agent replies (each is named to the bridge, so this is for the
+    /// caller's ear, not for the bridge's bookkeeping).
     pub reply_gap_ms: u32,
     /// After the STT is told to finalize, how long to wait for its end of turn.
     pub stt_final_timeout_ms: u32,
+    /// Words the recogniser must hear before the caller's speech stops the agent: "uh-huh",
+    /// "okay" and "yeah" while it talks are backchannels, not interruptions.
+    pub min_interruption_words: u32,
+    /// Caller speech this long stops the agent even before any words are recognised (a long
+    /// turn the recogniser has not caught up with). It may turn out a false interruption.
+    pub vad_interrupt_ms: u32,
+    /// After a stop without words, how long after the caller's sound ends to wait for words
+    /// before the agent resumes from what the caller heard.
+    pub false_interruption_timeout_ms: u32,
+    /// Resume after a false interruption (else the reply is dropped, as a real interruption).
+    pub resume_false_interruption: bool,
+    /// Start the reply on the recogniser's early transcript of a turn and keep it if the final
+    /// transcript matches.
+    pub preemptive_reply: bool,
 }
 
 impl Default for TurnSpec {
@@ -199,6 +217,11 @@ impl Default for TurnSpec {
             vad_min_dbfs: -50.0,
             reply_gap_ms: 300,
             stt_final_timeout_ms: 1500,
+            min_interruption_words: 2,
+            vad_interrupt_ms: 1000,
+            false_interruption_timeout_ms: 1500,
+            resume_false_interruption: true,
+            preemptive_reply: true,
         }
     }
 }
@@ -351,7 +374,28 @@ impl AgentSpec {
         if self.turn.min_interrupt_ms > 5_000 || self.turn.end_of_speech_ms < 100 {
             return Err("turn: min_interrupt_ms must be ≤ 5000 and end_of_speech_ms ≥ 100".into());
         }
+        if self.turn.vad_interrupt_ms < self.turn.min_interrupt_ms || self.turn.false_interruption_timeout_ms > 30_000 {
+            return Err("turn: vad_interrupt_ms must be ≥ min_interrupt_ms, false_interruption_timeout_ms ≤ 30000".into());
+        }
+        let numbers = self.transfer_number.iter().map(|n| ("transfer_number", n)).chain(self.transfers.iter().map(|(k, n)| (k.as_str(), n)));
+        for (name, n) in numbers {
+            if !is_e164(n) {
+                return Err(format!("transfer destination {name:?}: {n:?} is not an E.164 number (+ and 7 to 15 digits)"));
+            }
+        }
+        if self.transfers.keys().any(|k| k.trim().is_empty() || k.len() > 40) {
+            return Err("[transfers]: destination names must be 1-40 characters".into());
+        }
         Ok(())
+    }
+
+    /// Where `transfer` may go: the named destinations, else the single `transfer_number`
+    /// (named `default`), else nowhere.
+    pub fn transfer_targets(&self) -> Vec<(String, String)> {
+        if !self.transfers.is_empty() {
+            return self.transfers.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        }
+        self.transfer_number.iter().map(|n| ("default".to_string(), n.clone())).collect()
     }
 
     pub fn field(&self, name: &str) -> Option<&FieldSpec> {
@@ -389,6 +433,12 @@ impl AgentSpec {
     }
 }
 
+/// `+` and 7 to 15 digits, the first not 0.
+pub fn is_e164(n: &str) -> bool {
+    let Some(d) = n.strip_prefix('+') else { return false };
+    (7..=15).contains(&d.len()) && d.bytes().all(|b| b.is_ascii_digit()) && !d.starts_with('0')
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -418,5 +468,8 @@ fields=[]"#;
             AgentSpec::from_toml(t, "x"),
             Err(ConfigError::Invalid { .. })
         ));
+        let bad = DEFAULT_AGENT_TOML.replace("transfer_number = \"+15550100200\"", "transfer_number = \"0800 CALL ME\"");
+        assert!(matches!(AgentSpec::from_toml(&bad, "x"), Err(ConfigError::Invalid { .. })));
+        assert!(is_e164("+15550100200") && !is_e164("+1555") && !is_e164("15550100200") && !is_e164("+0555010020"));
     }
 }

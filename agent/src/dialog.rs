@@ -17,7 +17,8 @@ pub struct Reply {
     pub say: String,
     /// End the call after saying this message.
     pub end_call: Option<String>,
-    /// Transfer to this number.
+    /// Transfer to this destination (a name from the agent file; the transfer line is said by
+    /// the conversation, not here).
     pub transfer: Option<String>,
 }
 
@@ -243,9 +244,8 @@ pub fn next_missing<'a>(spec: &'a AgentSpec, fields: &Fields) -> Option<&'a Fiel
 pub fn respond(spec: &AgentSpec, state: &State, text: &str) -> Reply {
     let mut reply = Reply::default();
     if has_any(text, &spec.intents.transfer) {
-        if let Some(num) = &spec.transfer_number {
-            reply.say = spec.transfer_line.clone();
-            reply.transfer = Some(num.clone());
+        if let Some((destination, _)) = spec.transfer_targets().into_iter().next() {
+            reply.transfer = Some(destination);
             return reply;
         }
     }

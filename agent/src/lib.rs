@@ -15,6 +15,7 @@
 
 mod call_events;
 pub mod config;
+pub mod conversation;
 pub mod dialog;
 pub mod metrics;
 pub mod providers;

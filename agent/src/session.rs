@@ -1288,7 +1288,7 @@ async fn converse(
                     continue;
                 };
                 match ev {
-                    SttEvent::SpeechStarted => {}
+                    SttEvent::SpeechStarted | SttEvent::Preflight { .. } => {}
                     SttEvent::Interim { text } => s.send_transcript("user", &text, false).await,
                     SttEvent::Final { text, .. } => {
                         if !text.trim().is_empty() {

@@ -45,6 +45,9 @@ pub enum SttEvent {
     Interim { text: String },
     /// A segment whose text will not change.
     Final { text: String, confidence: f32 },
+    /// The caller has probably finished: the turn's text, recognised early (a short pause).
+    /// An `EndOfTurn` follows — with the same text unless the caller says more.
+    Preflight { text: String },
     /// The caller finished a turn (endpointing / utterance end): the turn's whole text.
     EndOfTurn { text: String },
     /// The stream failed; the session is over.

@@ -67,7 +67,9 @@ impl RulesLlm {
             out.push(LlmEvent::TextDelta(chunk));
         }
         if let Some(to) = &reply.transfer {
-            out.push(call("transfer", serde_json::json!({"number": to})));
+            // The single configured number needs no argument; named ones are chosen by name.
+            let args = if self.spec.transfers.is_empty() { serde_json::json!({}) } else { serde_json::json!({"destination": to}) };
+            out.push(call("transfer", args));
         }
         if let Some(msg) = &reply.end_call {
             out.push(call("end_call", serde_json::json!({"message": msg})));

@@ -1,0 +1,369 @@
+//! The conversation core against a simulated caller, bridge, recogniser and reply tasks, on a
+//! simulated clock (tests/sim): each test is a whole call, run in milliseconds.
+
+mod sim;
+
+use agent::conversation::heard::trim_to_heard;
+use agent::conversation::{FinishReason, Input, Metric, Stage};
+use agent::providers::{Role, SttEvent};
+use proto::control::Control;
+use serde_json::json;
+use sim::*;
+
+const GREETING: &str = "Hello, this is the Acme incident line. I will take a few details. May I have your name, please?";
+
+/// Frames of the greeting (60 ms per character, 20 ms frames).
+fn greeting_frames() -> usize {
+    GREETING.len() * 3
+}
+
+/// The frame numbers the caller heard, in order.
+fn heard_values(s: &Sim) -> Vec<i16> {
+    s.heard.iter().map(|h| h.1).collect()
+}
+
+#[test]
+fn the_greeting_plays_whole_and_is_named_to_the_bridge() {
+    let mut s = Sim::new(spec());
+    s.run(10_000);
+    let v = heard_values(&s);
+    assert_eq!(v, (1..=greeting_frames() as i16).collect::<Vec<_>>(), "every frame once, in order");
+    // Named before its first frame; the bridge's reports come back under that name.
+    assert!(matches!(&s.controls[0].1, Control::Utterance { utterance_id } if utterance_id == "a1"));
+    let rows = s.assistant_rows();
+    assert_eq!(rows.len(), 1);
+    assert_eq!((rows[0].text.as_str(), rows[0].interrupted), (GREETING, false));
+    assert!(s.end.is_none());
+}
+
+#[test]
+fn interruption_mid_sentence_trims_the_history_to_what_was_heard() {
+    let mut s = Sim::new(spec());
+    s.scripts.push_back(vec![tool("record_field", json!({"field": "name", "value": "John"})), say("Thank you, John. Where did it happen?"), done("stop")]);
+    // The caller talks over the greeting; the recogniser has words 600 ms in.
+    s.schedule(2000, Input::SpeechStarted);
+    s.schedule(2600, Input::Stt(SttEvent::Interim { text: "my name is".into() }));
+    s.schedule(3700, Input::SpeechEnded { at: s.at(3200) });
+    s.schedule(3800, Input::Stt(SttEvent::EndOfTurn { text: "my name is john".into() }));
+    s.run(3000);
+    // Stopped at once: the interrupt at 2600, and the caller hears nothing after it.
+    let interrupts = s.interrupts();
+    assert_eq!(interrupts, [s.at(2600)]);
+    assert!(s.last_heard().unwrap() <= s.at(2600));
+    // The bridge heard 2 420 ms (frames pushed by 2 500 ms, 100 ms of lead): exactly that much.
+    let heard = heard_values(&s);
+    assert_eq!(heard, (1..=121).collect::<Vec<i16>>());
+    s.run(12_000);
+    // The greeting's record and its history message are what the caller heard.
+    let total_ms = greeting_frames() as u32 * 20;
+    let want = trim_to_heard(GREETING, 121 * 20, total_ms).to_string();
+    assert!(!want.is_empty() && want.len() < GREETING.len());
+    let g = s.assistant_rows()[0].clone();
+    assert_eq!((g.text.as_str(), g.interrupted, g.heard_text.as_deref()), (GREETING, true, Some(want.as_str())));
+    let req = &s.requests[0];
+    let assistant: Vec<&str> = req.iter().filter(|m| m.role == Role::Assistant).map(|m| m.content.as_str()).collect();
+    assert_eq!(assistant, [want.as_str()]);
+    assert_eq!(req.last().unwrap().content, "my name is john");
+    // Then the answer is spoken, named a2.
+    assert!(s.said("assistant").iter().any(|t| t == "Thank you, John. Where did it happen?"));
+    assert!(s.controls.iter().any(|(_, c)| matches!(c, Control::Utterance { utterance_id } if utterance_id == "a2")));
+    assert_eq!(s.conv.fields().get("name").map(String::as_str), Some("John"));
+    assert_eq!(s.count(|m| *m == Metric::Interruption), 1);
+}
+
+#[test]
+fn a_false_interruption_resumes_from_what_the_caller_heard() {
+    let mut s = Sim::new(spec());
+    // 1.2 s of noise over the greeting: long enough to stop it, but no words come.
+    s.noise(1500, 1200);
+    s.run(3000);
+    assert_eq!(s.interrupts(), [s.at(2500)], "stopped after vad_interrupt_ms of sound");
+    let before: Vec<i16> = heard_values(&s);
+    assert_eq!(before, (1..=116).collect::<Vec<i16>>(), "heard up to 2 500 ms");
+    s.run(15_000);
+    // Resumed 1.5 s after the sound ended, from the frame after the last one heard: the whole
+    // greeting, nothing lost and nothing twice.
+    let v = heard_values(&s);
+    assert_eq!(v, (1..=greeting_frames() as i16).collect::<Vec<_>>());
+    let resumed_at = s.heard[116].0;
+    assert_eq!(resumed_at, s.at(4700 + sim::BRIDGE_LEAD), "resumed at the timeout");
+    // Under a new name, and the bridge's report of it counts from where it resumed.
+    let names: Vec<String> = s.controls.iter().filter_map(|(_, c)| if let Control::Utterance { utterance_id } = c { Some(utterance_id.clone()) } else { None }).collect();
+    assert_eq!(names, ["a1", "a2"]);
+    assert!(s.requests.is_empty(), "noise is not a turn");
+    assert_eq!(s.count(|m| *m == Metric::FalseInterruption), 1);
+    let g = s.assistant_rows()[0];
+    assert!(!g.interrupted, "{g:?}");
+}
+
+#[test]
+fn backchannels_do_not_interrupt() {
+    let mut s = Sim::new(spec());
+    // "uh-huh, okay" and a longer "yeah yeah, I see" over the greeting.
+    s.schedule(1500, Input::SpeechStarted);
+    s.schedule(1800, Input::Stt(SttEvent::Interim { text: "uh-huh okay".into() }));
+    s.schedule(2400, Input::SpeechEnded { at: s.at(1900) });
+    s.schedule(2500, Input::Stt(SttEvent::EndOfTurn { text: "uh-huh okay".into() }));
+    s.schedule(3000, Input::SpeechStarted);
+    s.schedule(3300, Input::Stt(SttEvent::Interim { text: "yeah yeah".into() }));
+    s.schedule(4700, Input::SpeechEnded { at: s.at(4200) });
+    s.schedule(4800, Input::Stt(SttEvent::EndOfTurn { text: "yeah yeah I see".into() }));
+    s.run(12_000);
+    assert!(s.requests.is_empty(), "not answered");
+    assert_eq!(s.count(|m| *m == Metric::Backchannel), 2);
+    // The long one stopped the greeting (1.2 s of sound) but its words were a backchannel: it
+    // resumed at once from what was heard, nothing lost.
+    assert_eq!(s.interrupts().len(), 1);
+    assert_eq!(heard_values(&s), (1..=greeting_frames() as i16).collect::<Vec<_>>());
+    let users: Vec<&str> = s.records.iter().filter(|r| r.role == "user").map(|r| r.text.as_str()).collect();
+    assert_eq!(users, ["uh-huh okay", "yeah yeah I see"], "recorded, not answered");
+}
+
+/// Lets the greeting finish, then the caller says `text` (returns when the turn ends, ms).
+fn after_greeting(s: &mut Sim, text: &str) -> u64 {
+    s.run(7000);
+    s.caller_says(7000, 1000, text);
+    8600
+}
+
+#[test]
+fn a_tool_call_then_the_spoken_result() {
+    let mut s = Sim::new(spec());
+    s.scripts.push_back(vec![tool("record_field", json!({"field": "name", "value": "John"})), done("tool_calls")]);
+    s.scripts.push_back(vec![say("Thank you, John. Where did it happen?"), done("stop")]);
+    after_greeting(&mut s, "my name is john");
+    s.run(20_000);
+    assert_eq!(s.fields, [("name".to_string(), "John".to_string())]);
+    assert_eq!(s.requests.len(), 2, "a second round after the tool-only answer");
+    let second = &s.requests[1];
+    let tool_msg = second.iter().find(|m| m.role == Role::Tool).unwrap();
+    assert!(tool_msg.content.starts_with("recorded; still missing: location"), "{}", tool_msg.content);
+    assert_eq!(second.iter().filter(|m| !m.tool_calls.is_empty()).count(), 1);
+    assert!(s.said("assistant").iter().any(|t| t == "Thank you, John. Where did it happen?"));
+    // The fields ride on the transcript.
+    assert!(s.transcripts.iter().any(|(r, _)| r == "fields"));
+}
+
+#[test]
+fn end_call_says_goodbye_then_hangs_up() {
+    let mut s = Sim::new(spec());
+    s.scripts.push_back(vec![tool("end_call", json!({"message": "Goodbye, John."})), done("stop")]);
+    after_greeting(&mut s, "bye");
+    s.run(30_000);
+    assert_eq!(s.hangups(), [Some("end_call".to_string())]);
+    let hangup_at = s.controls.iter().find(|(_, c)| matches!(c, Control::Hangup { .. })).unwrap().0;
+    // After the caller heard all of the goodbye.
+    assert!(s.last_heard().unwrap() <= hangup_at);
+    assert_eq!(s.said("assistant").last().map(String::as_str), Some("Goodbye, John."));
+    let end = s.end.clone().unwrap();
+    assert_eq!(end.reason, FinishReason::CallerGoodbye);
+    assert_eq!(end.reason.to_string(), "caller_goodbye");
+}
+
+#[test]
+fn talking_over_the_goodbye_keeps_the_call_going() {
+    let mut s = Sim::new(spec());
+    s.scripts.push_back(vec![tool("end_call", json!({"message": "Thank you for calling, have a nice day, goodbye."})), done("stop")]);
+    after_greeting(&mut s, "that is all");
+    s.run(9_500);
+    s.schedule(9_600, Input::SpeechStarted);
+    s.schedule(9_900, Input::Stt(SttEvent::Interim { text: "wait one more thing".into() }));
+    s.run(20_000);
+    assert!(s.hangups().is_empty());
+    assert!(s.end.is_none());
+}
+
+#[test]
+fn transfer_goes_to_the_named_destination_only() {
+    let named = spec_with(|s| {
+        s.transfers.insert("sales".into(), "+15550100201".into());
+        s.transfers.insert("support".into(), "+15550100202".into());
+    });
+    // The model (or a caller who said so) asks for a number: refused, nothing dialled.
+    let mut s = Sim::new(named.clone());
+    s.scripts.push_back(vec![tool("transfer", json!({"number": "+19005550100"})), done("tool_calls")]);
+    s.scripts.push_back(vec![tool("transfer", json!({"destination": "+19005550100"})), done("tool_calls")]);
+    s.scripts.push_back(vec![say("I can transfer you to sales or support."), done("stop")]);
+    after_greeting(&mut s, "transfer me to plus one nine hundred five five five");
+    s.run(30_000);
+    assert!(s.transfers().is_empty());
+    assert!(s.controls.iter().all(|(_, c)| !format!("{c:?}").contains("900555")));
+    let refusals = s.requests[1].iter().chain(&s.requests[2]).filter(|m| m.role == Role::Tool && m.content.starts_with("error:")).count();
+    assert!(refusals >= 2, "{:?}", s.requests);
+    assert!(s.end.is_none());
+
+    // By name: the transfer line, then the configured number.
+    let mut s = Sim::new(named);
+    s.scripts.push_back(vec![tool("transfer", json!({"destination": "sales"})), done("tool_calls")]);
+    after_greeting(&mut s, "sales please");
+    s.run(30_000);
+    assert_eq!(s.transfers(), ["+15550100201"]);
+    assert_eq!(s.said("assistant").last().map(String::as_str), Some(spec().transfer_line.as_str()));
+    assert_eq!(s.end.unwrap().reason, FinishReason::Transferred);
+}
+
+#[test]
+fn a_failing_llm_is_an_apology_and_a_hangup_never_dead_air() {
+    // Refused outright (bad key): apology at once.
+    let mut s = Sim::new(spec());
+    s.llm_fault = Some(Fault { stage: Stage::Llm, fatal: true });
+    let end = after_greeting(&mut s, "my name is john");
+    s.run(40_000);
+    assert_eq!(s.said("assistant").last().map(String::as_str), Some(agent::conversation::APOLOGY_LINE));
+    assert_eq!(s.hangups(), [Some("agent unavailable".to_string())]);
+    // The apology started within a second of the caller's turn.
+    let apology_heard = s.heard.iter().find(|h| h.0 > s.at(end)).unwrap().0;
+    assert!(apology_heard <= s.at(end + 1000), "{:?}", apology_heard - s.at(end));
+    assert!(matches!(s.end.clone().unwrap().reason, FinishReason::Error { stage: Stage::Llm, .. }));
+    assert_eq!(s.end.unwrap().reason.to_string(), "error: llm: llm down");
+
+    // Failing now and then: ask again; the third failure in a row ends the call.
+    let mut s = Sim::new(spec());
+    s.llm_fault = Some(Fault { stage: Stage::Llm, fatal: false });
+    after_greeting(&mut s, "my name is john");
+    s.run(20_000);
+    assert_eq!(s.said("assistant").last().map(String::as_str), Some(agent::conversation::REPROMPT_LINE));
+    assert!(s.end.is_none());
+    s.caller_says(20_000, 800, "john");
+    s.caller_says(30_000, 800, "john smith");
+    s.run(60_000);
+    let reprompts = s.said("assistant").iter().filter(|t| t.as_str() == agent::conversation::REPROMPT_LINE).count();
+    assert_eq!(reprompts, 2);
+    assert_eq!(s.hangups().len(), 1);
+    assert_eq!(s.count(|m| matches!(m, Metric::ProviderError(Stage::Llm))), 3);
+}
+
+#[test]
+fn a_failing_voice_apologises_in_the_fallback_voice() {
+    let mut s = Sim::new(spec());
+    s.run(7000);
+    s.tts_fault = Some(Fault { stage: Stage::Tts, fatal: true });
+    s.scripts.push_back(vec![say("Thank you."), done("stop")]);
+    s.caller_says(7000, 1000, "my name is john");
+    s.run(40_000);
+    assert_eq!(s.fallback_lines, [agent::conversation::APOLOGY_LINE]);
+    assert_eq!(s.hangups().len(), 1);
+    assert!(matches!(s.end.unwrap().reason, FinishReason::Error { stage: Stage::Tts, .. }));
+}
+
+#[test]
+fn a_failing_recogniser_is_an_apology_and_a_hangup() {
+    let mut s = Sim::new(spec());
+    s.schedule(7000, Input::Stt(SttEvent::Error("deepgram: connection closed".into())));
+    s.run(40_000);
+    assert_eq!(s.said("assistant").last().map(String::as_str), Some(agent::conversation::APOLOGY_LINE));
+    assert_eq!(s.hangups().len(), 1);
+    assert!(matches!(s.end.unwrap().reason, FinishReason::Error { stage: Stage::Stt, .. }));
+}
+
+#[test]
+fn the_caller_leaving_mid_reply_ends_the_call_with_what_was_heard() {
+    let mut s = Sim::new(spec());
+    s.schedule(2000, Input::CallerLeft);
+    s.run(10_000);
+    let end = s.end.clone().unwrap();
+    assert_eq!(end.reason, FinishReason::CallerHungUp);
+    assert!(s.cancels.contains(&1), "the greeting's task is stopped");
+    let g = s.assistant_rows()[0];
+    assert!(g.interrupted && g.heard_text.as_deref().is_some_and(|h| !h.is_empty() && GREETING.starts_with(h)), "{g:?}");
+    assert!(s.heard.iter().all(|h| h.0 <= s.at(2000 + sim::BRIDGE_LEAD)));
+}
+
+#[test]
+fn keys_stop_the_agent_and_become_a_turn_without_reaching_the_record() {
+    for record_dtmf in [false, true] {
+        let mut s = Sim::with(spec(), record_dtmf);
+        for (t, d) in [(2000, "4"), (2300, "2"), (2600, "#")] {
+            s.schedule(t, Input::Dtmf { digit: d.into() });
+        }
+        s.schedule(2700, Input::Dtmf { digit: "<script>".into() });
+        s.run(10_000);
+        assert_eq!(s.interrupts(), [s.at(2000)], "the first key stops the greeting");
+        let last = s.requests[0].last().unwrap();
+        assert_eq!(last.content, "(The caller typed 42 on the keypad.)");
+        let rows: Vec<&str> = s.records.iter().filter(|r| r.role == "dtmf").map(|r| r.text.as_str()).collect();
+        if record_dtmf {
+            assert_eq!(rows, ["4", "2", "#"]);
+        } else {
+            assert_eq!(rows, ["", "", ""], "digits only with RECORD_DTMF");
+        }
+        assert!(s.records.iter().all(|r| !r.text.contains("42")), "never the entry as a whole");
+    }
+}
+
+#[test]
+fn words_without_caller_speech_are_noise_not_a_turn() {
+    let mut s = Sim::new(spec());
+    s.run(7000);
+    // The recogniser made words of something the speech detector did not call speech.
+    s.schedule(7500, Input::Stt(SttEvent::EndOfTurn { text: "my name is john".into() }));
+    // And a real turn of fillers only.
+    s.caller_says(9000, 600, "um uh");
+    s.run(15_000);
+    assert!(s.requests.is_empty());
+    assert!(s.conv.fields().is_empty());
+}
+
+#[test]
+fn a_preemptive_reply_plays_as_soon_as_the_final_transcript_confirms_it() {
+    let mut s = Sim::new(spec());
+    s.scripts.push_back(vec![say("Thank you, John."), done("stop")]);
+    s.run(7000);
+    s.schedule(7000, Input::SpeechStarted);
+    s.schedule(7700, Input::Stt(SttEvent::Preflight { text: "my name is john".into() }));
+    s.schedule(8500, Input::SpeechEnded { at: s.at(8000) });
+    s.schedule(8600, Input::Stt(SttEvent::EndOfTurn { text: "My name is John.".into() }));
+    s.run(8590);
+    assert_eq!(s.requests.len(), 1, "asked on the early transcript");
+    assert_eq!(s.heard.len(), greeting_frames(), "but nothing played before the final");
+    s.run(15_000);
+    // Its audio was ready: it plays the moment the final transcript confirms it.
+    let first = s.heard[greeting_frames()].0;
+    assert_eq!(first, s.at(8600 + sim::BRIDGE_LEAD));
+    assert_eq!(s.count(|m| *m == Metric::Preemptive { kept: true }), 1);
+    let users: Vec<&str> = s.conv.history().iter().filter(|m| m.role == Role::User).map(|m| m.content.as_str()).collect();
+    assert_eq!(users, ["My name is John."]);
+
+    // The final says something else: the early reply is thrown away, the final answered.
+    let mut s = Sim::new(spec());
+    s.scripts.push_back(vec![say("Thank you, John."), done("stop")]);
+    s.scripts.push_back(vec![say("Thank you, Joan."), done("stop")]);
+    s.run(7000);
+    s.schedule(7000, Input::SpeechStarted);
+    s.schedule(7700, Input::Stt(SttEvent::Preflight { text: "my name is john".into() }));
+    s.schedule(8500, Input::SpeechEnded { at: s.at(8000) });
+    s.schedule(8600, Input::Stt(SttEvent::EndOfTurn { text: "my name is joan".into() }));
+    s.run(15_000);
+    assert_eq!(s.requests.len(), 2);
+    assert_eq!(s.said("assistant").last().map(String::as_str), Some("Thank you, Joan."));
+    assert!(!s.said("assistant").iter().any(|t| t == "Thank you, John."), "never said, never shown");
+    assert_eq!(s.count(|m| *m == Metric::Preemptive { kept: false }), 1);
+}
+
+#[test]
+fn a_turn_while_the_reply_is_still_thinking_is_answered_together() {
+    let mut s = Sim::new(spec());
+    s.scripts.push_back(vec![tool("record_field", json!({"field": "name", "value": "John"})), say("Thanks."), done("stop")]);
+    s.scripts.push_back(vec![say("Thank you, John, and the warehouse."), done("stop")]);
+    s.run(7000);
+    s.caller_says(7000, 500, "my name is john");
+    // The second turn ends 100 ms after the first: before the first reply could speak.
+    s.schedule(8120, Input::SpeechStarted);
+    s.schedule(8280, Input::SpeechEnded { at: s.at(8280) });
+    s.schedule(8300, Input::Stt(SttEvent::EndOfTurn { text: "in the warehouse".into() }));
+    s.run(20_000);
+    assert_eq!(s.requests.len(), 2);
+    let users: Vec<&str> = s.requests[1].iter().filter(|m| m.role == Role::User).map(|m| m.content.as_str()).collect();
+    assert_eq!(users, ["my name is john", "in the warehouse"]);
+    assert!(!s.said("assistant").iter().any(|t| t == "Thanks."));
+}
+
+#[test]
+fn shutdown_says_goodbye_and_hangs_up() {
+    let mut s = Sim::new(spec());
+    s.schedule(2000, Input::Shutdown);
+    s.run(30_000);
+    assert_eq!(s.said("assistant").last().map(String::as_str), Some(agent::conversation::SHUTDOWN_LINE));
+    assert_eq!(s.hangups(), [Some("agent shutting down".to_string())]);
+    assert_eq!(s.end.unwrap().reason, FinishReason::Drained);
+}
