@@ -1,15 +1,16 @@
-//! What a room event means for the call an agent is holding — one reading shared by the cascaded
-//! ([`crate::session`]) and Realtime ([`crate::realtime_session`]) loops.
+//! What a room event means for the call an agent is holding.
 
 use proto::control::{Control, CONTROL_TOPIC};
 use room::{RemoteAudioTrack, RoomEvent};
 
+use crate::conversation::FinishReason;
+
 /// A room event, as the call sees it.
 pub(crate) enum CallEvent {
-    /// A bridge control message (`playback`, `dtmf`, …), parsed.
-    Control(Control),
-    /// The call is over: `caller_hung_up` or `room_closed`.
-    Ended(&'static str),
+    /// A control message (`playback`, `dtmf`, …), parsed, and who sent it.
+    Control { from: String, control: Control },
+    /// The call is over: the caller hung up, or the room closed.
+    Ended(FinishReason),
     /// The caller's audio track was (re)published: decode this one from now on.
     CallerTrack(RemoteAudioTrack),
     /// Nothing for the call.
@@ -20,25 +21,23 @@ pub(crate) enum CallEvent {
 pub(crate) fn classify(ev: RoomEvent, phone_id: &str) -> CallEvent {
     match ev {
         RoomEvent::DataReceived(m) if m.topic.as_deref() == Some(CONTROL_TOPIC) => match Control::parse(&m.payload) {
-            Ok(c) => CallEvent::Control(c),
+            Ok(control) => CallEvent::Control { from: m.participant_identity, control },
             Err(e) => {
                 tracing::debug!(error = %e, "malformed control message ignored");
                 CallEvent::Other
             }
         },
-        RoomEvent::ParticipantDisconnected(p) if p.identity == phone_id => CallEvent::Ended("caller_hung_up"),
+        RoomEvent::ParticipantDisconnected(p) if p.identity == phone_id => CallEvent::Ended(FinishReason::CallerHungUp),
         // The caller's track was republished (e.g. the bridge reconnected).
-        RoomEvent::TrackSubscribed { track, participant } if participant.identity == phone_id => {
-            CallEvent::CallerTrack(track)
-        }
+        RoomEvent::TrackSubscribed { track, participant } if participant.identity == phone_id => CallEvent::CallerTrack(track),
         RoomEvent::AttributesChanged { participant, changed }
             if participant.identity == phone_id && changed.get("sip.callStatus").is_some_and(|v| v == "hangup") =>
         {
-            CallEvent::Ended("caller_hung_up")
+            CallEvent::Ended(FinishReason::CallerHungUp)
         }
         RoomEvent::Disconnected(r) => {
             tracing::info!(reason = ?r, "room disconnected");
-            CallEvent::Ended("room_closed")
+            CallEvent::Ended(FinishReason::RoomClosed)
         }
         _ => CallEvent::Other,
     }

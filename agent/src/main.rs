@@ -9,7 +9,7 @@ use clap::Parser;
 
 use agent::config::{AgentSpec, Cli};
 use agent::record::Recorder;
-use agent::session::SessionParams;
+use agent::call::CallParams;
 use agent::stack::Stack;
 
 #[tokio::main]
@@ -33,14 +33,7 @@ async fn main() {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let spec = Arc::new(AgentSpec::load(cli.config.as_deref())?);
     let stack = Stack::from_cli(&cli, &spec)?;
-    match &stack.realtime {
-        Some(rt) => {
-            tracing::info!(agent = %spec.name, mode = "realtime", model = %rt.model, voice = %rt.voice, api = ?rt.api, url = %rt.base_url, fallback_tts = stack.tts.name(), "providers")
-        }
-        None => {
-            tracing::info!(agent = %spec.name, stt = stack.stt.name(), llm = stack.llm.name(), tts = stack.tts.name(), "providers")
-        }
-    }
+    tracing::info!(agent = %spec.name, providers = %stack.describe(), "providers");
     let recorder = Recorder::open(&cli.db)
         .map_err(|e| anyhow::anyhow!("call record {}: {e}", cli.db.display()))?;
     let metrics = agent::metrics::global().clone();
@@ -48,12 +41,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         let bound = agent::metrics::serve(addr, metrics.clone()).await?;
         tracing::info!(%bound, "metrics on /metrics");
     }
-    let params = SessionParams {
+    let params = CallParams {
         spec,
         stack,
         recorder: Some(recorder.clone()),
         metrics,
         phone_wait: Duration::from_secs(cli.phone_wait_secs),
+        record_dtmf: false,
+        shutdown: Default::default(),
     };
     match &cli.room {
         Some(room) => {
@@ -69,7 +64,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             recorder.flush_async().await;
             println!(
                 "{}",
-                serde_json::json!({"room": room, "outcome": out.outcome, "fields": out.fields, "turns": out.turns})
+                serde_json::json!({"room": room, "outcome": out.reason.to_string(), "fields": out.fields, "turns": out.turns})
             );
             Ok(())
         }

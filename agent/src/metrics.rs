@@ -89,6 +89,15 @@ pub struct Metrics {
     pub worker_registrations: AtomicU64,
     pub frames_pushed: AtomicU64,
     pub tts_underruns: AtomicU64,
+    /// Data packets (control, transcripts) not sent: queue full, send failed or timed out.
+    pub data_dropped: AtomicU64,
+    /// Agent frames the track's queue refused.
+    pub frames_dropped: AtomicU64,
+    pub false_interruptions: AtomicU64,
+    pub backchannels: AtomicU64,
+    pub preemptive_kept: AtomicU64,
+    pub preemptive_dropped: AtomicU64,
+    pub tools_refused: AtomicU64,
     stages: Mutex<BTreeMap<&'static str, Histogram>>,
 }
 
@@ -184,6 +193,17 @@ impl Metrics {
             "counter",
             self.tts_underruns.load(Ordering::Relaxed).to_string(),
         );
+        for (name, help, v) in [
+            ("agent_data_dropped_total", "Data packets (control, transcripts) not sent.", &self.data_dropped),
+            ("agent_frames_dropped_total", "Agent audio frames the track's queue refused.", &self.frames_dropped),
+            ("agent_false_interruptions_total", "Stops for caller sound without words, resumed.", &self.false_interruptions),
+            ("agent_backchannels_total", "Caller words while the agent talked that did not interrupt it.", &self.backchannels),
+            ("agent_preemptive_kept_total", "Preemptive replies confirmed by the final transcript.", &self.preemptive_kept),
+            ("agent_preemptive_dropped_total", "Preemptive replies thrown away.", &self.preemptive_dropped),
+            ("agent_tools_refused_total", "Tool calls refused (unknown field, a transfer number, ...).", &self.tools_refused),
+        ] {
+            c(&mut s, name, help, "counter", v.load(Ordering::Relaxed).to_string());
+        }
         let h = self.stages.lock().unwrap_or_else(|p| p.into_inner());
         s.push_str("# HELP agent_turn_stage_seconds Latency of each step of a turn.\n# TYPE agent_turn_stage_seconds histogram\n");
         for (stage, hist) in h.iter() {

@@ -26,8 +26,7 @@
 //! and the embedded default (pocketsphinx, rules, espeak-ng) otherwise.
 //!
 //! **Realtime mode** (`--mode realtime`, or `--llm openai-realtime`): one OpenAI Realtime
-//! session per call replaces STT, LLM and TTS ([`Stack::realtime`], run by
-//! [`crate::realtime_session`]). Needs `OPENAI_API_KEY`; optional `OPENAI_REALTIME_BASE_URL`
+//! session per call replaces STT, LLM and TTS ([`Pipeline::Realtime`]); no recogniser is built. Needs `OPENAI_API_KEY`; optional `OPENAI_REALTIME_BASE_URL`
 //! (default `wss://api.openai.com/v1`), `OPENAI_REALTIME_API` (`ga`/`beta`),
 //! `OPENAI_REALTIME_MODEL`, `OPENAI_REALTIME_VOICE`, `OPENAI_REALTIME_TRANSCRIBE`. The TTS
 //! chosen as above still speaks the fallback lines when the vendor fails.
@@ -51,14 +50,40 @@ pub const OFFLINE_TTS_RATE: u32 = 16_000;
 /// ElevenLabs' premade "Rachel" voice, used when `ELEVENLABS_VOICE_ID` is not set.
 pub const ELEVENLABS_DEFAULT_VOICE: &str = "21m00Tcm4TlvDq8ikWAM";
 
+/// How calls hear, think and speak.
+#[derive(Clone)]
+pub enum Pipeline {
+    /// VAD → STT → LLM → TTS.
+    Cascaded { stt: Arc<dyn SttProvider>, llm: Arc<dyn LlmProvider>, tts: Arc<dyn TtsProvider> },
+    /// One OpenAI Realtime session per call (empty `instructions`/`tools` are filled from the
+    /// agent file at call time).
+    Realtime { cfg: RealtimeConfig },
+}
+
 #[derive(Clone)]
 pub struct Stack {
-    pub stt: Arc<dyn SttProvider>,
-    pub llm: Arc<dyn LlmProvider>,
-    pub tts: Arc<dyn TtsProvider>,
-    /// Realtime mode: calls talk to this OpenAI Realtime endpoint instead of STT → LLM → TTS
-    /// (empty `instructions`/`tools` are filled from the agent file at call time).
-    pub realtime: Option<RealtimeConfig>,
+    pub pipeline: Pipeline,
+    /// The voice of last resort for apologies: espeak-ng in cascaded mode (when the call's own
+    /// TTS is what failed), the chosen `--tts` in Realtime mode (when the model failed).
+    pub fallback_tts: Arc<dyn TtsProvider>,
+}
+
+impl Stack {
+    /// Names of the providers, for the log.
+    pub fn describe(&self) -> String {
+        match &self.pipeline {
+            Pipeline::Cascaded { stt, llm, tts } => format!("stt={} llm={} tts={}", stt.name(), llm.name(), tts.name()),
+            Pipeline::Realtime { cfg } => format!("realtime model={} voice={} api={:?} fallback_tts={}", cfg.model, cfg.voice, cfg.api, self.fallback_tts.name()),
+        }
+    }
+
+    /// The cascaded providers (None in Realtime mode).
+    pub fn cascaded(&self) -> Option<(&Arc<dyn SttProvider>, &Arc<dyn LlmProvider>, &Arc<dyn TtsProvider>)> {
+        match &self.pipeline {
+            Pipeline::Cascaded { stt, llm, tts } => Some((stt, llm, tts)),
+            Pipeline::Realtime { .. } => None,
+        }
+    }
 }
 
 /// Whether calls run on OpenAI Realtime, from `--mode` and `--llm`.
@@ -256,18 +281,22 @@ impl Stack {
                 env,
             )
             .map_err(anyhow::Error::msg)?;
-            // The model does the talking; the rest of the stack is only the fallback voice.
-            let c = choose(&cli.stt, "rules", &cli.tts, env).map_err(anyhow::Error::msg)?;
-            return Ok(Stack::build(&c, spec, env)?.with_realtime(rt));
+            // The model does the talking; the chosen TTS is only the fallback voice.
+            let c = choose("offline", "rules", &cli.tts, env).map_err(anyhow::Error::msg)?;
+            let fallback_tts = build_tts(c.tts, spec, env)?;
+            return Ok(Stack { pipeline: Pipeline::Realtime { cfg: rt }, fallback_tts });
         }
         let c = choose(&cli.stt, &cli.llm, &cli.tts, env).map_err(anyhow::Error::msg)?;
         Stack::build(&c, spec, env)
     }
 
-    /// Calls on this stack talk to OpenAI Realtime (the TTS remains for fallback lines).
-    pub fn with_realtime(mut self, cfg: RealtimeConfig) -> Stack {
-        self.realtime = Some(cfg);
-        self
+    /// Calls on this stack talk to OpenAI Realtime (its TTS speaks the fallback lines).
+    pub fn with_realtime(self, cfg: RealtimeConfig) -> Stack {
+        let fallback_tts = match &self.pipeline {
+            Pipeline::Cascaded { tts, .. } => tts.clone(),
+            Pipeline::Realtime { .. } => self.fallback_tts.clone(),
+        };
+        Stack { pipeline: Pipeline::Realtime { cfg }, fallback_tts }
     }
 
     pub fn build(
@@ -323,7 +352,21 @@ impl Stack {
             }
             _ => Arc::new(RulesLlm::new(spec.clone())),
         };
-        let tts: Arc<dyn TtsProvider> = match c.tts {
+        let tts = build_tts(c.tts, spec, &env)?;
+        let fallback_tts: Arc<dyn TtsProvider> = if tts.name() == "espeak-ng" {
+            tts.clone()
+        } else {
+            Arc::new(OfflineTts::new(&spec.voice.espeak_voice, spec.voice.espeak_wpm, OFFLINE_TTS_RATE))
+        };
+        Ok(Stack { pipeline: Pipeline::Cascaded { stt, llm, tts }, fallback_tts })
+    }
+}
+
+/// The TTS `choice` names.
+fn build_tts(choice: &str, spec: &Arc<AgentSpec>, env: impl Fn(&str) -> Option<String>) -> anyhow::Result<Arc<dyn TtsProvider>> {
+    let get = |k: &str| env(k).filter(|v| !v.trim().is_empty());
+    let key = |k: &str| get(k).unwrap_or_default();
+    let tts: Arc<dyn TtsProvider> = match choice {
             #[cfg(feature = "piper")]
             "piper" => Arc::new(crate::providers::piper_tts::PiperTts::from_env(
                 get,
@@ -352,13 +395,7 @@ impl Stack {
                 OFFLINE_TTS_RATE,
             )),
         };
-        Ok(Stack {
-            stt,
-            llm,
-            tts,
-            realtime: None,
-        })
-    }
+    Ok(tts)
 }
 
 #[cfg(test)]
@@ -526,8 +563,10 @@ mod tests {
         ]);
         let c = choose("auto", "auto", "auto", &e).unwrap();
         let s = Stack::build(&c, &spec, &e).unwrap();
-        assert_eq!((s.stt.name(), s.stt.input_rate()), ("deepgram", 8000));
-        assert_eq!(s.llm.name(), "openai");
-        assert_eq!(s.tts.name(), "elevenlabs");
+        let (stt, llm, tts) = s.cascaded().unwrap();
+        assert_eq!((stt.name(), stt.input_rate()), ("deepgram", 8000));
+        assert_eq!(llm.name(), "openai");
+        assert_eq!(tts.name(), "elevenlabs");
+        assert_eq!(s.fallback_tts.name(), "espeak-ng", "the voice of last resort is local");
     }
 }

@@ -31,7 +31,8 @@ use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
-use crate::session::{self, Outcome, SessionParams};
+use crate::call::{self, CallParams};
+use crate::conversation::Outcome;
 
 /// How long a job may wind down after the server terminated it.
 const TERMINATION_GRACE: Duration = Duration::from_secs(3);
@@ -63,7 +64,7 @@ pub async fn run_room(
     secret: &str,
     room_name: &str,
     identity: Option<&str>,
-    params: SessionParams,
+    params: CallParams,
 ) -> anyhow::Result<Outcome> {
     let identity = identity
         .map(str::to_string)
@@ -72,7 +73,7 @@ pub async fn run_room(
         crate::token::agent_join_token(key, secret, room_name, &identity, &params.spec.name);
     let (room, events) = Room::connect(url, &token, RoomOptions::default()).await?;
     tracing::info!(room = %room_name, %identity, "joined");
-    Ok(session::run(room, events, params).await)
+    Ok(call::run(room, events, params).await)
 }
 
 pub struct WorkerOptions {
@@ -94,7 +95,7 @@ fn encode(m: lk::worker_message::Message) -> WsMessage {
 }
 
 /// Run as a dispatch worker until the process ends (or `max_retries` connections fail).
-pub async fn run_worker(opts: WorkerOptions, params: SessionParams) -> anyhow::Result<()> {
+pub async fn run_worker(opts: WorkerOptions, params: CallParams) -> anyhow::Result<()> {
     let active = Arc::new(AtomicU32::new(0));
     let jobs: Arc<tokio::sync::Mutex<HashMap<String, tokio::task::AbortHandle>>> =
         Default::default();
@@ -121,7 +122,7 @@ pub async fn run_worker(opts: WorkerOptions, params: SessionParams) -> anyhow::R
 
 async fn connect_and_serve(
     opts: &WorkerOptions,
-    params: &SessionParams,
+    params: &CallParams,
     active: &Arc<AtomicU32>,
     jobs: &Arc<tokio::sync::Mutex<HashMap<String, tokio::task::AbortHandle>>>,
     rooms: &Arc<tokio::sync::Mutex<std::collections::HashSet<String>>>,
@@ -281,8 +282,8 @@ async fn connect_and_serve(
                                 Ok((room, events)) => {
                                     tracing::info!(job = %jid, room = %room_name, "job running");
                                     let _ = status_tx.send(status(lk::JobStatus::JsRunning, String::new())).await;
-                                    let out = session::run(room, events, params).await;
-                                    if out.outcome.starts_with("error") { Err(out.outcome) } else { Ok(out) }
+                                    let out = call::run(room, events, params).await;
+                                    if out.reason.is_error() { Err(out.reason.to_string()) } else { Ok(out) }
                                 }
                                 Err(e) => Err(format!("join {room_name}: {e}")),
                             };

@@ -1,7 +1,7 @@
 //! Barge-in end to end in `devroom`: the phone talks over the greeting; the agent stops its
-//! audio, sends `interrupt` for utterance `b1`, and — once the "bridge" (played here by the
-//! phone participant) reports what was heard — trims the greeting in its history and call
-//! record to that, then answers the caller.
+//! audio, sends `interrupt` for the greeting's utterance (named `a1` before its first frame),
+//! and — once the "bridge" (played here by the phone participant) reports what was heard under
+//! that name — trims the greeting in its history and call record to that, then answers.
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -113,17 +113,17 @@ async fn caller_interrupts_the_greeting_and_history_is_trimmed_to_what_was_heard
     say_tx.send(speech.clone()).await.unwrap();
     let barged_at = Instant::now();
 
-    // The agent sends `interrupt` for the greeting (its first spoken reply: bridge label b1).
+    // The agent sends `interrupt` for the greeting, by the name it gave it.
     let mut interrupt_at = None;
     let mut frames: Vec<(Instant, f32)> = Vec::new();
     while interrupt_at.is_none() {
         assert!(
-            barged_at.elapsed() < Duration::from_secs(10),
+            barged_at.elapsed() < Duration::from_secs(5),
             "no interrupt"
         );
         match tokio::time::timeout(Duration::from_millis(100), obs.recv()).await {
             Ok(Some(Obs::Control(Control::Interrupt { utterance_id }))) => {
-                assert_eq!(utterance_id.as_deref(), Some("b1"));
+                assert_eq!(utterance_id.as_deref(), Some("a1"));
                 interrupt_at = Some(Instant::now());
             }
             Ok(Some(Obs::Frame(t, l))) => frames.push((t, l)),
@@ -133,13 +133,15 @@ async fn caller_interrupts_the_greeting_and_history_is_trimmed_to_what_was_heard
     let interrupt_at = interrupt_at.unwrap();
     let reaction = interrupt_at - barged_at;
     eprintln!("barge-in: interrupt {reaction:?} after the caller started talking");
+    // The offline recogniser has no interim words: long speech stops the agent after the agent
+    // file's vad_interrupt_ms (1 s), plus the detector's onset and the trip through devroom.
     assert!(
-        reaction >= Duration::from_millis(250),
-        "interrupted before min_interrupt_ms: {reaction:?}"
+        reaction >= Duration::from_millis(900) && reaction <= Duration::from_millis(2000),
+        "interrupt {reaction:?} after the caller started (vad_interrupt_ms is 1 s)"
     );
     // The bridge's answer: the caller heard 1 000 ms of the greeting.
     let pb = Control::Playback {
-        utterance_id: "b1".into(),
+        utterance_id: "a1".into(),
         heard_ms: 1000,
         complete: false,
         interrupted: true,
@@ -149,7 +151,7 @@ async fn caller_interrupts_the_greeting_and_history_is_trimmed_to_what_was_heard
         .await
         .unwrap();
 
-    // Agent audio stops: from 300 ms after the interrupt until its reply, nothing loud.
+    // Agent audio stops: from 150 ms after the interrupt until its reply, nothing loud.
     let caller_done = barged_at + Duration::from_millis(speech.len() as u64 / 16);
     let mut reply_at = None;
     let until = Instant::now() + Duration::from_secs(20);
@@ -157,7 +159,7 @@ async fn caller_interrupts_the_greeting_and_history_is_trimmed_to_what_was_heard
         if let Ok(Some(Obs::Frame(t, l))) =
             tokio::time::timeout(Duration::from_millis(100), obs.recv()).await
         {
-            if l > -40.0 && t > interrupt_at + Duration::from_millis(300) {
+            if l > -40.0 && t > interrupt_at + Duration::from_millis(150) {
                 assert!(
                     t > caller_done,
                     "agent audio {:?} after the interrupt, before the caller finished",

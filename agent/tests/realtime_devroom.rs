@@ -519,10 +519,10 @@ async fn realtime_barge_in_interrupts_the_bridge_and_truncates_to_what_was_heard
     call.wait_for("interrupt", 5, |c| !c.interrupts().is_empty())
         .await;
     let (t_int, label) = call.interrupts()[0].clone();
-    assert_eq!(label.as_deref(), Some("b1"));
+    assert_eq!(label.as_deref(), Some("a1"));
     let heard_ms = (t_int - first).as_millis() as u32;
     call.send_control(Control::Playback {
-        utterance_id: "b1".into(),
+        utterance_id: "a1".into(),
         heard_ms,
         complete: false,
         interrupted: true,
@@ -558,7 +558,7 @@ async fn realtime_barge_in_interrupts_the_bridge_and_truncates_to_what_was_heard
     call.wait_for("second interrupt", 5, |c| c.interrupts().len() >= 2)
         .await;
     let (t_int, label) = call.interrupts()[1].clone();
-    assert_eq!(label.as_deref(), Some("b2"));
+    assert_eq!(label.as_deref(), Some("a2"));
     let heard_ms = (t_int - first).as_millis() as u32;
     puppet.expect("response.cancel", 5).await;
     let _ = stop.send(());

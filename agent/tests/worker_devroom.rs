@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use agent::config::AgentSpec;
-use agent::session::SessionParams;
+use agent::call::CallParams;
 use agent::stack::Stack;
 use agent::worker::{run_worker, WorkerOptions};
 use clap::Parser;
@@ -109,13 +109,15 @@ async fn worker_takes_jobs_that_devroom_dispatches() {
     let spec = Arc::new(AgentSpec::load(None).unwrap());
     let stack = Stack::offline(&spec).unwrap();
     let metrics = agent::metrics::global().clone();
-    let params = SessionParams {
+    let params = CallParams {
         spec,
         stack,
         recorder: None,
         metrics: metrics.clone(),
         // No caller joins: a job ends by itself ("no_caller") after this.
         phone_wait: Duration::from_secs(8),
+        record_dtmf: false,
+        shutdown: Default::default(),
     };
     let opts = WorkerOptions {
         url: format!("http://{addr}"),

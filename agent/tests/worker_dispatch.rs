@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use agent::config::AgentSpec;
-use agent::session::SessionParams;
+use agent::call::CallParams;
 use agent::stack::Stack;
 use agent::worker::{run_worker, WorkerOptions};
 use futures_util::{SinkExt, StreamExt};
@@ -40,12 +40,14 @@ async fn worker_registers_accepts_jobs_and_reports_status() {
     let addr = listener.local_addr().unwrap();
     let spec = Arc::new(AgentSpec::load(None).unwrap());
     let stack = Stack::offline(&spec).unwrap();
-    let params = SessionParams {
+    let params = CallParams {
         spec,
         stack,
         recorder: None,
         metrics: agent::metrics::global().clone(),
         phone_wait: Duration::from_secs(1),
+        record_dtmf: false,
+        shutdown: Default::default(),
     };
     let opts = WorkerOptions {
         url: format!("http://{addr}"),
@@ -300,12 +302,14 @@ async fn dispatched_job_joins_the_room_and_talks() {
     let agent_addr = listener.local_addr().unwrap();
     let spec = Arc::new(AgentSpec::load(None).unwrap());
     let stack = Stack::offline(&spec).unwrap();
-    let params = SessionParams {
+    let params = CallParams {
         spec,
         stack,
         recorder: None,
         metrics: agent::metrics::global().clone(),
         phone_wait: Duration::from_secs(20),
+        record_dtmf: false,
+        shutdown: Default::default(),
     };
     let opts = WorkerOptions {
         url: format!("http://{agent_addr}"),

@@ -85,12 +85,14 @@ impl Conversation {
     fn cascaded(&mut self) -> &mut Cascaded {
         match &mut self.engine {
             super::Engine::Cascaded(c) => c,
+            super::Engine::Realtime(_) => unreachable!("cascaded engine asked for in Realtime mode"),
         }
     }
 
     fn cascaded_ref(&self) -> &Cascaded {
         match &self.engine {
             super::Engine::Cascaded(c) => c,
+            super::Engine::Realtime(_) => unreachable!("cascaded engine asked for in Realtime mode"),
         }
     }
 
@@ -98,10 +100,14 @@ impl Conversation {
     pub fn history(&self) -> &[ChatMessage] {
         match &self.engine {
             super::Engine::Cascaded(c) => c.history(),
+            super::Engine::Realtime(_) => &[],
         }
     }
 
     pub(super) fn on_stt(&mut self, ev: SttEvent) {
+        if self.mode != super::Mode::Cascaded {
+            return;
+        }
         match ev {
             SttEvent::SpeechStarted => {}
             SttEvent::Interim { text } => {
@@ -128,6 +134,9 @@ impl Conversation {
     }
 
     pub(super) fn cascaded_speech_started(&mut self) {
+        if self.mode != super::Mode::Cascaded {
+            return;
+        }
         // The caller goes on: an early transcript is no longer the turn.
         if self.cascaded().reply.as_ref().is_some_and(|r| r.preemptive.is_some()) {
             self.drop_preemptive();
@@ -332,6 +341,9 @@ impl Conversation {
 
     pub(super) fn on_reply(&mut self, reply: ReplyId, event: ReplyEvent) {
         let Some(speech) = self.speech_of_reply(reply) else { return };
+        if self.mode == super::Mode::Realtime {
+            return self.on_line_event(speech, event);
+        }
         if self.speech(speech).is_some_and(|s| s.is_over() && !matches!(event, ReplyEvent::Done)) {
             return; // a cut reply's leftovers
         }
@@ -391,6 +403,34 @@ impl Conversation {
                 self.maybe_reply_complete();
             }
             ReplyEvent::Failed { stage, error, fatal } => self.reply_failed(speech, current, stage, &error, fatal),
+        }
+    }
+
+    /// Realtime mode: only lines of ours (fallback voice) run as reply tasks.
+    fn on_line_event(&mut self, speech: SpeechId, event: ReplyEvent) {
+        match event {
+            ReplyEvent::Sentence { seg, text } => {
+                if let Some(s) = self.speech_mut(speech) {
+                    s.texts.resize(seg + 1, String::new());
+                    s.texts[seg] = text.clone();
+                }
+                self.transcript("assistant", &text, true);
+            }
+            ReplyEvent::Audio { seg, pcm } => {
+                self.playout.push(speech, seg, &pcm);
+            }
+            ReplyEvent::Done => {
+                self.playout.end(speech);
+                if self.playout.length_ms(speech) == Some(0) {
+                    self.finish_silent(speech);
+                }
+            }
+            ReplyEvent::Failed { stage, error, .. } => {
+                self.out.push_back(Output::Metric(Metric::ProviderError(stage)));
+                tracing::error!(stage = stage.as_str(), %error, "a line of ours could not be spoken");
+                self.cut(speech);
+            }
+            _ => {}
         }
     }
 

@@ -27,6 +27,7 @@ pub mod playout;
 pub mod tools;
 
 mod cascaded;
+mod realtime;
 mod speech;
 mod turn_taking;
 
@@ -96,6 +97,8 @@ enum EndAction {
 struct PendingEnd {
     /// The last line (None: nothing to say).
     speech: Option<SpeechId>,
+    /// The last line is a Realtime response not come yet.
+    await_item: bool,
     action: EndAction,
     reason: FinishReason,
     deadline: Instant,
@@ -103,6 +106,7 @@ struct PendingEnd {
 
 enum Engine {
     Cascaded(cascaded::Cascaded),
+    Realtime(realtime::Realtime),
 }
 
 pub struct Conversation {
@@ -142,7 +146,8 @@ impl Conversation {
             prebuffer_frames,
         });
         let engine = match cfg.mode {
-            Mode::Cascaded | Mode::Realtime => Engine::Cascaded(cascaded::Cascaded::new(&spec)),
+            Mode::Cascaded => Engine::Cascaded(cascaded::Cascaded::new(&spec)),
+            Mode::Realtime => Engine::Realtime(realtime::Realtime::new()),
         };
         let mut c = Conversation {
             caller: turn_taking::Caller::default(),
@@ -193,7 +198,11 @@ impl Conversation {
             Input::SpeechEnded { at } => self.on_speech_ended(at),
             Input::Stt(ev) => self.on_stt(ev),
             Input::Reply { reply, event } => self.on_reply(reply, event),
-            Input::Realtime(_) => {}
+            Input::Realtime(ev) => {
+                if self.mode == Mode::Realtime {
+                    self.on_realtime(ev)
+                }
+            }
             Input::Playback { utterance_id, heard_ms, complete, interrupted } => {
                 self.on_playback(&utterance_id, heard_ms, complete, interrupted)
             }
@@ -303,7 +312,7 @@ impl Conversation {
                 let g = self.spec.greeting.clone();
                 self.say(LineKind::Greeting, &g, Voice::Main);
             }
-            Mode::Realtime => {}
+            Mode::Realtime => self.realtime_greet(),
         }
     }
 
@@ -515,8 +524,13 @@ impl Conversation {
 
     /// The call ends with `action` once `speech` (if any) has been heard.
     fn end_after(&mut self, speech: Option<SpeechId>, action: EndAction, reason: FinishReason) {
-        self.pending_end = Some(PendingEnd { speech, action, reason, deadline: self.now + END_DEADLINE });
+        self.pending_end = Some(PendingEnd { speech, await_item: false, action, reason, deadline: self.now + END_DEADLINE });
         self.check_pending_end();
+    }
+
+    /// The call ends with `action` once the next Realtime item (the last line) was heard.
+    fn end_after_next_item(&mut self, action: EndAction, reason: FinishReason) {
+        self.pending_end = Some(PendingEnd { speech: None, await_item: true, action, reason, deadline: self.now + END_DEADLINE });
     }
 
     fn pending_end_grace(&self) -> Option<Instant> {
@@ -528,7 +542,7 @@ impl Conversation {
     fn check_pending_end(&mut self) {
         let Some(pe) = &self.pending_end else { return };
         let now = self.now;
-        let done = match pe.speech.and_then(|id| self.speech(id)) {
+        let done = !pe.await_item && match pe.speech.and_then(|id| self.speech(id)) {
             None => true,
             Some(s) => match s.state {
                 SpeechState::Finished => s.complete || !s.spoke || s.finished_at.is_some_and(|t| now >= t + END_GRACE),
@@ -662,36 +676,67 @@ impl Conversation {
     fn engine_deadline(&self) -> Option<Instant> {
         match &self.engine {
             Engine::Cascaded(c) => c.deadline(),
+            Engine::Realtime(r) => r.deadline(),
         }
     }
 
     fn engine_timers(&mut self) {
         match self.mode {
-            Mode::Cascaded | Mode::Realtime => self.cascaded_timers(),
+            Mode::Cascaded => self.cascaded_timers(),
+            Mode::Realtime => self.realtime_timers(),
         }
     }
 
     fn on_speech_finished(&mut self, speech: SpeechId) {
-        self.cascaded_speech_finished(speech);
+        if self.mode == Mode::Cascaded {
+            self.cascaded_speech_finished(speech);
+        }
     }
 
     fn engine_settled(&mut self, speech: SpeechId, interrupted: bool, heard: &str, heard_ms: u32) {
-        let _ = heard_ms;
-        self.cascaded_settled(speech, interrupted, heard);
+        match self.mode {
+            Mode::Cascaded => self.cascaded_settled(speech, interrupted, heard),
+            Mode::Realtime => self.realtime_settled(speech, interrupted, heard_ms),
+        }
     }
 
     /// A speech is over (played or cut).
     fn engine_speech_over(&mut self, speech: SpeechId) {
-        self.cascaded_line_over(speech);
+        if self.mode == Mode::Cascaded {
+            self.cascaded_line_over(speech);
+        }
+    }
+
+    fn engine_interrupted(&mut self, speech: SpeechId) {
+        match self.mode {
+            Mode::Cascaded => self.cascaded_interrupted(speech),
+            Mode::Realtime => self.realtime_interrupted(speech),
+        }
     }
 
     fn engine_stop(&mut self) {
-        self.cascaded_stop();
+        match self.mode {
+            Mode::Cascaded => self.cascaded_stop(),
+            Mode::Realtime => self.realtime_stop(),
+        }
     }
 
-    fn engine_finish(&mut self) {}
+    fn engine_finish(&mut self) {
+        if self.mode == Mode::Realtime {
+            self.realtime_stop();
+        }
+    }
 
     fn engine_dtmf(&mut self, digit: &str) {
-        self.cascaded_dtmf(digit);
+        match self.mode {
+            Mode::Cascaded => self.cascaded_dtmf(digit),
+            // The model hears the caller itself; keys only stop the agent.
+            Mode::Realtime => {
+                let _ = digit;
+                if self.agent_talking() {
+                    self.commit_interruption();
+                }
+            }
+        }
     }
 }

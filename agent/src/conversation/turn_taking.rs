@@ -165,10 +165,8 @@ impl Conversation {
             return;
         }
         let Some(speech) = self.pause_for_caller() else { return };
-        if self.spec.turn.resume_false_interruption && self.mode == super::Mode::Cascaded {
-            self.caller.paused = Some(speech);
-        } else {
-            self.caller.paused = Some(speech);
+        self.caller.paused = Some(speech);
+        if !self.spec.turn.resume_false_interruption {
             self.commit_interruption();
         }
     }
@@ -203,10 +201,6 @@ impl Conversation {
         tracing::info!(speech, from_ms = from, "false interruption: resuming");
         self.playout.resume(from);
         self.out.push_back(Output::Metric(Metric::FalseInterruption));
-    }
-
-    fn engine_interrupted(&mut self, speech: SpeechId) {
-        self.cascaded_interrupted(speech);
     }
 }
 
