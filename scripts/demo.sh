@@ -21,7 +21,7 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 echo "== building (release; the first build takes a while)"
-cargo build --release -p devroom -p bridge -p agent --bins
+cargo build --release -p devroom -p bridge -p agent -p demo --bins
 
 echo "== running the demo"
 exec target/release/callbridge-demo "$@"

@@ -15,7 +15,7 @@ use serde::Deserialize;
 /// The seed agent, compiled in so the binary runs without its source tree.
 pub const DEFAULT_AGENT_TOML: &str = include_str!("../agents/incident.toml");
 
-#[derive(Debug, Clone, clap::Parser)]
+#[derive(Clone, clap::Parser)]
 #[command(
     name = "agent",
     version,
@@ -100,6 +100,32 @@ pub struct Cli {
         default_value = "gpt-4o-mini-transcribe"
     )]
     pub realtime_transcribe: String,
+    /// On SIGTERM or Ctrl-C, how long running calls may go on before the agent says goodbye
+    /// and hangs up, in seconds.
+    #[arg(long = "drain-timeout", env = "AGENT_DRAIN_TIMEOUT", default_value_t = 120)]
+    pub drain_timeout_secs: u64,
+    /// Store the keys callers press in the call record (never in the logs).
+    #[arg(long, env = "RECORD_DTMF", default_value_t = false, action = clap::ArgAction::Set)]
+    pub record_dtmf: bool,
+}
+
+/// Shown without the API secret.
+impl std::fmt::Debug for Cli {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cli")
+            .field("room", &self.room)
+            .field("livekit_url", &self.livekit_url)
+            .field("livekit_api_key", &self.livekit_api_key)
+            .field("livekit_api_secret", &"<redacted>")
+            .field("agent_name", &self.agent_name)
+            .field("config", &self.config)
+            .field("db", &self.db)
+            .field("stt", &self.stt)
+            .field("llm", &self.llm)
+            .field("tts", &self.tts)
+            .field("mode", &self.mode)
+            .finish_non_exhaustive()
+    }
 }
 
 /// One agent: who it is, what it says, what it collects. See `agents/incident.toml`.

@@ -98,6 +98,9 @@ pub struct Metrics {
     pub preemptive_kept: AtomicU64,
     pub preemptive_dropped: AtomicU64,
     pub tools_refused: AtomicU64,
+    /// Call record rows dropped (queue full) and failed writes.
+    pub record_dropped: AtomicU64,
+    pub record_errors: AtomicU64,
     stages: Mutex<BTreeMap<&'static str, Histogram>>,
 }
 
@@ -201,6 +204,8 @@ impl Metrics {
             ("agent_preemptive_kept_total", "Preemptive replies confirmed by the final transcript.", &self.preemptive_kept),
             ("agent_preemptive_dropped_total", "Preemptive replies thrown away.", &self.preemptive_dropped),
             ("agent_tools_refused_total", "Tool calls refused (unknown field, a transfer number, ...).", &self.tools_refused),
+            ("agent_record_dropped_total", "Call record rows dropped because the disk was behind.", &self.record_dropped),
+            ("agent_record_errors_total", "Call record writes that failed.", &self.record_errors),
         ] {
             c(&mut s, name, help, "counter", v.load(Ordering::Relaxed).to_string());
         }

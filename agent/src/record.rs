@@ -1,8 +1,11 @@
 //! Call records in SQLite, written as the call goes (a row per call, per turn, per field).
 //!
 //! One writer thread per process owns the connection (SQLite is blocking; the conversation
-//! loops must not be), fed through a bounded channel: if the disk stalls, records are dropped
-//! and counted rather than stalling calls. Times are Unix milliseconds.
+//! loops must not be). Turns and fields queue up to [`MAX_QUEUED`]; beyond it (the disk
+//! stalls) they are dropped and counted (`agent_record_dropped_total`), never silently. A call's
+//! start and end rows are never dropped: they always queue (there are at most a few per call).
+//! Every row is its own transaction in WAL mode, so what was written survives a crash of the
+//! agent. Times are Unix milliseconds.
 //!
 //! ```sql
 //! calls(call_id TEXT PK, room, call_sid, caller, called, agent, started_ms, ended_ms, outcome, fields_json)
@@ -12,7 +15,7 @@
 //! ```
 
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc as smpsc;
 use std::sync::Arc;
 
@@ -113,10 +116,21 @@ enum Cmd {
     Flush(smpsc::SyncSender<()>),
 }
 
+impl Cmd {
+    /// Rows that are never dropped.
+    fn critical(&self) -> bool {
+        matches!(self, Cmd::StartCall(..) | Cmd::EndCall { .. } | Cmd::UpdateCaller { .. } | Cmd::Flush(_))
+    }
+}
+
+/// Turns and fields waiting for the disk at most.
+pub const MAX_QUEUED: usize = 4096;
+
 /// Handle to the writer thread; cheap to clone.
 #[derive(Clone)]
 pub struct Recorder {
-    tx: smpsc::SyncSender<Cmd>,
+    tx: smpsc::Sender<Cmd>,
+    queued: Arc<AtomicUsize>,
     dropped: Arc<AtomicU64>,
     errors: Arc<AtomicU64>,
 }
@@ -127,23 +141,34 @@ impl Recorder {
         let conn = Connection::open(path)?;
         conn.busy_timeout(std::time::Duration::from_secs(2))?;
         conn.execute_batch(SCHEMA)?;
-        let (tx, rx) = smpsc::sync_channel::<Cmd>(1024);
+        let (tx, rx) = smpsc::channel::<Cmd>();
         let errors = Arc::new(AtomicU64::new(0));
-        let errs = errors.clone();
+        let queued = Arc::new(AtomicUsize::new(0));
+        let (errs, q) = (errors.clone(), queued.clone());
         std::thread::Builder::new()
             .name("call-record".into())
-            .spawn(move || writer(conn, rx, errs))
+            .spawn(move || writer(conn, rx, errs, q))
             .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
-        Ok(Recorder {
-            tx,
-            dropped: Arc::new(AtomicU64::new(0)),
-            errors,
-        })
+        Ok(Recorder { tx, queued, dropped: Arc::new(AtomicU64::new(0)), errors })
     }
 
     fn send(&self, c: Cmd) {
-        if self.tx.try_send(c).is_err() {
-            self.dropped.fetch_add(1, Ordering::Relaxed);
+        if !c.critical() && self.queued.load(Ordering::Relaxed) >= MAX_QUEUED {
+            self.drop_one();
+            return;
+        }
+        self.queued.fetch_add(1, Ordering::Relaxed);
+        if self.tx.send(c).is_err() {
+            self.queued.fetch_sub(1, Ordering::Relaxed);
+            self.drop_one();
+        }
+    }
+
+    fn drop_one(&self) {
+        let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+        crate::metrics::global().record_dropped.fetch_add(1, Ordering::Relaxed);
+        if n.is_power_of_two() {
+            tracing::warn!(dropped = n, "call record behind the calls: rows dropped");
         }
     }
 
@@ -290,8 +315,9 @@ pub fn load_call(path: &Path, room: &str) -> Result<Option<CallRecord>, rusqlite
     Ok(Some(call))
 }
 
-fn writer(conn: Connection, rx: smpsc::Receiver<Cmd>, errors: Arc<AtomicU64>) {
+fn writer(conn: Connection, rx: smpsc::Receiver<Cmd>, errors: Arc<AtomicU64>, queued: Arc<AtomicUsize>) {
     while let Ok(cmd) = rx.recv() {
+        queued.fetch_sub(1, Ordering::Relaxed);
         let r = match cmd {
             Cmd::StartCall(i, at) => conn
                 .execute(
@@ -345,6 +371,7 @@ fn writer(conn: Connection, rx: smpsc::Receiver<Cmd>, errors: Arc<AtomicU64>) {
         };
         if let Err(e) = r {
             errors.fetch_add(1, Ordering::Relaxed);
+            crate::metrics::global().record_errors.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(error = %e, "call record write failed");
         }
     }

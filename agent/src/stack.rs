@@ -553,6 +553,24 @@ mod tests {
     }
 
     #[test]
+    fn no_secret_in_debug_output() {
+        use clap::Parser;
+        let marker = "SECRET-MARKER-42";
+        let dumps = [
+            format!("{:?}", DeepgramConfig::new(marker)),
+            format!("{:?}", ChatConfig::openai(marker, "m")),
+            format!("{:?}", CartesiaConfig::new(marker, "v")),
+            format!("{:?}", ElevenLabsConfig::new(marker, "v")),
+            format!("{:?}", RealtimeConfig::new(marker, RealtimeApi::Ga)),
+            format!("{:?}", Cli::parse_from(["agent", "--livekit-url", "ws://x", "--livekit-api-key", "k", "--livekit-api-secret", marker])),
+        ];
+        for d in dumps {
+            assert!(!d.contains(marker), "{d}");
+            assert!(d.contains("redacted"), "{d}");
+        }
+    }
+
+    #[test]
     fn cloud_stack_builds_with_base_urls() {
         let spec = Arc::new(AgentSpec::load(None).unwrap());
         let e = env(&[

@@ -87,6 +87,15 @@ impl Vad {
         }
     }
 
+    /// Unvoiced time at the end of the current speech (0 when not in speech).
+    pub fn silence_ms(&self) -> u32 {
+        if self.in_speech {
+            self.silence_ms
+        } else {
+            0
+        }
+    }
+
     pub fn noise_floor_db(&self) -> f32 {
         self.noise_db
     }

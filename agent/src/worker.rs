@@ -17,6 +17,9 @@
 //!   An empty agent name is automatic dispatch (a job for every new room); `--agent-name` makes
 //!   it explicit (rooms or tokens name the agent). A lost connection is retried with back-off;
 //!   running calls go on meanwhile.
+//!
+//!   Draining (SIGTERM): the worker reports `WS_FULL` at once and declines every job offered,
+//!   as livekit-agents does, and [`run_worker`] returns when its last call has ended.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -27,7 +30,7 @@ use futures_util::{SinkExt, StreamExt};
 use livekit_protocol as lk;
 use prost::Message as _;
 use room::{Room, RoomOptions};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
@@ -84,6 +87,19 @@ pub struct WorkerOptions {
     pub max_jobs: u32,
     /// Give up after this many consecutive failed connections (None: never).
     pub max_retries: Option<u32>,
+    /// Set to true: take no more jobs, return once the running ones are over.
+    pub drain: Option<watch::Receiver<bool>>,
+}
+
+async fn drained(rx: &mut Option<watch::Receiver<bool>>) {
+    match rx {
+        Some(rx) => {
+            if rx.wait_for(|v| *v).await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+        None => std::future::pending().await,
+    }
 }
 
 fn encode(m: lk::worker_message::Message) -> WsMessage {
@@ -94,8 +110,9 @@ fn encode(m: lk::worker_message::Message) -> WsMessage {
     )
 }
 
-/// Run as a dispatch worker until the process ends (or `max_retries` connections fail).
-pub async fn run_worker(opts: WorkerOptions, params: CallParams) -> anyhow::Result<()> {
+/// Run as a dispatch worker until the process ends, `max_retries` connections fail, or it is
+/// drained and its calls are over.
+pub async fn run_worker(mut opts: WorkerOptions, params: CallParams) -> anyhow::Result<()> {
     let active = Arc::new(AtomicU32::new(0));
     let jobs: Arc<tokio::sync::Mutex<HashMap<String, tokio::task::AbortHandle>>> =
         Default::default();
@@ -105,8 +122,12 @@ pub async fn run_worker(opts: WorkerOptions, params: CallParams) -> anyhow::Resu
     let (status_tx, mut status_rx) = mpsc::channel::<lk::worker_message::Message>(256);
     let mut failures = 0u32;
     loop {
-        match connect_and_serve(&opts, &params, &active, &jobs, &rooms, &status_tx, &mut status_rx).await {
-            Ok(()) => failures = 0,
+        if opts.drain.as_ref().is_some_and(|d| *d.borrow()) && active.load(Ordering::Relaxed) == 0 {
+            return Ok(());
+        }
+        match connect_and_serve(&mut opts, &params, &active, &jobs, &rooms, &status_tx, &mut status_rx).await {
+            Ok(true) => return Ok(()),
+            Ok(false) => failures = 0,
             Err(e) => {
                 failures += 1;
                 tracing::warn!(error = %e, attempt = failures, "worker connection failed");
@@ -120,15 +141,16 @@ pub async fn run_worker(opts: WorkerOptions, params: CallParams) -> anyhow::Resu
     }
 }
 
+/// Serves one connection; Ok(true) once drained with no call left.
 async fn connect_and_serve(
-    opts: &WorkerOptions,
+    opts: &mut WorkerOptions,
     params: &CallParams,
     active: &Arc<AtomicU32>,
     jobs: &Arc<tokio::sync::Mutex<HashMap<String, tokio::task::AbortHandle>>>,
     rooms: &Arc<tokio::sync::Mutex<std::collections::HashSet<String>>>,
     status_tx: &mpsc::Sender<lk::worker_message::Message>,
     status_rx: &mut mpsc::Receiver<lk::worker_message::Message>,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<bool> {
     let url = agent_url(&opts.url).map_err(anyhow::Error::msg)?;
     let token = crate::token::worker_token(&opts.api_key, &opts.api_secret);
     let mut req = url.as_str().into_client_request()?;
@@ -183,21 +205,37 @@ async fn connect_and_serve(
     tracing::info!(%worker_id, agent_name = %opts.agent_name, "worker registered");
     params.metrics.worker_registrations.fetch_add(1, Ordering::Relaxed);
     let mut load_tick = tokio::time::interval(Duration::from_millis(2500));
+    let mut draining = opts.drain.as_ref().is_some_and(|d| *d.borrow());
+    let mut drain = opts.drain.clone();
+    let status_msg = |n: u32, full: bool, max: u32| {
+        let status = if full { lk::WorkerStatus::WsFull } else { lk::WorkerStatus::WsAvailable };
+        encode(lk::worker_message::Message::UpdateWorker(lk::UpdateWorkerStatus {
+            status: Some(status as i32),
+            load: n as f32 / max.max(1) as f32,
+            job_count: n,
+            ..Default::default()
+        }))
+    };
     // Assignments we said yes to, waiting for the server (and their rooms).
     let mut accepted: HashMap<String, tokio::time::Instant> = HashMap::new();
     let mut accepted_rooms: HashMap<String, String> = HashMap::new();
     loop {
+        if draining && active.load(Ordering::Relaxed) == 0 && accepted.is_empty() {
+            tracing::info!("drained: no call left");
+            let _ = tx.send(status_msg(0, true, opts.max_jobs)).await;
+            let _ = tx.send(WsMessage::Close(None)).await;
+            return Ok(true);
+        }
         tokio::select! {
+            _ = drained(&mut drain), if !draining => {
+                draining = true;
+                let n = active.load(Ordering::Relaxed);
+                tracing::info!(calls = n, "draining: no more jobs");
+                tx.send(status_msg(n, true, opts.max_jobs)).await?;
+            }
             _ = load_tick.tick() => {
                 let n = active.load(Ordering::Relaxed);
-                let full = n >= opts.max_jobs;
-                let status = if full { lk::WorkerStatus::WsFull } else { lk::WorkerStatus::WsAvailable };
-                tx.send(encode(lk::worker_message::Message::UpdateWorker(lk::UpdateWorkerStatus {
-                    status: Some(status as i32),
-                    load: n as f32 / opts.max_jobs.max(1) as f32,
-                    job_count: n,
-                    ..Default::default()
-                }))).await?;
+                tx.send(status_msg(n, draining || n >= opts.max_jobs, opts.max_jobs)).await?;
                 // Assignments that never came (7.5 s, as livekit-agents) free their slot.
                 accepted.retain(|_, t| t.elapsed() < Duration::from_millis(7500));
                 accepted_rooms.retain(|j, _| accepted.contains_key(j));
@@ -240,7 +278,7 @@ async fn connect_and_serve(
                         // A room we already serve: after a LiveKit restart the room is created
                         // again and dispatched again, while our agent rejoins it by itself.
                         let serving = rooms.lock().await.contains(&room_name) || accepted_rooms.values().any(|r| *r == room_name);
-                        let available = busy < opts.max_jobs && !room_name.is_empty() && !serving;
+                        let available = !draining && busy < opts.max_jobs && !room_name.is_empty() && !serving;
                         if available {
                             params.metrics.jobs_accepted.fetch_add(1, Ordering::Relaxed);
                             accepted.insert(job.id.clone(), tokio::time::Instant::now());

@@ -127,6 +127,7 @@ async fn worker_takes_jobs_that_devroom_dispatches() {
         // One slot: the second room is only taken once the first job's slot is given back
         // (termination) and the worker reports itself available again.
         max_jobs: 1,
+        drain: None,
         max_retries: Some(2),
     };
     let registered = metrics.worker_registrations.load(std::sync::atomic::Ordering::Relaxed);

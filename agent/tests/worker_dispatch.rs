@@ -55,6 +55,7 @@ async fn worker_registers_accepts_jobs_and_reports_status() {
         api_secret: "secret".into(),
         agent_name: "incident-intake".into(),
         max_jobs: 1,
+        drain: None,
         max_retries: Some(0),
     };
     let worker = tokio::spawn(run_worker(opts, params));
@@ -317,6 +318,7 @@ async fn dispatched_job_joins_the_room_and_talks() {
         api_secret: "secret".into(),
         agent_name: String::new(),
         max_jobs: 2,
+        drain: None,
         max_retries: Some(0),
     };
     let worker = tokio::spawn(run_worker(opts, params));
@@ -409,4 +411,57 @@ async fn dispatched_job_joins_the_room_and_talks() {
     );
     drop(ws);
     let _ = tokio::time::timeout(Duration::from_secs(10), worker).await;
+}
+
+/// Draining (SIGTERM): the worker says it is full at once, declines what it is offered, and
+/// returns when it has no call left.
+#[tokio::test]
+async fn a_draining_worker_takes_no_more_jobs_and_returns() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let spec = Arc::new(AgentSpec::load(None).unwrap());
+    let params = CallParams {
+        stack: Stack::offline(&spec).unwrap(),
+        spec,
+        recorder: None,
+        metrics: agent::metrics::global().clone(),
+        phone_wait: Duration::from_secs(1),
+        record_dtmf: false,
+        shutdown: Default::default(),
+    };
+    let (drain_tx, drain_rx) = tokio::sync::watch::channel(false);
+    let opts = WorkerOptions {
+        url: format!("http://{addr}"),
+        api_key: "devkey".into(),
+        api_secret: "secret".into(),
+        agent_name: String::new(),
+        max_jobs: 4,
+        drain: Some(drain_rx),
+        max_retries: Some(0),
+    };
+    let worker = tokio::spawn(run_worker(opts, params));
+    let (tcp, _) = tokio::time::timeout(Duration::from_secs(10), listener.accept()).await.unwrap().unwrap();
+    let mut ws = tokio_tungstenite::accept_async(tcp).await.unwrap();
+    use lk::worker_message::Message as W;
+    let W::Register(_) = recv_any(&mut ws).await else { panic!("register first") };
+    ws.send(server_msg(lk::server_message::Message::Register(lk::RegisterWorkerResponse {
+        worker_id: "AW_drain".into(),
+        ..Default::default()
+    })))
+    .await
+    .unwrap();
+
+    drain_tx.send(true).unwrap();
+    // WS_FULL comes at once (not at the next 2.5 s tick).
+    let t0 = std::time::Instant::now();
+    loop {
+        match recv_any(&mut ws).await {
+            W::UpdateWorker(u) if u.status == Some(lk::WorkerStatus::WsFull as i32) => break,
+            _ => assert!(t0.elapsed() < Duration::from_secs(2), "no WS_FULL after the drain"),
+        }
+    }
+    assert!(t0.elapsed() < Duration::from_secs(1), "{:?}", t0.elapsed());
+    // With no call running, the worker is done: it closes the connection and returns Ok.
+    let r = tokio::time::timeout(Duration::from_secs(10), worker).await.expect("worker returns").unwrap();
+    assert!(r.is_ok(), "{r:?}");
 }

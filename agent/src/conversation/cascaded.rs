@@ -280,11 +280,14 @@ impl Conversation {
         let Some(r) = c.reply.as_mut() else { return };
         r.preemptive = None;
         r.clock.stt_final = Some(stt_final);
-        let (speech, deferred, clock) = (r.speech, std::mem::take(&mut r.deferred), r.clock);
+        let (speech, deferred) = (r.speech, std::mem::take(&mut r.deferred));
         self.playout.release(speech);
+        // The turn's clock: the end of speech is known now (the early transcript came before).
+        let eos = self.caller.eos_at;
         let texts = match self.speech_mut(speech) {
             Some(s) => {
-                s.clock = clock;
+                s.clock.end_of_speech = eos.or(s.clock.end_of_speech);
+                s.clock.stt_final = Some(stt_final);
                 s.texts.clone()
             }
             None => Vec::new(),

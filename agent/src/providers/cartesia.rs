@@ -51,7 +51,7 @@ impl CartesiaEncoding {
 pub struct CartesiaConfig {
     /// `wss://api.cartesia.ai` in production.
     pub base_url: String,
-    pub api_key: String,
+    pub api_key: super::Secret,
     /// `Cartesia-Version` header.
     pub version: String,
     /// `sonic-2`, `sonic-3`, …
@@ -73,7 +73,7 @@ impl CartesiaConfig {
     pub fn new(api_key: impl Into<String>, voice_id: impl Into<String>) -> Self {
         CartesiaConfig {
             base_url: "wss://api.cartesia.ai".into(),
-            api_key: api_key.into(),
+            api_key: super::Secret::new(api_key),
             version: "2025-04-16".into(),
             model_id: "sonic-2".into(),
             voice_id: voice_id.into(),
@@ -118,7 +118,7 @@ impl CartesiaTts {
 
     async fn connect(&self) -> Result<mpsc::Sender<DriverCmd>, ProviderError> {
         let url = http_util::join_url(&self.cfg.base_url, "tts/websocket");
-        let auth = format!("Bearer {}", self.cfg.api_key);
+        let auth = format!("Bearer {}", self.cfg.api_key.expose());
         let ws = http_util::ws_connect(
             VENDOR,
             &url,

@@ -27,7 +27,7 @@ const VENDOR: &str = "deepgram";
 pub struct DeepgramConfig {
     /// `wss://api.deepgram.com` in production; `ws://127.0.0.1:port` for a fake.
     pub base_url: String,
-    pub api_key: String,
+    pub api_key: super::Secret,
     /// `nova-3`, `nova-2-phonecall`, …
     pub model: String,
     /// `en-US`; `None` leaves it to the model's default.
@@ -46,7 +46,7 @@ impl DeepgramConfig {
     pub fn new(api_key: impl Into<String>) -> Self {
         DeepgramConfig {
             base_url: "wss://api.deepgram.com".into(),
-            api_key: api_key.into(),
+            api_key: super::Secret::new(api_key),
             model: "nova-3".into(),
             language: Some("en-US".into()),
             endpointing_ms: 300,
@@ -91,7 +91,7 @@ impl DeepgramStt {
 
     /// Opens a live stream (the concrete type; [`SttProvider::start`] boxes it).
     pub async fn connect(&self) -> Result<DeepgramSession, ProviderError> {
-        let auth = format!("Token {}", self.cfg.api_key);
+        let auth = format!("Token {}", self.cfg.api_key.expose());
         let ws = http_util::ws_connect(
             VENDOR,
             &self.cfg.listen_url(),

@@ -58,7 +58,7 @@ impl ElevenLabsFormat {
 pub struct ElevenLabsConfig {
     /// `wss://api.elevenlabs.io` in production.
     pub base_url: String,
-    pub api_key: String,
+    pub api_key: super::Secret,
     pub voice_id: String,
     /// `eleven_flash_v2_5`, `eleven_turbo_v2_5`, …
     pub model_id: String,
@@ -78,7 +78,7 @@ impl ElevenLabsConfig {
     pub fn new(api_key: impl Into<String>, voice_id: impl Into<String>) -> Self {
         ElevenLabsConfig {
             base_url: "wss://api.elevenlabs.io".into(),
-            api_key: api_key.into(),
+            api_key: super::Secret::new(api_key),
             voice_id: voice_id.into(),
             model_id: "eleven_flash_v2_5".into(),
             output_format: ElevenLabsFormat::Ulaw8000,
@@ -121,7 +121,7 @@ impl ElevenLabsTts {
         let ws = http_util::ws_connect(
             VENDOR,
             &self.cfg.stream_url(),
-            &[("xi-api-key", &self.cfg.api_key)],
+            &[("xi-api-key", &self.cfg.api_key.expose())],
             self.cfg.connect_timeout,
         )
         .await?;

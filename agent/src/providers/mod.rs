@@ -11,6 +11,39 @@ use std::collections::BTreeMap;
 use async_trait::async_trait;
 use tokio::sync::mpsc;
 
+/// An API key: never shown by `Debug` (configs are logged and printed in panics).
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Secret {
+        Secret(s.into())
+    }
+
+    /// The key itself, for the one header that needs it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl From<&str> for Secret {
+    fn from(s: &str) -> Secret {
+        Secret(s.into())
+    }
+}
+
+impl From<String> for Secret {
+    fn from(s: String) -> Secret {
+        Secret(s)
+    }
+}
+
 /// Why a provider call failed. `retryable` drives the "no dead air" fallbacks.
 #[derive(Debug, thiserror::Error)]
 pub enum ProviderError {

@@ -538,10 +538,16 @@ fn trim_hangover(pcm: &mut Vec<i16>, hangover_ms: u32) {
     pcm.truncate(keep);
 }
 
+/// After this much quiet inside an utterance the speech so far is recognised at once and sent
+/// as [`SttEvent::Preflight`]: the conversation can start its reply while the end-of-speech
+/// wait runs out. When nothing more is said, that text is the final one (no second decode).
+pub const PREFLIGHT_SILENCE_MS: u32 = 200;
+
 /// The recogniser thread. Utterances are cut by an energy VAD (with 300 ms of pre-roll so the
 /// first phoneme is kept) or by `finalize`, and recognised in one pass over the whole utterance
 /// (for pocketsphinx `full_utt`: batch cepstral normalisation over all of it — measurably more
-/// accurate than frame-by-frame decoding with 5prealpha, at ~0.1× real time).
+/// accurate than frame-by-frame decoding with 5prealpha, at ~0.1× real time). A pause of
+/// [`PREFLIGHT_SILENCE_MS`] gives an early transcript.
 fn run_utterances<R: UtteranceRecognizer>(
     mut rec: R,
     vad: VadConfig,
@@ -555,13 +561,18 @@ fn run_utterances<R: UtteranceRecognizer>(
     let mut preroll: std::collections::VecDeque<Vec<i16>> = Default::default();
     let mut preroll_samples = 0usize;
     let mut utt: Option<Vec<i16>> = None;
-    let end_utt = |rec: &mut R, pcm: Vec<i16>, tx: &mpsc::Sender<SttEvent>| -> bool {
-        let text = match rec.recognize(&pcm) {
-            Ok(t) => t,
-            Err(e) => {
-                let _ = tx.blocking_send(SttEvent::Error(e));
-                return false;
-            }
+    // The early transcript of this utterance, while nothing was said after it.
+    let mut preflight: Option<String> = None;
+    let end_utt = |rec: &mut R, pcm: Vec<i16>, early: Option<String>, tx: &mpsc::Sender<SttEvent>| -> bool {
+        let text = match early {
+            Some(t) => t,
+            None => match rec.recognize(&pcm) {
+                Ok(t) => t,
+                Err(e) => {
+                    let _ = tx.blocking_send(SttEvent::Error(e));
+                    return false;
+                }
+            },
         };
         if !text.is_empty()
             && tx
@@ -600,6 +611,10 @@ fn run_utterances<R: UtteranceRecognizer>(
                         buf.extend_from_slice(&pcm);
                         let too_long = buf.len() >= MAX_UTT_SECS * RATE as usize;
                         let ended = matches!(ev, Some(VadEvent::SpeechEnd { .. }));
+                        let silence = vad.silence_ms();
+                        if silence == 0 {
+                            preflight = None; // more speech: the early text is not the turn
+                        }
                         if ended || too_long {
                             let mut pcm = utt.take().unwrap_or_default();
                             if ended {
@@ -608,8 +623,20 @@ fn run_utterances<R: UtteranceRecognizer>(
                             if too_long {
                                 vad = Vad::new(vad_cfg.clone());
                             }
-                            if !end_utt(&mut rec, pcm, &tx) {
+                            if !end_utt(&mut rec, pcm, preflight.take().filter(|_| ended), &tx) {
                                 return;
+                            }
+                        } else if silence >= PREFLIGHT_SILENCE_MS && preflight.is_none() {
+                            let mut pcm = buf.clone();
+                            trim_hangover(&mut pcm, silence);
+                            match rec.recognize(&pcm) {
+                                Ok(text) => {
+                                    if !text.is_empty() && tx.blocking_send(SttEvent::Preflight { text: text.clone() }).is_err() {
+                                        return;
+                                    }
+                                    preflight = Some(text);
+                                }
+                                Err(e) => tracing::debug!(error = %e, "early recognition failed"),
                             }
                         }
                     }
@@ -620,7 +647,7 @@ fn run_utterances<R: UtteranceRecognizer>(
                 if let Some(mut pcm) = utt.take() {
                     trim_hangover(&mut pcm, vad_cfg.hangover_ms);
                     vad = Vad::new(vad_cfg.clone());
-                    if !end_utt(&mut rec, pcm, &tx) {
+                    if !end_utt(&mut rec, pcm, preflight.take(), &tx) {
                         return;
                     }
                 }

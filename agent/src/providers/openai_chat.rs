@@ -25,7 +25,7 @@ pub struct ChatConfig {
     pub vendor: &'static str,
     /// Up to and including the version: `https://api.openai.com/v1`, `https://api.groq.com/openai/v1`.
     pub base_url: String,
-    pub api_key: String,
+    pub api_key: super::Secret,
     pub model: String,
     pub temperature: Option<f32>,
     pub max_tokens: Option<u32>,
@@ -41,7 +41,7 @@ impl ChatConfig {
         ChatConfig {
             vendor: "openai",
             base_url: "https://api.openai.com/v1".into(),
-            api_key: api_key.into(),
+            api_key: super::Secret::new(api_key),
             model: model.into(),
             temperature: None,
             max_tokens: None,
@@ -139,7 +139,7 @@ impl LlmProvider for OpenAiChat {
         let request = self
             .client
             .post(url)
-            .bearer_auth(&self.cfg.api_key)
+            .bearer_auth(&self.cfg.api_key.expose())
             .header("Accept", "text/event-stream")
             .header("Content-Type", "application/json")
             .body(body.to_string())

@@ -35,7 +35,7 @@ pub enum RealtimeApi {
 pub struct RealtimeConfig {
     /// Up to the version: `wss://api.openai.com/v1`.
     pub base_url: String,
-    pub api_key: String,
+    pub api_key: super::Secret,
     /// `gpt-realtime` (GA) or `gpt-4o-realtime-preview` (beta).
     pub model: String,
     pub api: RealtimeApi,
@@ -58,7 +58,7 @@ impl RealtimeConfig {
     pub fn new(api_key: impl Into<String>, api: RealtimeApi) -> Self {
         RealtimeConfig {
             base_url: "wss://api.openai.com/v1".into(),
-            api_key: api_key.into(),
+            api_key: super::Secret::new(api_key),
             model: match api {
                 RealtimeApi::Ga => "gpt-realtime".into(),
                 RealtimeApi::Beta => "gpt-4o-realtime-preview".into(),
@@ -201,7 +201,7 @@ pub struct RealtimeSession {
 
 impl RealtimeSession {
     pub async fn connect(cfg: RealtimeConfig) -> Result<RealtimeSession, ProviderError> {
-        let auth = format!("Bearer {}", cfg.api_key);
+        let auth = format!("Bearer {}", cfg.api_key.expose());
         let mut headers: Vec<(&str, &str)> = vec![("Authorization", &auth)];
         if cfg.api == RealtimeApi::Beta {
             headers.push(("OpenAI-Beta", "realtime=v1"));

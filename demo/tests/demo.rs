@@ -3,7 +3,8 @@
 //! whole path a phone call takes. The agent's form fills from spoken answers, `end_call` hangs
 //! up through the bridge (Twilio REST `Status=completed`), and the record is in SQLite.
 //!
-//! Needs the debug `devroom` and `bridge` binaries beside `agent` (`cargo build --workspace`).
+//! Needs the debug `agent`, `devroom` and `bridge` binaries beside `callbridge-demo`
+//! (`cargo build --workspace`).
 //! Built with `--features piper,whisper` and their models present, the same call also runs with
 //! Whisper hearing the caller and Piper speaking (`scripts/models.sh piper whisper`).
 
@@ -57,11 +58,11 @@ fn providers_line(log: &str) -> String {
 /// Runs the demo with `env` for the agent and checks the call end to end; returns agent.log.
 /// `free_answer_exact`: the open answer ("there was a fire") must come through word for word.
 fn run_demo(env: &[(&str, &str)], free_answer_exact: bool) -> String {
-    let bin_dir = PathBuf::from(env!("CARGO_BIN_EXE_agent"))
+    let bin_dir = PathBuf::from(env!("CARGO_BIN_EXE_callbridge-demo"))
         .parent()
         .unwrap()
         .to_path_buf();
-    for b in ["devroom", "bridge"] {
+    for b in ["agent", "devroom", "bridge"] {
         assert!(
             bin_dir.join(b).exists(),
             "{} missing: cargo build --workspace first",
