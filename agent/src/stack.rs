@@ -43,7 +43,7 @@ use crate::providers::openai_chat::{ChatConfig, OpenAiChat};
 use crate::providers::openai_realtime::{RealtimeApi, RealtimeConfig};
 use crate::providers::rules_llm::RulesLlm;
 use crate::providers::{LlmProvider, SttProvider, TtsProvider};
-use crate::vad::VadConfig;
+use crate::vad::{Detector, VadConfig};
 
 /// Output rate of the offline TTS (espeak's 22 050 Hz resampled): wideband, cheap for Opus.
 pub const OFFLINE_TTS_RATE: u32 = 16_000;
@@ -66,13 +66,15 @@ pub struct Stack {
     /// The voice of last resort for apologies: espeak-ng in cascaded mode (when the call's own
     /// TTS is what failed), the chosen `--tts` in Realtime mode (when the model failed).
     pub fallback_tts: Arc<dyn TtsProvider>,
+    /// The voice activity detector calls use (turn-taking and the utterance recognisers).
+    pub vad: Detector,
 }
 
 impl Stack {
     /// Names of the providers, for the log.
     pub fn describe(&self) -> String {
         match &self.pipeline {
-            Pipeline::Cascaded { stt, llm, tts } => format!("stt={} llm={} tts={}", stt.name(), llm.name(), tts.name()),
+            Pipeline::Cascaded { stt, llm, tts } => format!("stt={} llm={} tts={} vad={}", stt.name(), llm.name(), tts.name(), self.vad.name()),
             Pipeline::Realtime { cfg } => format!("realtime model={} voice={} api={:?} fallback_tts={}", cfg.model, cfg.voice, cfg.api, self.fallback_tts.name()),
         }
     }
@@ -270,7 +272,11 @@ impl Stack {
 
     /// What the command line / environment asks for.
     pub fn from_cli(cli: &Cli, spec: &Arc<AgentSpec>) -> anyhow::Result<Stack> {
-        let env = |k: &str| std::env::var(k).ok();
+        let env = |k: &str| match k {
+            "AGENT_VAD" => Some(cli.vad.clone()),
+            "SILERO_VAD_MODEL" => cli.silero_vad_model.as_ref().map(|p| p.display().to_string()),
+            _ => std::env::var(k).ok(),
+        };
         if realtime_mode(&cli.mode, &cli.llm).map_err(anyhow::Error::msg)? {
             let rt = realtime_config(
                 &cli.realtime_api,
@@ -284,7 +290,7 @@ impl Stack {
             // The model does the talking; the chosen TTS is only the fallback voice.
             let c = choose("offline", "rules", &cli.tts, env).map_err(anyhow::Error::msg)?;
             let fallback_tts = build_tts(c.tts, spec, env)?;
-            return Ok(Stack { pipeline: Pipeline::Realtime { cfg: rt }, fallback_tts });
+            return Ok(Stack { pipeline: Pipeline::Realtime { cfg: rt }, fallback_tts, vad: Detector::Energy });
         }
         let c = choose(&cli.stt, &cli.llm, &cli.tts, env).map_err(anyhow::Error::msg)?;
         Stack::build(&c, spec, env)
@@ -296,7 +302,7 @@ impl Stack {
             Pipeline::Cascaded { tts, .. } => tts.clone(),
             Pipeline::Realtime { .. } => self.fallback_tts.clone(),
         };
-        Stack { pipeline: Pipeline::Realtime { cfg }, fallback_tts }
+        Stack { pipeline: Pipeline::Realtime { cfg }, fallback_tts, vad: self.vad }
     }
 
     pub fn build(
@@ -306,6 +312,8 @@ impl Stack {
     ) -> anyhow::Result<Stack> {
         let get = |k: &str| env(k).filter(|v| !v.trim().is_empty());
         let key = |k: &str| get(k).unwrap_or_default();
+        let vad = Detector::choose(get("AGENT_VAD").as_deref().unwrap_or("auto"), get("SILERO_VAD_MODEL").map(Into::into))
+            .map_err(anyhow::Error::msg)?;
         let stt: Arc<dyn SttProvider> = match c.stt {
             #[cfg(feature = "whisper")]
             "whisper" => Arc::new(
@@ -313,6 +321,7 @@ impl Stack {
                     get,
                     VadConfig::from_turn(&spec.turn),
                 )?
+                .with_detector(vad.clone())
                 .expecting(&spec.expected_examples().join(". ")),
             ),
             "deepgram" => {
@@ -322,10 +331,9 @@ impl Stack {
                 }
                 Arc::new(DeepgramStt::new(cfg))
             }
-            _ => Arc::new(OfflineStt::new(
-                OfflineStt::model_for(spec)?,
-                VadConfig::from_turn(&spec.turn),
-            )),
+            _ => Arc::new(
+                OfflineStt::new(OfflineStt::model_for(spec)?, VadConfig::from_turn(&spec.turn)).with_detector(vad.clone()),
+            ),
         };
         let llm: Arc<dyn LlmProvider> = match c.llm {
             #[cfg(feature = "llama")]
@@ -358,7 +366,7 @@ impl Stack {
         } else {
             Arc::new(OfflineTts::new(&spec.voice.espeak_voice, spec.voice.espeak_wpm, OFFLINE_TTS_RATE))
         };
-        Ok(Stack { pipeline: Pipeline::Cascaded { stt, llm, tts }, fallback_tts })
+        Ok(Stack { pipeline: Pipeline::Cascaded { stt, llm, tts }, fallback_tts, vad })
     }
 }
 

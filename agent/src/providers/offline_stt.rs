@@ -23,7 +23,7 @@ use async_trait::async_trait;
 use tokio::sync::mpsc;
 
 use super::{ProviderError, SttEvent, SttProvider, SttSession};
-use crate::vad::{Vad, VadConfig, VadEvent};
+use crate::vad::{Detector, VadConfig, VadEvent};
 
 const VENDOR: &str = "pocketsphinx";
 pub const RATE: u32 = 16_000;
@@ -428,6 +428,7 @@ pub fn recognize(model: &SphinxModel, pcm: &[i16]) -> Result<String, String> {
 pub struct OfflineStt {
     model: Arc<SphinxModel>,
     vad: VadConfig,
+    detector: Detector,
 }
 
 impl OfflineStt {
@@ -435,7 +436,14 @@ impl OfflineStt {
         OfflineStt {
             model: Arc::new(model),
             vad,
+            detector: Detector::Energy,
         }
+    }
+
+    /// Cut utterances with this voice activity detector (default: energy).
+    pub fn with_detector(mut self, detector: Detector) -> OfflineStt {
+        self.detector = detector;
+        self
     }
 
     /// The model the agent file asks for: its phrase model unless `[stt] model = "general"`.
@@ -478,12 +486,13 @@ impl UtteranceSession {
         vendor: &'static str,
         rec: impl UtteranceRecognizer,
         vad: VadConfig,
+        detector: Detector,
     ) -> Result<UtteranceSession, ProviderError> {
         let (in_tx, in_rx) = mpsc::channel::<In>(200);
         let (ev_tx, ev_rx) = mpsc::channel::<SttEvent>(64);
         std::thread::Builder::new()
             .name(vendor.into())
-            .spawn(move || run_utterances(rec, vad, in_rx, ev_tx))
+            .spawn(move || run_utterances(rec, vad, detector, in_rx, ev_tx))
             .map_err(|e| ProviderError::Other {
                 vendor,
                 msg: e.to_string(),
@@ -523,6 +532,7 @@ impl SttProvider for OfflineStt {
             VENDOR,
             dec,
             self.vad.clone(),
+            self.detector.clone(),
         )?))
     }
 }
@@ -551,13 +561,14 @@ pub const PREFLIGHT_SILENCE_MS: u32 = 200;
 fn run_utterances<R: UtteranceRecognizer>(
     mut rec: R,
     vad: VadConfig,
+    detector: Detector,
     mut rx: mpsc::Receiver<In>,
     tx: mpsc::Sender<SttEvent>,
 ) {
     const PREROLL_MS: usize = 300;
     const MAX_UTT_SECS: usize = 30;
     let vad_cfg = vad.clone();
-    let mut vad = Vad::new(vad);
+    let mut vad = detector.make(vad);
     let mut preroll: std::collections::VecDeque<Vec<i16>> = Default::default();
     let mut preroll_samples = 0usize;
     let mut utt: Option<Vec<i16>> = None;
@@ -621,7 +632,7 @@ fn run_utterances<R: UtteranceRecognizer>(
                                 trim_hangover(&mut pcm, vad_cfg.hangover_ms);
                             }
                             if too_long {
-                                vad = Vad::new(vad_cfg.clone());
+                                vad = detector.make(vad_cfg.clone());
                             }
                             if !end_utt(&mut rec, pcm, preflight.take().filter(|_| ended), &tx) {
                                 return;
@@ -646,7 +657,7 @@ fn run_utterances<R: UtteranceRecognizer>(
                 // The session's VAD (same settings) saw the end of speech a hangover ago.
                 if let Some(mut pcm) = utt.take() {
                     trim_hangover(&mut pcm, vad_cfg.hangover_ms);
-                    vad = Vad::new(vad_cfg.clone());
+                    vad = detector.make(vad_cfg.clone());
                     if !end_utt(&mut rec, pcm, preflight.take(), &tx) {
                         return;
                     }

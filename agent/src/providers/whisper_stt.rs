@@ -28,7 +28,7 @@ use ct2rs::tokenizers::hf::Tokenizer;
 
 use super::offline_stt::{UtteranceRecognizer, UtteranceSession};
 use super::{ProviderError, SttProvider, SttSession};
-use crate::vad::{level_dbfs, VadConfig};
+use crate::vad::{level_dbfs, Detector, VadConfig};
 
 const VENDOR: &str = "whisper";
 pub const RATE: u32 = 16_000;
@@ -390,13 +390,20 @@ impl UtteranceRecognizer for Recognizer {
 pub struct WhisperStt {
     model: Arc<WhisperModel>,
     vad: VadConfig,
+    detector: Detector,
     /// Prompt tokens of the text the caller is expected to say (see [`WhisperStt::expecting`]).
     context: Arc<Vec<String>>,
 }
 
 impl WhisperStt {
+    /// Cut utterances with this voice activity detector (default: energy).
+    pub fn with_detector(mut self, detector: Detector) -> WhisperStt {
+        self.detector = detector;
+        self
+    }
+
     pub fn new(model: Arc<WhisperModel>, vad: VadConfig) -> WhisperStt {
-        WhisperStt { model, vad, context: Arc::new(Vec::new()) }
+        WhisperStt { model, vad, detector: Detector::Energy, context: Arc::new(Vec::new()) }
     }
 
     /// Primes every utterance with `text` as Whisper's "previous text" (`<|startofprev|>`),
@@ -412,6 +419,7 @@ impl WhisperStt {
     pub fn from_env(
         get: impl Fn(&str) -> Option<String>,
         vad: VadConfig,
+    detector: Detector,
     ) -> Result<WhisperStt, ProviderError> {
         let dir = get("WHISPER_MODEL_DIR")
             .filter(|d| !d.trim().is_empty())
@@ -439,6 +447,7 @@ impl SttProvider for WhisperStt {
             VENDOR,
             Recognizer { model: self.model.clone(), context: self.context.clone() },
             self.vad.clone(),
+            self.detector.clone(),
         )?))
     }
 }

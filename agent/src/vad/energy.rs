@@ -24,13 +24,7 @@ impl VadConfig {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum VadEvent {
-    /// Speech began `onset_ms` ago (the frames that confirmed it).
-    SpeechStart { onset_ms: u32 },
-    /// Speech ended `hangover_ms` ago, after `speech_ms` of speech.
-    SpeechEnd { speech_ms: u32 },
-}
+pub use super::VadEvent;
 
 #[derive(Debug, Clone)]
 pub struct Vad {
