@@ -6,62 +6,16 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use agent::vad::level_dbfs;
-use proto::control::{Control, CONTROL_TOPIC};
-use room::{AudioTrackOptions, Room, RoomEvent, RoomOptions};
+use proto::control::Control;
 use tokio::sync::mpsc;
 
 mod common;
-use common::{start_devroom, Kill};
-
-enum Obs {
-    Frame(Instant, f32),
-    Control(Control),
-}
-
-/// A phone participant in `room`, and what it hears.
-async fn phone(url: &str, room_name: &str, sid: &str) -> (Room, mpsc::Receiver<Obs>, mpsc::Sender<Vec<i16>>) {
-    let token = agent::token::sign(
-        "devkey",
-        "secret",
-        serde_json::json!({"sub": format!("phone-{sid}"), "kind": "sip",
-            "attributes": {"sip.phoneNumber": "+15551230001", "sip.twilio.callSid": sid},
-            "video": {"roomJoin": true, "room": room_name, "canPublish": true, "canSubscribe": true, "canPublishData": true}}),
-        3600,
-    );
-    let (phone, mut events) = Room::connect(url, &token, RoomOptions::default()).await.unwrap();
-    let sink = phone.publish_audio(AudioTrackOptions { name: "caller".into(), sample_rate: 16_000, ..Default::default() }).await.unwrap();
-    let (say, _mic) = common::microphone(sink, 320);
-    let (tx, rx) = mpsc::channel::<Obs>(8192);
-    tokio::spawn(async move {
-        while let Some(ev) = events.recv().await {
-            match ev {
-                RoomEvent::TrackSubscribed { track, .. } => {
-                    let mut st = track.stream(16_000).unwrap();
-                    let tx = tx.clone();
-                    tokio::spawn(async move {
-                        while let Some(f) = st.recv().await {
-                            if tx.send(Obs::Frame(Instant::now(), level_dbfs(&f.samples))).await.is_err() {
-                                return;
-                            }
-                        }
-                    });
-                }
-                RoomEvent::DataReceived(m) if m.topic.as_deref() == Some(CONTROL_TOPIC) => {
-                    if let Ok(c) = Control::parse(&m.payload) {
-                        let _ = tx.send(Obs::Control(c)).await;
-                    }
-                }
-                _ => {}
-            }
-        }
-    });
-    (phone, rx, say)
-}
+use common::{phone, start_devroom, Kill, Obs};
 
 fn agent(url: &str, room: &str, db: &std::path::Path) -> Kill {
     Kill(
         Command::new(env!("CARGO_BIN_EXE_agent"))
+            .env("AGENT_VAD", "energy")
             .env("LIVEKIT_URL", url)
             .env("LIVEKIT_API_KEY", "devkey")
             .env("LIVEKIT_API_SECRET", "secret")

@@ -11,6 +11,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use proto::redact::Masked;
+use proto::twilio::is_sid;
 use proto::twiml::{self, ConnectStream, DialSip};
 use rand::RngCore;
 use secrecy::ExposeSecret;
@@ -122,10 +123,6 @@ fn xml(body: String) -> Response {
 
 fn param<'a>(params: &'a [(String, String)], name: &str) -> &'a str {
     params.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str()).unwrap_or("")
-}
-
-fn is_sid(s: &str, prefix: &str) -> bool {
-    s.len() == 34 && s.starts_with(prefix) && s[2..].bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 async fn incoming_call(State(app): State<Arc<App>>, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {

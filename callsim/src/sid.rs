@@ -13,12 +13,8 @@ pub fn sid(prefix: &str) -> String {
     s
 }
 
-/// Whether `s` is `prefix` followed by exactly 32 hex digits.
-pub fn is_sid(s: &str, prefix: &str) -> bool {
-    s.len() == prefix.len() + 32
-        && s.starts_with(prefix)
-        && s[prefix.len()..].bytes().all(|b| b.is_ascii_hexdigit())
-}
+/// Whether `s` is `prefix` followed by exactly 32 hex digits (proto owns the rule).
+pub use proto::twilio::is_sid;
 
 #[cfg(test)]
 mod tests {

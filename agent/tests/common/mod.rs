@@ -91,3 +91,66 @@ pub async fn events_until_turn(
     .await;
     events
 }
+
+/// What a phone participant sees of the agent.
+pub enum Obs {
+    /// Agent audio: a 20 ms frame's level (dBFS) and when it came.
+    Frame(Instant, f32),
+    Control(proto::control::Control),
+}
+
+/// A phone participant (kind `sip`, `phone-<sid>`) in `room_name`: the room, what it observes,
+/// and its microphone.
+pub async fn phone(url: &str, room_name: &str, sid: &str) -> (room::Room, tokio::sync::mpsc::Receiver<Obs>, tokio::sync::mpsc::Sender<Vec<i16>>) {
+    use room::{AudioTrackOptions, Room, RoomEvent, RoomOptions};
+    let token = agent::token::sign(
+        "devkey",
+        "secret",
+        serde_json::json!({"sub": format!("phone-{sid}"), "kind": "sip",
+            "attributes": {"sip.phoneNumber": "+15551230001", "sip.twilio.callSid": sid},
+            "video": {"roomJoin": true, "room": room_name, "canPublish": true, "canSubscribe": true, "canPublishData": true}}),
+        3600,
+    );
+    let (phone, mut events) = Room::connect(url, &token, RoomOptions::default()).await.unwrap();
+    let sink = phone.publish_audio(AudioTrackOptions { name: "caller".into(), sample_rate: 16_000, ..Default::default() }).await.unwrap();
+    let (say, _mic) = microphone(sink, 320);
+    let (tx, rx) = tokio::sync::mpsc::channel::<Obs>(8192);
+    tokio::spawn(async move {
+        while let Some(ev) = events.recv().await {
+            match ev {
+                RoomEvent::TrackSubscribed { track, .. } => {
+                    let mut st = track.stream(16_000).unwrap();
+                    let tx = tx.clone();
+                    tokio::spawn(async move {
+                        while let Some(f) = st.recv().await {
+                            if tx.send(Obs::Frame(Instant::now(), agent::vad::level_dbfs(&f.samples))).await.is_err() {
+                                return;
+                            }
+                        }
+                    });
+                }
+                RoomEvent::DataReceived(m) if m.topic.as_deref() == Some(proto::control::CONTROL_TOPIC) => {
+                    if let Ok(c) = proto::control::Control::parse(&m.payload) {
+                        let _ = tx.send(Obs::Control(c)).await;
+                    }
+                }
+                _ => {}
+            }
+        }
+    });
+    (phone, rx, say)
+}
+
+/// The Silero model for an agent under test, or None (the test is skipped; with
+/// AGENT_REQUIRE_MODELS_SILERO=1 it fails).
+pub fn silero_model() -> Option<PathBuf> {
+    let p = std::env::var("SILERO_VAD_MODEL")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").join(agent::vad::silero::DEFAULT_MODEL));
+    if p.exists() {
+        return Some(p);
+    }
+    assert!(std::env::var("AGENT_REQUIRE_MODELS_SILERO").as_deref() != Ok("1"), "no Silero model at {}", p.display());
+    eprintln!("skipped: no Silero model (scripts/models.sh silero)");
+    None
+}
