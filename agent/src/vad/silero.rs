@@ -12,8 +12,9 @@
 //! is not the ONNX model's.) A unit test holds it to ONNX Runtime's output on the same input.
 //!
 //! Phone audio (8 kHz) is resampled to 16 kHz first. Speech starts once windows of probability
-//! ≥ [`THRESHOLD`] have lasted `min_speech_ms` and ends after `end_of_speech_ms` below
-//! [`THRESHOLD`] − 0.15, the hysteresis of Silero's own `get_speech_timestamps`.
+//! ≥ [`THRESHOLD`] have lasted `min_speech_ms` (a window below `THRESHOLD` − 0.15, Silero's own
+//! hysteresis, resets the onset) and ends after `end_of_speech_ms` of windows below
+//! `END_THRESHOLD`.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -26,6 +27,10 @@ pub const DEFAULT_MODEL: &str = "models/silero-vad/silero_vad_16k_op15.onnx";
 /// Speech probability from which a window is speech.
 pub const THRESHOLD: f32 = 0.5;
 const NEG_THRESHOLD: f32 = THRESHOLD - 0.15;
+/// Inside speech, a window below this counts towards its end. Silero's own hysteresis
+/// (`THRESHOLD - 0.15`) ended turns 20–100 ms after the energy detector on espeak speech; the
+/// 500 ms hangover already keeps a pause from cutting a turn.
+const END_THRESHOLD: f32 = THRESHOLD;
 const RATE: u32 = 16_000;
 const WINDOW: usize = 512;
 const CONTEXT: usize = 64;
@@ -292,7 +297,7 @@ impl SileroVad {
             return None;
         }
         self.speech_ms += WINDOW_MS;
-        if p >= NEG_THRESHOLD {
+        if p >= END_THRESHOLD {
             self.silence_ms = 0;
             return None;
         }
