@@ -101,17 +101,6 @@ pub(crate) async fn publish_agent_track(room: &Room, rate: u32) -> Result<AudioS
     room.publish_audio(AudioTrackOptions { name: "agent".into(), sample_rate: rate, dtx: false, ..Default::default() }).await
 }
 
-/// `+1555***0001`: enough to tell calls apart, not enough to call anyone.
-pub fn mask_number(n: &str) -> String {
-    let chars: Vec<char> = n.chars().collect();
-    if chars.len() <= 8 {
-        return "***".into();
-    }
-    let head: String = chars[..5].iter().collect();
-    let tail: String = chars[chars.len() - 4..].iter().collect();
-    format!("{head}***{tail}")
-}
-
 /// Runs one call to its end. The room is closed when this returns.
 pub async fn run(room: Room, events: mpsc::Receiver<RoomEvent>, p: CallParams) -> Outcome {
     let out = run_inner(room.clone(), events, p).await;
@@ -127,7 +116,7 @@ async fn run_inner(room: Room, mut events: mpsc::Receiver<RoomEvent>, p: CallPar
     };
     let attr = |k: &str| phone.attributes.get(k).filter(|v| !v.is_empty()).cloned();
     let caller = attr("sip.phoneNumber");
-    tracing::info!(room = %room_name, phone = %phone.identity, caller = %caller.as_deref().map(mask_number).unwrap_or_default(), "caller present; starting the conversation");
+    tracing::info!(room = %room_name, phone = %phone.identity, caller = %proto::redact::Masked(caller.as_deref().unwrap_or("")), "caller present; starting the conversation");
     p.metrics.calls_started.fetch_add(1, Ordering::Relaxed);
     p.metrics.calls_active.fetch_add(1, Ordering::Relaxed);
     if let Some(r) = &p.recorder {

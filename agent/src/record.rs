@@ -226,6 +226,7 @@ impl Recorder {
     /// Wait until everything sent so far is written (tests, shutdown).
     pub fn flush(&self) {
         let (tx, rx) = smpsc::sync_channel(1);
+        self.queued.fetch_add(1, Ordering::Relaxed); // the writer counts every command down
         if self.tx.send(Cmd::Flush(tx)).is_ok() {
             let _ = rx.recv_timeout(std::time::Duration::from_secs(5));
         }

@@ -138,3 +138,24 @@ fn call_record_is_written_per_turn() {
     assert_eq!(back.fields, vec![("name".to_string(), "John Smith".to_string())]);
     assert!(agent::record::load_call(&path, "call-other").unwrap().is_none());
 }
+
+#[test]
+fn a_full_queue_drops_turns_and_counts_them_but_never_a_calls_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("calls.db");
+    let rec = Recorder::open(&path).unwrap();
+    rec.start_call(CallInfo { call_id: "c".into(), room: "call-CA2".into(), agent: "incident".into(), ..Default::default() });
+    rec.flush();
+    // Far more turns than the queue holds, faster than the disk: the excess is dropped, counted.
+    let n = agent::record::MAX_QUEUED * 3;
+    for seq in 0..n {
+        rec.turn("c", TurnRow { seq: seq as u32, role: "user".into(), text: "x".repeat(200), started_ms: 0, ended_ms: None, interrupted: false, heard_text: None, timings: None });
+    }
+    rec.end_call("c", "completed", &Default::default());
+    rec.flush();
+    let written: i64 = rusqlite::Connection::open(&path).unwrap().query_row("SELECT count(*) FROM turns", [], |r| r.get(0)).unwrap();
+    assert_eq!(written as u64 + rec.dropped(), n as u64, "every turn written or counted");
+    let outcome: Option<String> = rusqlite::Connection::open(&path).unwrap().query_row("SELECT outcome FROM calls", [], |r| r.get(0)).unwrap();
+    assert_eq!(outcome.as_deref(), Some("completed"), "the end is never dropped");
+    assert!(agent::metrics::global().render().contains("agent_record_dropped_total"));
+}

@@ -3,32 +3,13 @@
 //! is complete and the process exits 0. And killed with SIGKILL instead: what was said up to
 //! the kill is in the record when it is opened again.
 
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use proto::control::Control;
 use tokio::sync::mpsc;
 
 mod common;
-use common::{phone, start_devroom, Kill, Obs};
-
-fn agent(url: &str, room: &str, db: &std::path::Path) -> Kill {
-    Kill(
-        Command::new(env!("CARGO_BIN_EXE_agent"))
-            .env("AGENT_VAD", "energy")
-            .env("LIVEKIT_URL", url)
-            .env("LIVEKIT_API_KEY", "devkey")
-            .env("LIVEKIT_API_SECRET", "secret")
-            .env("AGENT_ROOM", room)
-            .env("CALL_DB", db)
-            .env("AGENT_DRAIN_TIMEOUT", "1")
-            .env("RUST_LOG", std::env::var("AGENT_LOG").unwrap_or_else(|_| "info".into()))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap(),
-    )
-}
+use common::{test_call, Kill, Obs};
 
 /// Waits until the agent has talked for `ms` (loud frames at the phone).
 async fn heard_for(obs: &mut mpsc::Receiver<Obs>, ms: u32, controls: &mut Vec<Control>) {
@@ -46,16 +27,11 @@ async fn heard_for(obs: &mut mpsc::Receiver<Obs>, ms: u32, controls: &mut Vec<Co
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_lets_the_call_finish_then_says_goodbye_and_exits_0() {
-    let (_devroom, port) = start_devroom().await;
-    let url = format!("ws://127.0.0.1:{port}");
-    let sid = "CAdrain00000000000000000000000000001";
-    let room_name = format!("call-{sid}");
-    let (_phone, mut obs, _say) = phone(&url, &room_name, sid).await;
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("calls.db");
-    let mut proc = agent(&url, &room_name, &db);
+    let mut call = test_call("CAdrain00000000000000000000000000001").await;
+    let mut proc = Kill(call.agent().env("AGENT_VAD", "energy").env("AGENT_DRAIN_TIMEOUT", "1").spawn().unwrap());
+    let (obs, db, room_name) = (&mut call.obs, call.db.clone(), call.room_name.clone());
     let mut controls = Vec::new();
-    heard_for(&mut obs, 1000, &mut controls).await;
+    heard_for(obs, 1000, &mut controls).await;
     unsafe { libc_kill(proc.0.id() as i32, 15) };
     let signalled = Instant::now();
     // The call goes on for the drain timeout (1 s), then the goodbye, then `hangup`.
@@ -95,17 +71,13 @@ async fn sigterm_lets_the_call_finish_then_says_goodbye_and_exits_0() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn what_was_said_survives_a_kill_9() {
-    let (_devroom, port) = start_devroom().await;
-    let url = format!("ws://127.0.0.1:{port}");
     let sid = "CAkill000000000000000000000000000001";
-    let room_name = format!("call-{sid}");
-    let (_phone, mut obs, say) = phone(&url, &room_name, sid).await;
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("calls.db");
-    let mut proc = agent(&url, &room_name, &db);
+    let mut call = test_call(sid).await;
+    let mut proc = Kill(call.agent().env("AGENT_VAD", "energy").spawn().unwrap());
+    let (obs, db, room_name, say) = (&mut call.obs, call.db.clone(), call.room_name.clone(), call.mic.clone());
     let mut controls = Vec::new();
     // The greeting plays out, the caller answers, the agent starts its reply: then kill -9.
-    heard_for(&mut obs, 2000, &mut controls).await;
+    heard_for(obs, 2000, &mut controls).await;
     let line = agent::providers::offline_tts::OfflineTts::new("en-us+m3", 140, 16_000).synthesize("my name is john").await.unwrap();
     tokio::time::sleep(Duration::from_secs(5)).await; // past the greeting
     say.send(line).await.unwrap();

@@ -2,39 +2,19 @@
 //! a passing truck would make. With Silero VAD it is not speech: the greeting plays on whole, no
 //! `interrupt` goes to the bridge, and nothing becomes an answer or a form value.
 
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use proto::control::Control;
 
 mod common;
-use common::{phone, silero_model, start_devroom, Kill, Obs};
+use common::{silero_model, test_call, Kill, Obs};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_noise_burst_neither_stops_the_greeting_nor_answers_it() {
     let Some(model) = silero_model() else { return };
-    let (_devroom, port) = start_devroom().await;
-    let url = format!("ws://127.0.0.1:{port}");
-    let sid = "CAnoise00000000000000000000000000001";
-    let room_name = format!("call-{sid}");
-    let (_phone, mut obs, mic) = phone(&url, &room_name, sid).await;
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("calls.db");
-    let mut proc = Kill(
-        Command::new(env!("CARGO_BIN_EXE_agent"))
-            .env("LIVEKIT_URL", &url)
-            .env("LIVEKIT_API_KEY", "devkey")
-            .env("LIVEKIT_API_SECRET", "secret")
-            .env("AGENT_ROOM", &room_name)
-            .env("CALL_DB", &db)
-            .env("AGENT_VAD", "silero")
-            .env("SILERO_VAD_MODEL", &model)
-            .env("RUST_LOG", std::env::var("AGENT_LOG").unwrap_or_else(|_| "info".into()))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let call = test_call("CAnoise00000000000000000000000000001").await;
+    let mut proc = Kill(call.agent().env("AGENT_VAD", "silero").env("SILERO_VAD_MODEL", &model).spawn().unwrap());
+    let common::TestCall { phone: _phone, mut obs, mic, db, room_name, devroom: _devroom, dir: _dir, .. } = call;
     // Loud white noise, 500 ms, once the greeting has played for 800 ms.
     let mut x: u64 = 99;
     let burst: Vec<i16> = (0..8000)

@@ -6,10 +6,9 @@
 mod common;
 mod fakes;
 
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{phone, start_devroom, Kill, Obs};
+use common::{test_call, Kill, Obs};
 use fakes::chat::{FakeChat, Script};
 use proto::control::Control;
 
@@ -20,31 +19,19 @@ async fn a_refused_llm_ends_in_an_apology_and_a_hangup() {
     for _ in 0..4 {
         fake.push(Script::Status(401));
     }
-    let (_devroom, port) = start_devroom().await;
-    let url = format!("ws://127.0.0.1:{port}");
-    let sid = "CAvendor0000000000000000000000000001";
-    let room_name = format!("call-{sid}");
-    let (_phone, mut obs, mic) = phone(&url, &room_name, sid).await;
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("calls.db");
-    let log = dir.path().join("agent.log");
+    let call = test_call("CAvendor0000000000000000000000000001").await;
+    let log = call.dir.path().join("agent.log");
     let mut proc = Kill(
-        Command::new(env!("CARGO_BIN_EXE_agent"))
-            .env("LIVEKIT_URL", &url)
-            .env("LIVEKIT_API_KEY", "devkey")
-            .env("LIVEKIT_API_SECRET", "secret")
-            .env("AGENT_ROOM", &room_name)
-            .env("CALL_DB", &db)
+        call.agent()
             .env("AGENT_LLM", "openai")
             .env("OPENAI_API_KEY", fakes::KEY)
             .env("OPENAI_BASE_URL", fake.base_url())
             .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap(),
     );
+    let common::TestCall { phone: _phone, mut obs, mic, db, room_name, devroom: _devroom, dir: _dir, .. } = call;
     // The greeting, then the caller's line.
     let mut loud = Vec::new();
     let mut controls = Vec::new();

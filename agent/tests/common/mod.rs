@@ -154,3 +154,42 @@ pub fn silero_model() -> Option<PathBuf> {
     eprintln!("skipped: no Silero model (scripts/models.sh silero)");
     None
 }
+
+/// A call in a fresh devroom: the phone participant is in the room, the agent not yet.
+pub struct TestCall {
+    pub devroom: Kill,
+    pub url: String,
+    pub room_name: String,
+    pub phone: room::Room,
+    pub obs: tokio::sync::mpsc::Receiver<Obs>,
+    pub mic: tokio::sync::mpsc::Sender<Vec<i16>>,
+    pub db: PathBuf,
+    pub dir: tempfile::TempDir,
+}
+
+pub async fn test_call(sid: &str) -> TestCall {
+    let (devroom, port) = start_devroom().await;
+    let url = format!("ws://127.0.0.1:{port}");
+    let room_name = format!("call-{sid}");
+    let (phone, obs, mic) = phone(&url, &room_name, sid).await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("calls.db");
+    TestCall { devroom, url, room_name, phone, obs, mic, db, dir }
+}
+
+impl TestCall {
+    /// The agent binary for this call's room (`--room`), as a script would start it; add
+    /// variables, then spawn.
+    pub fn agent(&self) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_agent"));
+        c.env("LIVEKIT_URL", &self.url)
+            .env("LIVEKIT_API_KEY", "devkey")
+            .env("LIVEKIT_API_SECRET", "secret")
+            .env("AGENT_ROOM", &self.room_name)
+            .env("CALL_DB", &self.db)
+            .env("RUST_LOG", std::env::var("AGENT_LOG").unwrap_or_else(|_| "info".into()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null());
+        c
+    }
+}
