@@ -193,7 +193,8 @@ async fn nobody_to_talk_to_redispatch_once_then_the_fallback() {
 async fn an_agent_that_dies_mid_call_leads_to_the_fallback_unless_another_comes() {
     let lk = start_devroom().await;
     let rest = FakeRest::default();
-    let bridge = start_bridge(&lk, &rest.start().await, &["--agent-join-timeout", "1s"]).await;
+    // 3 s, not less: under a loaded test run the second agent's join (step 2) must land inside it.
+    let bridge = start_bridge(&lk, &rest.start().await, &["--agent-join-timeout", "3s"]).await;
 
     // 1. The agent goes and nobody comes back: fallback.
     let sid = call_sid(110);
@@ -201,7 +202,7 @@ async fn an_agent_that_dies_mid_call_leads_to_the_fallback_unless_another_comes(
     let caller = callsim::spawn_call(callsim(&bridge, &sid).duration_secs(30.0));
     wait_for_phone(&mut events).await;
     let voice = speak(&agent, 30.0).await;
-    tokio::time::sleep(Duration::from_millis(1500)).await; // past one join timeout: the agent counts
+    tokio::time::sleep(Duration::from_millis(3500)).await; // past one join timeout: the agent counts
     assert!(rest.calls().is_empty());
     voice.abort();
     agent.close().await;
