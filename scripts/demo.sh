@@ -7,18 +7,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# System packages the build and the offline stack need (Debian/Ubuntu names).
-pkgs=(cmake clang libclang-dev pkg-config espeak-ng libespeak-ng-dev libpocketsphinx-dev pocketsphinx-en-us)
-missing=()
-for p in "${pkgs[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-  echo "== installing ${missing[*]}"
-  SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-fi
+# The Debian packages the build and the offline stack need, when missing.
+scripts/setup.sh demo
 
 echo "== Silero VAD model (PyPI silero-vad wheel; without it the agent uses its energy detector)"
 if out="$(scripts/models.sh silero 2>/dev/null)"; then eval "$out"; else echo "   (not fetched: python3 -m pip is needed)"; fi

@@ -1,6 +1,7 @@
 //! The caller's audio on its way into a cascaded conversation: the voice activity detector's
-//! edges for the conversation, every frame for the recogniser (its own task, so a slow vendor
-//! never blocks the call), and digital silence through Opus DTX pauses (see
+//! edges for the conversation, every frame for the recogniser with the detector's reading of it
+//! (one detector per call: utterance recognisers cut on the same edges; its own task, so a slow
+//! vendor never blocks the call), and digital silence through Opus DTX pauses (see
 //! [`crate::silence_fill`]).
 
 use std::time::{Duration, Instant};
@@ -11,10 +12,11 @@ use tokio::task::JoinHandle;
 use crate::conversation::Input;
 use crate::providers::{ProviderError, SttEvent, SttSession};
 use crate::silence_fill::SilenceFill;
-use crate::vad::{SpeechDetector, VadEvent};
+use crate::vad::{SpeechDetector, VadEvent, VoiceActivity};
 
 pub enum SttIn {
-    Audio(Vec<i16>),
+    /// A frame and what the call's detector made of it.
+    Audio(Vec<i16>, VoiceActivity),
     Finalize,
 }
 
@@ -26,8 +28,8 @@ pub fn spawn_stt(mut session: Box<dyn SttSession>, mut rx: mpsc::Receiver<SttIn>
         loop {
             tokio::select! {
                 m = rx.recv() => match m {
-                    Some(SttIn::Audio(pcm)) => {
-                        if let Err(e) = session.send_audio(&pcm).await {
+                    Some(SttIn::Audio(pcm, activity)) => {
+                        if let Err(e) = session.send_audio_with_activity(&pcm, activity).await {
                             send_errors += 1;
                             if send_errors.is_power_of_two() {
                                 tracing::warn!(error = %e, count = send_errors, "stt: audio not accepted");
@@ -113,8 +115,9 @@ impl Ears {
     }
 
     fn hear(&mut self, samples: Vec<i16>, now: Instant, out: &mut Vec<Input>) {
-        let ev = self.vad.push(&samples, self.rate);
-        if self.stt.try_send(SttIn::Audio(samples)).is_err() {
+        let activity = VoiceActivity::read(self.vad.as_mut(), &samples, self.rate);
+        let ev = activity.edge;
+        if self.stt.try_send(SttIn::Audio(samples, activity)).is_err() {
             self.dropped += 1;
             if self.dropped.is_power_of_two() {
                 tracing::warn!(dropped = self.dropped, "recogniser behind; caller audio dropped");

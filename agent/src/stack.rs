@@ -317,11 +317,7 @@ impl Stack {
         let stt: Arc<dyn SttProvider> = match c.stt {
             #[cfg(feature = "whisper")]
             "whisper" => Arc::new(
-                crate::providers::whisper_stt::WhisperStt::from_env(
-                    get,
-                    VadConfig::from_turn(&spec.turn),
-                )?
-                .with_detector(vad.clone())
+                crate::providers::whisper_stt::WhisperStt::from_env(get, VadConfig::from_turn(&spec.turn), vad.clone())?
                 .expecting(&spec.expected_examples().join(". ")),
             ),
             "deepgram" => {

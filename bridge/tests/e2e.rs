@@ -190,7 +190,7 @@ async fn interrupt_clears_dtmf_reaches_the_room_and_hangup_ends_the_call() {
         0
     };
     let heard_ms = timeout(Duration::from_secs(5), interrupted).await.expect("playback report");
-    assert!((200..=2000).contains(&heard_ms), "heard {heard_ms} ms");
+    assert!(heard_ms >= 300, "the caller had been hearing the agent for 300+ ms: heard {heard_ms} ms");
     speaker.abort();
     // Inside the bridge, interrupt to clear took well under a frame.
     let m = bridge.app.metrics.interrupt_to_clear_seconds.clone();
@@ -204,6 +204,13 @@ async fn interrupt_clears_dtmf_reaches_the_room_and_hangup_ends_the_call() {
         .unwrap();
     let report = timeout(Duration::from_secs(10), caller.finish()).await.expect("call ends").unwrap();
     assert_eq!(report.closed_by, Some(callsim::ClosedBy::Server), "{report:?}");
+    // The reported position is what the caller's side actually played, to the frame: after the
+    // clear nothing more was played (the bridge mutes the interrupted utterance's tail).
+    assert!(
+        (report.played_ms - heard_ms as f64).abs() <= 20.0,
+        "bridge says {heard_ms} ms heard, the caller played {} ms",
+        report.played_ms
+    );
     tokio::time::sleep(Duration::from_millis(500)).await;
     let updates = rest.updates.lock().unwrap().clone();
     assert_eq!(updates.len(), 1, "{updates:?}");

@@ -92,6 +92,13 @@ pub enum SttEvent {
 pub trait SttSession: Send {
     /// 20 ms (or any length) of PCM16 at the provider's input rate.
     async fn send_audio(&mut self, pcm: &[i16]) -> Result<(), ProviderError>;
+    /// The same audio with the call's speech detector's reading of it. Recognisers that cut
+    /// utterances themselves use it instead of running a detector of their own; streaming
+    /// vendors (which find their own endpoints) ignore it.
+    async fn send_audio_with_activity(&mut self, pcm: &[i16], activity: crate::vad::VoiceActivity) -> Result<(), ProviderError> {
+        let _ = activity;
+        self.send_audio(pcm).await
+    }
     /// Flush: recognise what was sent so far now.
     async fn finalize(&mut self) -> Result<(), ProviderError>;
     /// Next event; None when the stream has closed.
@@ -215,6 +222,7 @@ pub mod local_tts;
 pub mod offline_stt;
 pub mod offline_tts;
 pub mod rules_llm;
+pub mod utterance;
 
 // optional offline models, each behind a cargo feature (scripts/models.sh fetches the models)
 #[cfg(feature = "llama")]

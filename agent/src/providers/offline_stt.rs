@@ -20,10 +20,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use tokio::sync::mpsc;
 
-use super::{ProviderError, SttEvent, SttProvider, SttSession};
-use crate::vad::{Detector, VadConfig, VadEvent};
+use super::utterance::{UtteranceRecognizer, UtteranceSession};
+use super::{ProviderError, SttProvider, SttSession};
+use crate::vad::{Detector, VadConfig};
 
 const VENDOR: &str = "pocketsphinx";
 pub const RATE: u32 = 16_000;
@@ -197,12 +197,6 @@ impl Drop for Decoder {
     fn drop(&mut self) {
         unsafe { ps_free(self.ps) };
     }
-}
-
-/// Something that turns one whole utterance into text, used by [`UtteranceSession`].
-pub trait UtteranceRecognizer: Send + 'static {
-    /// `pcm16k`: the utterance, mono PCM16 at 16 kHz. `""` when nothing was recognised.
-    fn recognize(&mut self, pcm16k: &[i16]) -> Result<String, String>;
 }
 
 impl UtteranceRecognizer for Decoder {
@@ -468,43 +462,6 @@ impl OfflineStt {
     }
 }
 
-enum In {
-    Audio(Vec<i16>),
-    Finalize,
-}
-
-/// A live stream over an [`UtteranceRecognizer`] running on its own thread.
-pub struct UtteranceSession {
-    vendor: &'static str,
-    tx: Option<mpsc::Sender<In>>,
-    rx: mpsc::Receiver<SttEvent>,
-}
-
-impl UtteranceSession {
-    /// Starts the recogniser's thread (named `vendor`); `vendor` also names it in errors.
-    pub fn spawn(
-        vendor: &'static str,
-        rec: impl UtteranceRecognizer,
-        vad: VadConfig,
-        detector: Detector,
-    ) -> Result<UtteranceSession, ProviderError> {
-        let (in_tx, in_rx) = mpsc::channel::<In>(200);
-        let (ev_tx, ev_rx) = mpsc::channel::<SttEvent>(64);
-        std::thread::Builder::new()
-            .name(vendor.into())
-            .spawn(move || run_utterances(rec, vad, detector, in_rx, ev_tx))
-            .map_err(|e| ProviderError::Other {
-                vendor,
-                msg: e.to_string(),
-            })?;
-        Ok(UtteranceSession {
-            vendor,
-            tx: Some(in_tx),
-            rx: ev_rx,
-        })
-    }
-}
-
 #[async_trait]
 impl SttProvider for OfflineStt {
     fn name(&self) -> &'static str {
@@ -537,179 +494,6 @@ impl SttProvider for OfflineStt {
     }
 }
 
-/// Trailing silence kept after the end of speech: the recogniser needs a little to close the
-/// last word; the whole hangover (600 ms) only costs decode time and invites phantom words.
-const TAIL_KEPT_MS: u32 = 200;
-
-/// Drops the end-of-speech hangover (all but [`TAIL_KEPT_MS`]) from an utterance.
-fn trim_hangover(pcm: &mut Vec<i16>, hangover_ms: u32) {
-    let drop = (hangover_ms.saturating_sub(TAIL_KEPT_MS) * RATE / 1000) as usize;
-    let keep = pcm.len().saturating_sub(drop).max(pcm.len().min(RATE as usize / 5));
-    pcm.truncate(keep);
-}
-
-/// After this much quiet inside an utterance the speech so far is recognised at once and sent
-/// as [`SttEvent::Preflight`]: the conversation can start its reply while the end-of-speech
-/// wait runs out. When nothing more is said, that text is the final one (no second decode).
-pub const PREFLIGHT_SILENCE_MS: u32 = 200;
-
-/// The recogniser thread. Utterances are cut by an energy VAD (with 300 ms of pre-roll so the
-/// first phoneme is kept) or by `finalize`, and recognised in one pass over the whole utterance
-/// (for pocketsphinx `full_utt`: batch cepstral normalisation over all of it — measurably more
-/// accurate than frame-by-frame decoding with 5prealpha, at ~0.1× real time). A pause of
-/// [`PREFLIGHT_SILENCE_MS`] gives an early transcript.
-fn run_utterances<R: UtteranceRecognizer>(
-    mut rec: R,
-    vad: VadConfig,
-    detector: Detector,
-    mut rx: mpsc::Receiver<In>,
-    tx: mpsc::Sender<SttEvent>,
-) {
-    const PREROLL_MS: usize = 300;
-    const MAX_UTT_SECS: usize = 30;
-    let vad_cfg = vad.clone();
-    let mut vad = detector.make(vad);
-    let mut preroll: std::collections::VecDeque<Vec<i16>> = Default::default();
-    let mut preroll_samples = 0usize;
-    let mut utt: Option<Vec<i16>> = None;
-    // The early transcript of this utterance, while nothing was said after it.
-    let mut preflight: Option<String> = None;
-    let end_utt = |rec: &mut R, pcm: Vec<i16>, early: Option<String>, tx: &mpsc::Sender<SttEvent>| -> bool {
-        let text = match early {
-            Some(t) => t,
-            None => match rec.recognize(&pcm) {
-                Ok(t) => t,
-                Err(e) => {
-                    let _ = tx.blocking_send(SttEvent::Error(e));
-                    return false;
-                }
-            },
-        };
-        if !text.is_empty()
-            && tx
-                .blocking_send(SttEvent::Final {
-                    text: text.clone(),
-                    confidence: 1.0,
-                })
-                .is_err()
-        {
-            return false;
-        }
-        tx.blocking_send(SttEvent::EndOfTurn { text }).is_ok()
-    };
-    while let Some(msg) = rx.blocking_recv() {
-        match msg {
-            In::Audio(pcm) => {
-                let ev = vad.push(&pcm, RATE);
-                match utt.as_mut() {
-                    None => {
-                        preroll_samples += pcm.len();
-                        preroll.push_back(pcm);
-                        while preroll_samples > PREROLL_MS * RATE as usize / 1000 + 320 {
-                            if let Some(f) = preroll.pop_front() {
-                                preroll_samples -= f.len();
-                            }
-                        }
-                        if let Some(VadEvent::SpeechStart { .. }) = ev {
-                            if tx.blocking_send(SttEvent::SpeechStarted).is_err() {
-                                return;
-                            }
-                            utt = Some(preroll.drain(..).flatten().collect());
-                            preroll_samples = 0;
-                        }
-                    }
-                    Some(buf) => {
-                        buf.extend_from_slice(&pcm);
-                        let too_long = buf.len() >= MAX_UTT_SECS * RATE as usize;
-                        let ended = matches!(ev, Some(VadEvent::SpeechEnd { .. }));
-                        let silence = vad.silence_ms();
-                        if silence == 0 {
-                            preflight = None; // more speech: the early text is not the turn
-                        }
-                        if ended || too_long {
-                            let mut pcm = utt.take().unwrap_or_default();
-                            if ended {
-                                trim_hangover(&mut pcm, vad_cfg.hangover_ms);
-                            }
-                            if too_long {
-                                vad = detector.make(vad_cfg.clone());
-                            }
-                            if !end_utt(&mut rec, pcm, preflight.take().filter(|_| ended), &tx) {
-                                return;
-                            }
-                        } else if silence >= PREFLIGHT_SILENCE_MS && preflight.is_none() {
-                            let mut pcm = buf.clone();
-                            trim_hangover(&mut pcm, silence);
-                            match rec.recognize(&pcm) {
-                                Ok(text) => {
-                                    if !text.is_empty() && tx.blocking_send(SttEvent::Preflight { text: text.clone() }).is_err() {
-                                        return;
-                                    }
-                                    preflight = Some(text);
-                                }
-                                Err(e) => tracing::debug!(error = %e, "early recognition failed"),
-                            }
-                        }
-                    }
-                }
-            }
-            In::Finalize => {
-                // The session's VAD (same settings) saw the end of speech a hangover ago.
-                if let Some(mut pcm) = utt.take() {
-                    trim_hangover(&mut pcm, vad_cfg.hangover_ms);
-                    vad = detector.make(vad_cfg.clone());
-                    if !end_utt(&mut rec, pcm, preflight.take(), &tx) {
-                        return;
-                    }
-                }
-            }
-        }
-    }
-}
-
-#[async_trait]
-impl SttSession for UtteranceSession {
-    async fn send_audio(&mut self, pcm: &[i16]) -> Result<(), ProviderError> {
-        let tx = self.tx.as_ref().ok_or(ProviderError::Other {
-            vendor: self.vendor,
-            msg: "session closed".into(),
-        })?;
-        // Never block the call on a slow decoder: drop audio (counted by the caller's logs).
-        match tx.try_send(In::Audio(pcm.to_vec())) {
-            Ok(()) => Ok(()),
-            Err(mpsc::error::TrySendError::Full(_)) => Err(ProviderError::Other {
-                vendor: self.vendor,
-                msg: "decoder is behind; audio dropped".into(),
-            }),
-            Err(mpsc::error::TrySendError::Closed(_)) => Err(ProviderError::Connection {
-                vendor: self.vendor,
-                msg: "decoder thread ended".into(),
-            }),
-        }
-    }
-
-    async fn finalize(&mut self) -> Result<(), ProviderError> {
-        let tx = self.tx.as_ref().ok_or(ProviderError::Other {
-            vendor: self.vendor,
-            msg: "session closed".into(),
-        })?;
-        tx.send(In::Finalize)
-            .await
-            .map_err(|_| ProviderError::Connection {
-                vendor: self.vendor,
-                msg: "decoder thread ended".into(),
-            })
-    }
-
-    async fn next_event(&mut self) -> Option<SttEvent> {
-        self.rx.recv().await
-    }
-
-    async fn close(&mut self) {
-        self.tx = None;
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -731,16 +515,6 @@ mod tests {
         );
         // Bigram probabilities after "is": two followers, each (1 - 0.5) / 2.
         assert!(arpa.contains(&format!("{:.4} is john", (0.25f64).log10())));
-    }
-
-    #[test]
-    fn hangover_is_trimmed_to_a_short_tail() {
-        let mut pcm = vec![1i16; RATE as usize * 2]; // 2 s: 1.4 s speech + 600 ms hangover
-        trim_hangover(&mut pcm, 600);
-        assert_eq!(pcm.len(), RATE as usize * 2 - (400 * RATE / 1000) as usize);
-        let mut short = vec![1i16; 1000];
-        trim_hangover(&mut short, 600);
-        assert_eq!(short.len(), 1000, "never below 200 ms");
     }
 
     #[test]

@@ -26,7 +26,7 @@ use async_trait::async_trait;
 use ct2rs::sys::{StorageView, Whisper, WhisperOptions};
 use ct2rs::tokenizers::hf::Tokenizer;
 
-use super::offline_stt::{UtteranceRecognizer, UtteranceSession};
+use super::utterance::{UtteranceRecognizer, UtteranceSession};
 use super::{ProviderError, SttProvider, SttSession};
 use crate::vad::{level_dbfs, Detector, VadConfig};
 
@@ -419,12 +419,12 @@ impl WhisperStt {
     pub fn from_env(
         get: impl Fn(&str) -> Option<String>,
         vad: VadConfig,
-    detector: Detector,
+        detector: Detector,
     ) -> Result<WhisperStt, ProviderError> {
         let dir = get("WHISPER_MODEL_DIR")
             .filter(|d| !d.trim().is_empty())
             .unwrap_or_else(|| DEFAULT_MODEL_DIR.to_string());
-        Ok(WhisperStt::new(WhisperModel::load(Path::new(&dir))?, vad))
+        Ok(WhisperStt::new(WhisperModel::load(Path::new(&dir))?, vad).with_detector(detector))
     }
 
     pub fn model(&self) -> &Arc<WhisperModel> {

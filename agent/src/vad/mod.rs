@@ -25,6 +25,24 @@ pub enum VadEvent {
     SpeechEnd { speech_ms: u32 },
 }
 
+/// What the call's detector made of one frame, handed to a recogniser with that frame so it can
+/// cut utterances on the same edges without running a second detector (one Silero per call).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct VoiceActivity {
+    pub edge: Option<VadEvent>,
+    pub in_speech: bool,
+    /// Unvoiced time at the end of the current speech (0 when not in speech).
+    pub silence_ms: u32,
+}
+
+impl VoiceActivity {
+    /// Pushes `frame` through `detector` and reads the result.
+    pub fn read(detector: &mut dyn SpeechDetector, frame: &[i16], rate: u32) -> VoiceActivity {
+        let edge = detector.push(frame, rate);
+        VoiceActivity { edge, in_speech: detector.in_speech(), silence_ms: detector.silence_ms() }
+    }
+}
+
 /// A voice activity detector on a stream of frames.
 pub trait SpeechDetector: Send {
     /// One frame (any length; its duration comes from `rate`).
