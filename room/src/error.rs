@@ -54,6 +54,9 @@ pub enum RoomError {
     /// A sample rate Opus cannot take directly (use 8000, 12000, 16000, 24000 or 48000).
     #[error("unsupported sample rate {0} Hz (use 8000, 12000, 16000, 24000 or 48000)")]
     InvalidSampleRate(u32),
+    /// The server's `enabled_publish_codecs` does not include this codec.
+    #[error("the server does not enable {0} for publishing")]
+    CodecNotEnabled(&'static str),
     /// A bounded queue was full; the request was dropped.
     #[error("queue full: {0}")]
     QueueFull(&'static str),

@@ -88,8 +88,8 @@ mod signal;
 mod testing;
 
 pub use audio::{
-    AudioCodec, AudioFrame, AudioSink, AudioStream, AudioTrackOptions, OpusDecoder, OpusEncoder, PushError, RemoteAudioTrack, SendLatencyObserver,
-    SinkStats,
+    AudioCodec, AudioFrame, AudioSink, AudioStream, AudioTrackOptions, OpusDecoder, OpusEncoder, PhoneAudio, PhoneFrame, PhoneStream, PushError,
+    RemoteAudioTrack, SendLatencyObserver, SinkStats,
 };
 pub use data::{DataKind, DataMessage, DataPacketBuilder, DtmfMessage};
 pub use error::RoomError;

@@ -170,6 +170,13 @@ struct Snapshot {
     local: Option<Participant>,
     /// By identity.
     remotes: HashMap<String, Participant>,
+    /// `JoinResponse.enabled_publish_codecs`, lower-case mime types (empty: the server did not say).
+    publish_codecs: Vec<String>,
+}
+
+/// Lower-case mime types of a join's `enabled_publish_codecs`.
+fn publish_codecs(join: &proto::JoinResponse) -> Vec<String> {
+    join.enabled_publish_codecs.iter().map(|c| c.mime.to_ascii_lowercase()).collect()
 }
 
 struct Shared {
@@ -272,6 +279,7 @@ impl Room {
                 room_metadata: room.metadata.clone(),
                 local: Some(Participant::from(&local_info)),
                 remotes: HashMap::new(),
+                publish_codecs: publish_codecs(&join),
             }),
             counters: Counters::default(),
         });
@@ -370,6 +378,14 @@ impl Room {
         self.shared.snap().remotes.values().cloned().collect()
     }
 
+    /// Whether the server lets us publish `codec` (`JoinResponse.enabled_publish_codecs`;
+    /// livekit-server ≥ 1.9.1 enables PCMU and PCMA besides Opus). A server that sends no list
+    /// is taken to allow Opus only.
+    pub fn publish_codec_enabled(&self, codec: AudioCodec) -> bool {
+        let codecs = &self.shared.snap().publish_codecs;
+        codec == AudioCodec::Opus || codecs.iter().any(|m| m == codec.mime_type_lower())
+    }
+
     /// Counters.
     pub fn stats(&self) -> RoomStats {
         let c = &self.shared.counters;
@@ -404,9 +420,24 @@ impl Room {
 
     /// Publish a mono Opus audio track (`add_track` → `track_published` → renegotiation) and
     /// return the sink to push PCM into. Resolves once the track is negotiated.
+    ///
+    /// A G.711 track needs 8 kHz input; a server whose `enabled_publish_codecs` lists codecs
+    /// but not this one refuses it here with [`RoomError::CodecNotEnabled`] (a server that
+    /// lists none is asked anyway).
     pub async fn publish_audio(&self, options: AudioTrackOptions) -> Result<AudioSink, RoomError> {
         // Validate before bothering the server.
-        crate::audio::OpusEncoder::new(options.sample_rate, options.complexity, options.dtx)?;
+        match options.codec {
+            AudioCodec::Opus => drop(crate::audio::OpusEncoder::new(options.sample_rate, options.complexity, options.dtx)?),
+            g711 => {
+                if options.sample_rate != 8_000 {
+                    return Err(RoomError::InvalidSampleRate(options.sample_rate));
+                }
+                let listed = self.shared.snap().publish_codecs.clone();
+                if !listed.is_empty() && !listed.iter().any(|m| m == g711.mime_type_lower()) {
+                    return Err(RoomError::CodecNotEnabled(g711.mime_type()));
+                }
+            }
+        }
         let opts = options.clone();
         let (sid, cid) = self.request(|reply| Command::PublishAudio { opts, reply }).await?;
         let mut sink = AudioSink::new(sid, cid.clone(), &options, self.audio_tx.clone())?;
@@ -825,7 +856,7 @@ impl Engine {
         match c {
             Command::PublishAudio { opts, reply } => {
                 let cid: String = format!("audio-{:016x}", rand::random::<u64>());
-                self.send_signal(signal::req_add_audio_track(&cid, &opts.name, opts.source, opts.dtx));
+                self.send_signal(signal::req_add_audio_track(&cid, &opts.name, opts.source, opts.dtx, opts.codec));
                 self.pending_publish.insert(cid, PendingPublish { opts, reply: Some(reply), deadline: now + PUBLISH_TIMEOUT });
             }
             Command::SendData { packet, reply } => {
@@ -1054,7 +1085,7 @@ impl Engine {
             inc(&self.shared.counters.audio_frames_dropped);
             return;
         }
-        if let Err(e) = self.publisher.write_audio(now, mid, a.rtp_time, &a.payload, a.audio_level, a.talkspurt_start) {
+        if let Err(e) = self.publisher.write_audio(now, mid, a.codec, a.rtp_time, a.payload, a.audio_level, a.talkspurt_start) {
             inc(&self.shared.counters.audio_frames_dropped);
             tracing::debug!(error = %e, "audio frame dropped");
         } else if let Some(obs) = self.local_tracks.get(&a.track_cid).and_then(|t| t.opts.on_sent.as_ref()) {
@@ -1077,9 +1108,12 @@ impl Engine {
         }
         // str0m adds one media per offer here; further tracks go in follow-up offers.
         let add = self.pending_media.pop_front();
-        let add_args = add.as_ref().map(|cid| (format!("{}-stream", self.local.sid), cid.clone()));
+        let add_args = add.as_ref().map(|cid| {
+            let codec = self.local_tracks.get(cid).map_or(AudioCodec::Opus, |t| t.opts.codec);
+            (format!("{}-stream", self.local.sid), cid.clone(), codec)
+        });
         let stop = std::mem::take(&mut self.pending_stop);
-        let r = self.publisher.create_offer(add_args.as_ref().map(|(s, c)| (s.as_str(), &**c)), &stop, ice_restart);
+        let r = self.publisher.create_offer(add_args.as_ref().map(|(s, c, codec)| (s.as_str(), &**c, *codec)), &stop, ice_restart);
         self.negotiation_needed = !self.pending_media.is_empty();
         match r {
             Ok((Some(sdp), mid)) => {
@@ -1801,6 +1835,7 @@ impl Engine {
         {
             let mut snap = self.shared.snap();
             snap.local = Some(Participant::from(&self.local));
+            snap.publish_codecs = publish_codecs(&join);
             if let Some(room) = &join.room {
                 snap.room_sid = room.sid.clone();
                 snap.room_metadata = room.metadata.clone();
@@ -1882,7 +1917,7 @@ impl Engine {
         self.pending_stop.clear();
         let tracks: Vec<(Arc<str>, AudioTrackOptions)> = self.local_tracks.drain().map(|(cid, t)| (cid, t.opts)).collect();
         for (cid, opts) in tracks {
-            self.send_signal(signal::req_add_audio_track(&cid, &opts.name, opts.source, opts.dtx));
+            self.send_signal(signal::req_add_audio_track(&cid, &opts.name, opts.source, opts.dtx, opts.codec));
             self.pending_publish.insert(cid.to_string(), PendingPublish { opts, reply: None, deadline: now + PUBLISH_TIMEOUT });
         }
         self.start_negotiation();

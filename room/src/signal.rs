@@ -24,6 +24,7 @@ use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use url::Url;
 
+use crate::audio::AudioCodec;
 use crate::error::RoomError;
 
 /// Protocol version we speak on `/rtc` (the Rust SDK's value).
@@ -216,7 +217,10 @@ pub(crate) fn parse_trickle(t: &proto::TrickleRequest) -> Result<Option<String>,
 }
 
 #[allow(deprecated)] // disable_dtx/stereo: still read by older servers
-pub(crate) fn req_add_audio_track(cid: &str, name: &str, source: proto::TrackSource, dtx: bool) -> Request {
+/// `add_track` for an audio track; its codec goes in `simulcast_codecs`, from which
+/// livekit-server takes the track's mime type and prefers that codec in its answer.
+pub(crate) fn req_add_audio_track(cid: &str, name: &str, source: proto::TrackSource, dtx: bool, codec: AudioCodec) -> Request {
+    let dtx = dtx && codec == AudioCodec::Opus;
     Request::AddTrack(proto::AddTrackRequest {
         cid: cid.to_string(),
         name: name.to_string(),
@@ -226,6 +230,7 @@ pub(crate) fn req_add_audio_track(cid: &str, name: &str, source: proto::TrackSou
         disable_red: true,
         stereo: false,
         audio_features: if dtx { vec![] } else { vec![proto::AudioTrackFeature::TfNoDtx as i32] },
+        simulcast_codecs: vec![proto::SimulcastCodec { codec: codec.mime_type().to_string(), cid: cid.to_string(), ..Default::default() }],
         ..Default::default()
     })
 }
@@ -508,7 +513,7 @@ mod tests {
 
     #[test]
     fn request_encoding() {
-        let bytes = encode_request(req_add_audio_track("cid1", "mic", proto::TrackSource::Microphone, false));
+        let bytes = encode_request(req_add_audio_track("cid1", "mic", proto::TrackSource::Microphone, false, AudioCodec::Opus));
         let r = proto::SignalRequest::decode(bytes.as_slice()).unwrap();
         match r.message.unwrap() {
             proto::signal_request::Message::AddTrack(a) => {
