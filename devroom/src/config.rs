@@ -90,6 +90,11 @@ pub struct Config {
     /// server runs full ICE and clients must answer its connectivity checks).
     #[arg(long, env = "DEVROOM_ICE_LITE")]
     pub ice_lite: bool,
+
+    /// Leave PCMU and PCMA out of the enabled codecs (`enabled_publish_codecs`, the media
+    /// engine), as livekit-server before 1.9.1: Opus is the only audio codec.
+    #[arg(long, env = "DEVROOM_G711_OFF")]
+    pub g711_off: bool,
 }
 
 impl Config {

@@ -613,12 +613,13 @@ impl Engine {
 
     fn ensure_room(&mut self, name: &str, agents: &[lk::RoomAgentDispatch]) -> &mut Room {
         if !self.rooms.contains_key(name) {
-            let room = Room::new(
+            let mut room = Room::new(
                 name,
                 self.cfg.empty_timeout,
                 self.cfg.departure_timeout,
                 Instant::now(),
             );
+            room.g711 = !self.cfg.g711_off;
             tracing::info!(room = %name, sid = %room.sid, "room created");
             self.rooms.insert(name.to_string(), room);
             let proto = self.room_proto(name);
@@ -734,8 +735,8 @@ impl Engine {
             session,
             signal_lost: None,
             last_offer: None,
-            publisher: Peer::new(Role::Publisher, now, udp_candidate, self.tcp_addr, ice_lite),
-            subscriber: Peer::new(Role::Subscriber, now, udp_candidate, self.tcp_addr, ice_lite),
+            publisher: Peer::new(Role::Publisher, now, udp_candidate, self.tcp_addr, ice_lite, !self.cfg.g711_off),
+            subscriber: Peer::new(Role::Subscriber, now, udp_candidate, self.tcp_addr, ice_lite, !self.cfg.g711_off),
             down: Vec::new(),
             auto_subscribe: req.auto_subscribe,
             protocol: req.protocol,
@@ -778,7 +779,7 @@ impl Engine {
             ping_timeout: PING_TIMEOUT,
             ping_interval: PING_INTERVAL,
             server_info: Some(server_info()),
-            enabled_publish_codecs: room::enabled_codecs(),
+            enabled_publish_codecs: room::enabled_codecs(!self.cfg.g711_off),
             fast_publish: p.info.permission.can_publish,
             ..Default::default()
         };

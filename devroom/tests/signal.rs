@@ -147,6 +147,26 @@ async fn rtc_refuses_bad_tokens_with_401() {
     assert_eq!(st, 401);
 }
 
+/// livekit-server ≥ 1.9.1 enables PCMU and PCMA besides Opus (the phone leg's zero-transcode
+/// track); `--g711-off` is a server before that: Opus is the only audio codec it lists.
+#[tokio::test]
+async fn join_lists_the_enabled_publish_codecs() {
+    for (extra, g711) in [(&[][..], true), (&["--g711-off"][..], false)] {
+        let server = Devroom::start("signal_codecs", extra);
+        let mut a = connect(&server, &join_token("alice", "codecs")).await;
+        let join = match next(&mut a).await {
+            Some(Resp::Join(j)) => j,
+            other => panic!("expected join first, got {other:?}"),
+        };
+        let audio: Vec<&str> =
+            join.enabled_publish_codecs.iter().map(|c| c.mime.as_str()).filter(|m| m.starts_with("audio/")).collect();
+        let want: &[&str] = if g711 { &["audio/opus", "audio/PCMU", "audio/PCMA"] } else { &["audio/opus"] };
+        assert_eq!(audio, want, "{extra:?}");
+        let room_codecs: Vec<&str> = join.room.as_ref().unwrap().enabled_codecs.iter().map(|c| c.mime.as_str()).collect();
+        assert_eq!(room_codecs.contains(&"audio/PCMU"), g711, "{extra:?}");
+    }
+}
+
 #[tokio::test]
 async fn signal_join_offer_ping_track_and_updates() {
     let server = Devroom::start("signal_flow", &[]);
