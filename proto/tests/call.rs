@@ -245,6 +245,21 @@ fn pcmu_room_audio_passes_through_unless_mixed() {
     assert_eq!(sim.call.stats().ulaw_passed_through, 0);
     assert_eq!(sim.call.stats().mixer.frames_out, 1);
     assert_eq!(sim.tw.media[0].1[0], ulaw_encode(ulaw_decode(ulaw_encode(2000))));
+
+    // While a key tone plays, the agent's μ-law goes through the mixer (as a PCM voice would);
+    // after the key, straight through again.
+    let mut sim = Sim::new();
+    sim.call.handle_sip_dtmf(5, "5", ControlSender::Agent, sim.now);
+    let mut passed = Vec::new();
+    sim.run(600, |t, s| {
+        if t < 400 && t % 20 == 0 {
+            passed.push(s.call.handle_room_ulaw(AGENT, &[ulaw_encode(300); 160], s.now));
+            s.drain();
+        }
+    });
+    let first_passed = passed.iter().position(|p| *p).expect("passes through after the key");
+    assert!(first_passed >= 5 && passed[first_passed..].iter().all(|p| *p), "{passed:?}");
+    assert_eq!(sim.call.stats().dtmf_keys_played, 1);
 }
 
 #[test]
