@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use proto::control::{Control, CONTROL_TOPIC, TRANSCRIPT_TOPIC};
-use room::{AudioSink, AudioTrackOptions, Participant, ParticipantKind, RemoteAudioTrack, Room, RoomEvent};
+use room::{AudioCodec, AudioSink, AudioTrackOptions, Participant, ParticipantKind, RemoteAudioTrack, Room, RoomEvent};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
@@ -95,10 +95,25 @@ pub(crate) async fn wait_for_phone(events: &mut mpsc::Receiver<RoomEvent>, room:
     }
 }
 
-/// The agent's voice track: Opus at `rate`, no DTX (the playout pushes frames only while it
+/// The agent's voice track: `codec` at `rate`, no DTX (the playout pushes frames only while it
 /// speaks, and names every utterance to the bridge).
-pub(crate) async fn publish_agent_track(room: &Room, rate: u32) -> Result<AudioSink, room::RoomError> {
-    room.publish_audio(AudioTrackOptions { name: "agent".into(), sample_rate: rate, dtx: false, ..Default::default() }).await
+pub(crate) async fn publish_agent_track(room: &Room, codec: AudioCodec, rate: u32) -> Result<AudioSink, room::RoomError> {
+    room.publish_audio(AudioTrackOptions { name: "agent".into(), sample_rate: rate, codec, dtx: false, ..Default::default() }).await
+}
+
+/// The codec and playout rate of the agent's voice. PCMU at 8 kHz when the caller's track is
+/// PCMU and the server enables it: the bridge then sends the agent's μ-law to the phone as it
+/// came (no decode, mix or encode), and the phone hears 8 kHz anyway. Opus at `rate` otherwise,
+/// and for a realtime vendor's voice (its 24 kHz audio goes to the playout unresampled) or voices
+/// whose rate cannot be resampled to 8 kHz.
+pub(crate) fn agent_voice(room: &Room, phone: &Participant, track: &RemoteAudioTrack, mode: Mode, rate: u32, voice_rates: &[u32]) -> (AudioCodec, u32) {
+    let phone_pcmu = phone.tracks.iter().any(|t| t.sid == track.sid() && t.mime_type.eq_ignore_ascii_case(AudioCodec::Pcmu.mime_type()));
+    let resamplable = voice_rates.iter().all(|&r| r == 8_000 || proto::resample::Resampler::new(r, 8_000).is_ok());
+    if mode == Mode::Cascaded && phone_pcmu && resamplable && room.publish_codec_enabled(AudioCodec::Pcmu) {
+        (AudioCodec::Pcmu, 8_000)
+    } else {
+        (AudioCodec::Opus, rate)
+    }
 }
 
 /// Runs one call to its end. The room is closed when this returns.
@@ -313,7 +328,9 @@ async fn converse(room: &Room, events: &mut mpsc::Receiver<RoomEvent>, p: &CallP
         Pipeline::Realtime { .. } => (Mode::Realtime, crate::realtime_link::RATE, None, p.stack.fallback_tts.clone(), None),
     };
     let fail = |m: String| Outcome::new(FinishReason::Error { stage: Stage::Setup, message: m });
-    let sink = match publish_agent_track(room, rate).await {
+    let (codec, rate) = agent_voice(room, phone, &track, mode, rate, &[main_tts.output_rate(), p.stack.fallback_tts.output_rate()]);
+    tracing::info!(codec = codec.mime_type(), rate, "agent voice");
+    let sink = match publish_agent_track(room, codec, rate).await {
         Ok(s) => s,
         Err(e) => return fail(format!("publish: {e}")),
     };
