@@ -218,7 +218,7 @@ fn agent_audio_is_paced_marked_and_reported_heard() {
 fn pcmu_room_audio_passes_through_unless_mixed() {
     const SUPERVISOR: SourceId = SourceId(2);
     // A μ-law pattern no PCM round trip keeps (0x7f and 0xff both decode to 0).
-    let frame = |k: usize| -> Vec<u8> { (0..160).map(|i| if (i + k) % 2 == 0 { 0x7f } else { 0x15 }).collect() };
+    let frame = |k: usize| -> Vec<u8> { (0..160).map(|i| if (i + k).is_multiple_of(2) { 0x7f } else { 0x15 }).collect() };
     let mut sim = Sim::new();
     sim.run(800, |t, s| {
         if (100..600).contains(&t) && (t - 100).is_multiple_of(20) {
