@@ -84,6 +84,7 @@ pub mod events;
 mod peer;
 mod room;
 mod signal;
+mod turn;
 #[cfg(test)]
 mod testing;
 
