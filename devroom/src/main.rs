@@ -15,8 +15,16 @@ async fn main() -> anyhow::Result<()> {
         .init();
     let mut running = devroom::start(cfg.clone()).await?;
     // Tests and scripts wait for this line (and read the bound ports from it).
+    let turn = match &running.turn {
+        Some(t) => format!(
+            " turn_udp={} turn_tls_port={}",
+            t.udp.map(|a| a.to_string()).unwrap_or_else(|| "-".into()),
+            t.tls_port.map(|p| p.to_string()).unwrap_or_else(|| "-".into())
+        ),
+        None => String::new(),
+    };
     println!(
-        "devroom listening http={} rtc={} api_key={}",
+        "devroom listening http={} rtc={} api_key={}{turn}",
         running.http_addr, running.rtc_addr, cfg.api_key
     );
     std::io::stdout().flush()?;
