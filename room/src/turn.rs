@@ -574,17 +574,10 @@ impl Relays {
         id
     }
 
-    pub(crate) fn is_empty(&self) -> bool {
-        self.entries.is_empty()
-    }
-
     /// Relays configured for `role`.
+    #[cfg(test)]
     pub(crate) fn count(&self, role: Role) -> usize {
         self.entries.values().filter(|e| e.role == role).count()
-    }
-
-    pub(crate) fn server(&self, id: RelayId) -> Option<&TurnServer> {
-        self.entries.get(&id).map(|e| &e.server)
     }
 
     /// The link is connected: start allocating.
