@@ -6,11 +6,17 @@ use devroom::Config;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cfg = Config::parse();
+    let mut filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "devroom=info,str0m=warn".into());
+    // turn-server-rustls logs every relayed packet's bytes at warn and stun-proto the normal 401
+    // challenge of every allocation at error: quiet unless RUST_LOG names them.
+    let asked = std::env::var("RUST_LOG").unwrap_or_default();
+    for (target, directive) in [("turn_server_rustls", "turn_server_rustls=error"), ("stun_proto", "stun_proto=off")] {
+        if !asked.contains(target) {
+            filter = filter.add_directive(directive.parse().expect("static directive"));
+        }
+    }
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "devroom=info,str0m=warn".into()),
-        )
+        .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
     let mut running = devroom::start(cfg.clone()).await?;
