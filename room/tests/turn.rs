@@ -156,3 +156,33 @@ async fn untrusted_turn_certificate_fails_the_join() {
         Ok(_) => panic!("joined through an untrusted TURN server"),
     }
 }
+
+/// TURN offered but not forced: relays are gathered (as libwebrtc does) and ICE still picks the
+/// direct UDP path (host candidates outrank relayed ones, RFC 8445 §5.1.2): the relays carry
+/// connectivity checks only, never the call's audio.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn direct_path_preferred_when_turn_is_offered() {
+    common::init_tracing();
+    let dev = Devroom::start_on(free_port(), &["--turn-port", "0"]).await;
+    let (alice, _alice_ev) = Room::connect(&dev.url(), &dev.token("turn-direct", "alice"), RoomOptions::default()).await.expect("alice");
+    let (bob, mut bob_ev) = Room::connect(&dev.url(), &dev.token("turn-direct", "bob"), RoomOptions::default()).await.expect("bob");
+    let alice_tone = publish_tone(&alice, 440.0).await;
+    let from_alice = subscribed_to(&mut bob_ev, "alice").await;
+    hear(&from_alice, 440.0).await;
+    for (who, room) in [("alice", &alice), ("bob", &bob)] {
+        let s = room.stats();
+        eprintln!(
+            "{who}: relays {} (failed {}), relayed packets out {} in {}, datagrams out {} in {}, audio frames out {} in {}",
+            s.relay_allocations, s.relay_failures, s.relay_packets_out, s.relay_packets_in, s.datagrams_out, s.datagrams_in, s.audio_frames_out, s.audio_frames_in
+        );
+        assert!(s.relay_allocations >= 2, "{who}: relays gathered even when not forced");
+    }
+    let (a, b) = (alice.stats(), bob.stats());
+    // Three seconds of audio (150+ packets) went from alice to bob; only checks went by TURN.
+    assert!(a.audio_frames_out >= 150 && b.audio_frames_in >= 150, "{} out, {} in", a.audio_frames_out, b.audio_frames_in);
+    assert!(a.relay_packets_out < 40, "alice sent {} packets through TURN", a.relay_packets_out);
+    assert!(b.relay_packets_in < 40, "bob got {} packets through TURN", b.relay_packets_in);
+    alice_tone.abort();
+    alice.close().await;
+    bob.close().await;
+}
