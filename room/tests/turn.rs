@@ -10,7 +10,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{estimate_frequency, snr_db, tone, Devroom};
+use common::{tone, Devroom};
 use room::{AudioTrackOptions, IceTransportPolicy, RemoteAudioTrack, Room, RoomError, RoomEvent, RoomOptions};
 use tokio::sync::mpsc;
 
@@ -26,23 +26,9 @@ async fn subscribed_to(rx: &mut mpsc::Receiver<RoomEvent>, who: &str) -> RemoteA
     }
 }
 
-/// Hear `freq` on `track`: 3 s of audio, judged on the last second (the first can start with
-/// a gap while the path settles).
+/// Hear `freq` on `track`: 3 s of audio, judged on the last second.
 async fn hear(track: &RemoteAudioTrack, freq: f64) {
-    let mut stream = track.stream(8_000).unwrap();
-    let mut pcm = Vec::new();
-    tokio::time::timeout(Duration::from_secs(15), async {
-        while pcm.len() < 8_000 * 3 {
-            pcm.extend(stream.recv().await.expect("audio").samples);
-        }
-    })
-    .await
-    .expect("3 s of audio within 15 s");
-    let settled = &pcm[8_000 * 2..];
-    let f = estimate_frequency(settled, 8_000);
-    assert!((f - freq).abs() <= 10.0, "heard {f:.1} Hz, expected {freq} Hz");
-    let snr = snr_db(settled, 8_000, f);
-    assert!(snr >= 20.0, "SNR {snr:.1} dB at {freq} Hz");
+    common::hear_tone_on(&mut track.stream(8_000).unwrap(), freq, 3).await;
 }
 
 /// Publish a steady tone at `freq` (8 kHz) until the task is aborted.
