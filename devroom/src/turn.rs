@@ -239,7 +239,7 @@ impl Driver {
         turn_server_proto::types::Instant::from_nanos(self.epoch.elapsed().as_nanos().min(i64::MAX as u128) as i64)
     }
 
-    fn from_t(&self, t: turn_server_proto::types::Instant) -> Instant {
+    fn instant_at(&self, t: turn_server_proto::types::Instant) -> Instant {
         self.epoch + Duration::from_nanos(t.as_nanos().max(0) as u64)
     }
 
@@ -373,7 +373,7 @@ impl Driver {
                 match ret {
                     TurnServerPollRet::WaitUntil(at) => {
                         if at > t {
-                            next = next.min(self.from_t(at));
+                            next = next.min(self.instant_at(at));
                             break;
                         }
                     }

@@ -889,7 +889,7 @@ impl Engine {
                 break;
             }
         }
-        self.on_relay_events(Instant::now());
+        self.on_relay_events();
         self.flush_data_queue(Instant::now());
         let now = Instant::now();
         for (peer, sock) in [(&mut self.publisher, pub_sock), (&mut self.subscriber, sub_sock)] {
@@ -956,7 +956,7 @@ impl Engine {
     /// Relayed candidates go to their peer connection (and to the server by trickle once the
     /// peer has a description); failures are reported, and with relayed candidates only a
     /// peer connection left without any relay fails the join at once instead of timing out.
-    fn on_relay_events(&mut self, now: Instant) {
+    fn on_relay_events(&mut self) {
         while let Some(ev) = self.relays.poll_event() {
             match ev {
                 RelaysEvent::Candidate { role, relayed, local } => {
@@ -979,7 +979,6 @@ impl Engine {
                 }
             }
         }
-        let _ = now;
     }
 
     /// Bytes for the TURN servers to their links; links of dead relays close.

@@ -311,7 +311,7 @@ impl Relay {
         turn_client_proto::types::Instant::from_nanos(nanos)
     }
 
-    fn from_t(&self, t: turn_client_proto::types::Instant) -> Instant {
+    fn instant_at(&self, t: turn_client_proto::types::Instant) -> Instant {
         self.epoch + Duration::from_nanos(t.as_nanos().max(0) as u64)
     }
 
@@ -457,7 +457,7 @@ impl Relay {
             match ret {
                 TurnPollRet::WaitUntil(at) if at <= t => continue,
                 TurnPollRet::WaitUntil(at) => {
-                    wait = self.from_t(at);
+                    wait = self.instant_at(at);
                     break;
                 }
                 TurnPollRet::Closed => {
@@ -713,8 +713,7 @@ impl Relays {
     fn collect(&mut self, now: Instant) {
         let ids: Vec<RelayId> = self.entries.keys().copied().collect();
         for id in ids {
-            loop {
-                let Some(ev) = self.entries.get_mut(&id).and_then(|e| e.relay.as_mut()).and_then(Relay::poll_event) else { break };
+            while let Some(ev) = self.entries.get_mut(&id).and_then(|e| e.relay.as_mut()).and_then(Relay::poll_event) {
                 match ev {
                     RelayEvent::Allocated { relayed } => {
                         self.allocated += 1;
