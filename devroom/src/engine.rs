@@ -310,10 +310,12 @@ pub struct Engine {
     pub(crate) by_addr: HashMap<SocketAddr, (u64, Role)>,
     /// Agent workers and the jobs of every room.
     pub(crate) dispatch: Dispatcher,
+    /// The embedded TURN server, if enabled.
+    pub(crate) turn: Option<crate::turn::Turn>,
 }
 
 /// Binds the RTC socket and starts the engine task.
-pub async fn start(cfg: Arc<Config>, webhooks: Webhooks) -> anyhow::Result<EngineHandle> {
+pub async fn start(cfg: Arc<Config>, webhooks: Webhooks, turn: Option<crate::turn::Turn>) -> anyhow::Result<EngineHandle> {
     let socket = UdpSocket::bind(cfg.rtc_bind()).await?;
     let bound = socket.local_addr()?;
     let local_addr = SocketAddr::new(cfg.advertised_ip(), bound.port());
@@ -334,6 +336,7 @@ pub async fn start(cfg: Arc<Config>, webhooks: Webhooks) -> anyhow::Result<Engin
         webhooks,
         by_addr: HashMap::new(),
         dispatch: Dispatcher::new(Duration::from_millis(cfg_offer_timeout_ms)),
+        turn,
     };
     tokio::spawn(engine.run(rx));
     let handle = EngineHandle {
@@ -346,6 +349,21 @@ pub async fn start(cfg: Arc<Config>, webhooks: Webhooks) -> anyhow::Result<Engin
 }
 
 impl Engine {
+    /// `ice_servers` for participant `sid` (livekit-server `iceServersForParticipant`): the
+    /// embedded TURN server with fresh credentials, or nothing (livekit-server would add its
+    /// default public STUN servers, which an offline test server cannot reach).
+    fn ice_servers(&self, sid: &str) -> Vec<lk::IceServer> {
+        self.turn.iter().map(|t| t.ice_server(&self.cfg.api_key, &self.cfg.api_secret, sid)).collect()
+    }
+
+    /// `force_relay` when asked (`--force-relay`).
+    fn client_configuration(&self) -> Option<lk::ClientConfiguration> {
+        self.cfg.force_relay.then(|| lk::ClientConfiguration {
+            force_relay: lk::ClientConfigSetting::Enabled as i32,
+            ..Default::default()
+        })
+    }
+
     async fn run(mut self, mut rx: mpsc::Receiver<Command>) {
         let socket = self.socket.clone();
         let mut buf = vec![0u8; 2048];
@@ -774,7 +792,8 @@ impl Engine {
             participant: Some(p.proto()),
             other_participants: other_infos,
             server_version: SERVER_VERSION.into(),
-            ice_servers: Vec::new(),
+            ice_servers: self.ice_servers(&sid),
+            client_configuration: self.client_configuration(),
             subscriber_primary: can_subscribe,
             ping_timeout: PING_TIMEOUT,
             ping_interval: PING_INTERVAL,
@@ -829,6 +848,8 @@ impl Engine {
             .filter(|o| !o.info.permission.hidden)
             .map(Participant::proto)
             .collect();
+        let ice_servers = self.ice_servers(&self.parts[&key].info.sid);
+        let client_configuration = self.client_configuration();
         let p = self.parts.get_mut(&key).expect("found");
         tracing::info!(identity = %p.info.identity, "participant resumed");
         // Dropping the old sender ends the old session (if it is still around).
@@ -837,6 +858,8 @@ impl Engine {
         p.signal_lost = None;
         p.send(Resp::Reconnect(lk::ReconnectResponse {
             server_info: Some(server_info()),
+            ice_servers,
+            client_configuration,
             ..Default::default()
         }));
         let mut all = others;

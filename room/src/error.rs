@@ -42,6 +42,10 @@ pub enum RoomError {
     /// signalling drop.
     #[error("server does not support resuming this session")]
     ResumeUnsupported,
+    /// Only relayed candidates may be used (`IceTransportPolicy::Relay`, or the server's
+    /// `force_relay`) and no TURN relay could be had: none offered, or every allocation failed.
+    #[error("no TURN relay: {0}")]
+    Relay(String),
     /// WebRTC (str0m) failure.
     #[error("webrtc error: {0}")]
     Rtc(String),

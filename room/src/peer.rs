@@ -236,8 +236,11 @@ pub(crate) fn restrict_audio_codecs(sdp: &str, codecs: &HashMap<Mid, AudioCodec>
 }
 
 impl Peer {
-    /// A new peer whose only local candidate is `local` (a UDP socket the driver owns).
-    pub(crate) fn new(role: Role, local: SocketAddr, now: Instant) -> Result<Self, RoomError> {
+    /// A new peer whose local candidates are `local` (a UDP socket the driver owns) and an
+    /// active ICE-TCP one, unless `relay_only` (RTCConfiguration's `iceTransportPolicy:
+    /// "relay"`): then it has none until relayed candidates are added
+    /// ([`Peer::add_relay_candidate`]).
+    pub(crate) fn new(role: Role, local: SocketAddr, relay_only: bool, now: Instant) -> Result<Self, RoomError> {
         // Opus first: str0m lists an m-line's codecs in this order, and each of our own audio
         // m-lines is narrowed to its track's codec in the offer (`restrict_audio_codecs`).
         let builder = Rtc::builder().clear_codecs().enable_opus(true, false).enable_pcmu(true, false).enable_pcma(true, false);
@@ -255,18 +258,21 @@ impl Peer {
             // for reordering would add up to 300 ms of latency after every loss.
             .set_reordering_size_audio(0)
             .build(now);
-        let cand = Candidate::host(local, Protocol::Udp).map_err(|e| RoomError::Rtc(format!("local candidate: {e}")))?;
-        rtc.add_local_candidate(cand);
-        // ICE over TCP to the server's passive candidates (livekit-server's fallback when UDP
-        // fails; with UDP blocked the only way in). Lower priority than UDP by type preference.
         let tcp_local = crate::ice_tcp::TcpLinks::active_addr(local.ip());
-        let tcp = Candidate::builder()
-            .tcp()
-            .host(tcp_local)
-            .tcptype(str0m::net::TcpType::Active)
-            .build()
-            .map_err(|e| RoomError::Rtc(format!("local TCP candidate: {e}")))?;
-        rtc.add_local_candidate(tcp);
+        if !relay_only {
+            let cand = Candidate::host(local, Protocol::Udp).map_err(|e| RoomError::Rtc(format!("local candidate: {e}")))?;
+            rtc.add_local_candidate(cand);
+            // ICE over TCP to the server's passive candidates (livekit-server's fallback when
+            // UDP fails; with UDP blocked the only way in). Lower priority than UDP by type
+            // preference.
+            let tcp = Candidate::builder()
+                .tcp()
+                .host(tcp_local)
+                .tcptype(str0m::net::TcpType::Active)
+                .build()
+                .map_err(|e| RoomError::Rtc(format!("local TCP candidate: {e}")))?;
+            rtc.add_local_candidate(tcp);
+        }
         let mut p = Self {
             role,
             rtc,
@@ -357,6 +363,51 @@ impl Peer {
             tracing::debug!(role = ?self.role, error = %e, "TCP frame rejected");
         }
         self.drain();
+    }
+
+    /// Feed one packet a peer sent to our relayed candidate `relayed` (unwrapped by the relay).
+    pub(crate) fn handle_relayed(&mut self, now: Instant, source: SocketAddr, relayed: SocketAddr, bytes: &[u8]) {
+        if self.failed {
+            return;
+        }
+        let Ok(contents) = bytes.try_into() else {
+            self.counters.bad_datagrams += 1;
+            return;
+        };
+        let input = Input::Receive(now, Receive { proto: Protocol::Udp, source, destination: relayed, contents });
+        if let Err(e) = self.rtc.handle_input(input) {
+            self.counters.bad_datagrams += 1;
+            tracing::debug!(role = ?self.role, error = %e, "relayed packet rejected");
+        }
+        self.drain();
+    }
+
+    /// Add a relayed candidate (a TURN allocation at `relayed`, reached from our socket `local`).
+    /// Its priority is RFC 8445's for a relay (type preference below host, server- and
+    /// peer-reflexive), so ICE uses it only when no direct path works. Returns the candidate as
+    /// an SDP attribute value for trickle, or `None` if str0m refused it.
+    pub(crate) fn add_relay_candidate(&mut self, relayed: SocketAddr, local: SocketAddr) -> Option<String> {
+        let c = match Candidate::relayed(relayed, local, Protocol::Udp) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::debug!(role = ?self.role, %relayed, error = %e, "relayed candidate refused");
+                return None;
+            }
+        };
+        let sdp = self.rtc.add_local_candidate(c).map(|c| c.to_sdp_string());
+        self.drain();
+        // `a=candidate:…` → `candidate:…`, as RTCIceCandidate.candidate has it.
+        sdp.map(|s| s.strip_prefix("a=").map(str::to_string).unwrap_or(s))
+    }
+
+    /// The first m-line's mid and our ufrag, for a trickled candidate (`sdpMid`,
+    /// `usernameFragment`); `None` before we produced a description (the candidate then goes in
+    /// it).
+    pub(crate) fn trickle_target(&self) -> Option<(String, String)> {
+        let (_, sdp) = self.last_local_sdp.as_ref()?;
+        let mid = sdp.lines().find_map(|l| l.trim_end().strip_prefix("a=mid:"))?.to_string();
+        let ufrag = sdp.lines().find_map(|l| l.trim_end().strip_prefix("a=ice-ufrag:"))?.to_string();
+        Some((mid, ufrag))
     }
 
     /// Advance time.
@@ -716,8 +767,8 @@ m=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\na=mid:1\r\n";
         let mut now = Instant::now();
         let a_addr: SocketAddr = "127.0.0.1:40001".parse().unwrap();
         let b_addr: SocketAddr = "127.0.0.1:40002".parse().unwrap();
-        let mut a = Peer::new(Role::Publisher, a_addr, now).unwrap();
-        let mut b = Peer::new(Role::Subscriber, b_addr, now).unwrap();
+        let mut a = Peer::new(Role::Publisher, a_addr, false, now).unwrap();
+        let mut b = Peer::new(Role::Subscriber, b_addr, false, now).unwrap();
 
         let (offer, mid) = a.create_offer(Some(("stream", "cid-1", codec)), &[], false).unwrap();
         let mid = mid.unwrap();
@@ -802,7 +853,7 @@ m=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\na=mid:2\r\n";
     #[test]
     fn garbage_input_is_counted() {
         let now = Instant::now();
-        let mut p = Peer::new(Role::Subscriber, "127.0.0.1:40003".parse().unwrap(), now).unwrap();
+        let mut p = Peer::new(Role::Subscriber, "127.0.0.1:40003".parse().unwrap(), false, now).unwrap();
         let src: SocketAddr = "127.0.0.1:9".parse().unwrap();
         p.handle_datagram(now, src, &[]);
         p.handle_datagram(now, src, &[0x80, 0x6f, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1, 9, 9]);

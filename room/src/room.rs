@@ -41,6 +41,21 @@ use crate::events::{attribute_changes, DisconnectReason, Participant, ReconnectK
 use crate::ice_tcp::{TcpFrame, TcpLinks};
 use crate::peer::{Peer, PeerEvent, Role, SdpMedia};
 use crate::signal::{self, Incoming, JoinParams, Request, Response, SignalConn};
+use crate::turn::{self, Relays, RelaysEvent};
+use crate::turn_link::{LinkEvent, RelayLinks};
+
+/// Which local candidates a room's peer connections use (RTCConfiguration's
+/// `iceTransportPolicy`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum IceTransportPolicy {
+    /// Host (UDP and ICE-TCP) and relayed candidates; ICE prefers direct paths (RFC 8445
+    /// priorities) and falls back to a TURN relay when none works.
+    #[default]
+    All,
+    /// Relayed candidates only: every packet goes through a TURN server from the join's
+    /// `ice_servers`. A server can ask for this too (`ClientConfiguration.force_relay`).
+    Relay,
+}
 
 /// How a [`Room`] behaves.
 #[derive(Debug, Clone)]
@@ -75,6 +90,13 @@ pub struct RoomOptions {
     pub local_ip: Option<IpAddr>,
     /// How long [`Room::connect`] waits for the peer connection to come up.
     pub connect_timeout: Duration,
+    /// Which candidates to use (default: all; TURN relays are gathered from the join's
+    /// `ice_servers` either way and used when no direct path works).
+    pub ice_transport_policy: IceTransportPolicy,
+    /// PEM certificates of a private CA that `turns:` (TURN over TLS) servers may present,
+    /// trusted besides the system's roots (which `SSL_CERT_FILE` / `SSL_CERT_DIR` can point
+    /// elsewhere). Empty: the system's roots only.
+    pub turn_tls_ca_pem: Vec<u8>,
 }
 
 impl Default for RoomOptions {
@@ -91,6 +113,8 @@ impl Default for RoomOptions {
             subscribe_video: false,
             local_ip: None,
             connect_timeout: Duration::from_secs(20),
+            ice_transport_policy: IceTransportPolicy::All,
+            turn_tls_ca_pem: Vec::new(),
         }
     }
 }
@@ -134,6 +158,14 @@ pub struct RoomStats {
     pub subscription_failures: u64,
     /// Last signalling round-trip time in ms (from ping/pong).
     pub rtt_ms: u64,
+    /// TURN allocations made (relayed candidates gathered), both peer connections.
+    pub relay_allocations: u64,
+    /// TURN allocations that failed (refused, timed out, TLS or connection errors).
+    pub relay_failures: u64,
+    /// Packets sent to / received from the LiveKit server through TURN relays.
+    pub relay_packets_out: u64,
+    /// Packets received through TURN relays.
+    pub relay_packets_in: u64,
 }
 
 #[derive(Default)]
@@ -156,6 +188,10 @@ struct Counters {
     requests_refused: AtomicU64,
     subscription_failures: AtomicU64,
     rtt_ms: AtomicU64,
+    relay_allocations: AtomicU64,
+    relay_failures: AtomicU64,
+    relay_packets_out: AtomicU64,
+    relay_packets_in: AtomicU64,
 }
 
 fn inc(c: &AtomicU64) {
@@ -246,6 +282,28 @@ async fn route_ip(url: &Url) -> IpAddr {
     }
 }
 
+/// Relayed candidates only: asked by the application, or by the server
+/// (`ClientConfiguration.force_relay`, as the official SDKs honour it).
+fn relay_only(options: &RoomOptions, join: &proto::JoinResponse) -> bool {
+    let forced = join.client_configuration.as_ref().is_some_and(|c| c.force_relay == proto::ClientConfigSetting::Enabled as i32);
+    options.ice_transport_policy == IceTransportPolicy::Relay || forced
+}
+
+/// The TLS configuration for `turns:` servers, if any is offered.
+fn relay_tls(options: &RoomOptions, servers: &[turn::TurnServer]) -> Option<Arc<rustls::ClientConfig>> {
+    if !servers.iter().any(|s| s.transport == turn::TurnTransport::Tls) {
+        return None;
+    }
+    match turn::tls_config(&options.turn_tls_ca_pem) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            // The TLS relays then fail with a clear reason; the others still work.
+            tracing::warn!(error = %e, "TURN/TLS configuration unusable");
+            None
+        }
+    }
+}
+
 impl Room {
     /// Join the room `token` grants, at `url` (`ws://`, `wss://`, `http://` or `https://`).
     /// Returns once the publisher peer connection is up, with the room's event receiver.
@@ -259,17 +317,25 @@ impl Room {
             Some(ip) => ip,
             None => route_ip(&rtc_url).await,
         };
+        let relay_only = relay_only(&options, &join);
+        let turn_servers = turn::turn_servers(&join.ice_servers);
+        if relay_only && turn_servers.is_empty() {
+            conn.abort();
+            return Err(RoomError::Relay("relayed candidates only, and the server offered no TURN server".into()));
+        }
+        let relay_tls = relay_tls(&options, &turn_servers);
         let pub_sock = UdpSocket::bind(SocketAddr::new(ip, 0)).await?;
         let sub_sock = UdpSocket::bind(SocketAddr::new(ip, 0)).await?;
         let now = Instant::now();
-        let publisher = Peer::new(Role::Publisher, pub_sock.local_addr()?, now)?;
-        let subscriber = Peer::new(Role::Subscriber, sub_sock.local_addr()?, now)?;
+        let publisher = Peer::new(Role::Publisher, pub_sock.local_addr()?, relay_only, now)?;
+        let subscriber = Peer::new(Role::Subscriber, sub_sock.local_addr()?, relay_only, now)?;
 
         let (events_tx, events_rx) = mpsc::channel(options.event_capacity.max(16));
         let (cmd_tx, cmd_rx) = mpsc::channel(64);
         let (audio_tx, audio_rx) = mpsc::channel(options.audio_queue_frames.max(8));
         let (ready_tx, ready_rx) = oneshot::channel();
         let (tcp, tcp_rx) = TcpLinks::new();
+        let (relay_links, relay_rx) = RelayLinks::new();
 
         let room = join.room.clone().unwrap_or_default();
         let shared = Arc::new(Shared {
@@ -297,6 +363,11 @@ impl Room {
             ice_recovery: IceRecovery::default(),
             new_sockets: None,
             tcp,
+            relays: Relays::default(),
+            relay_links,
+            relay_tls,
+            relay_only,
+            local_ip: ip,
             local: local_info,
             publisher,
             subscriber,
@@ -327,12 +398,13 @@ impl Room {
             metadata_request_id: 1,
         };
         engine.on_join_participants(join.other_participants.clone());
+        engine.start_relays(turn_servers);
         engine.start_negotiation();
 
         // The driver should never panic (str0m promises not to on any input, and we never
         // unwrap untrusted data); if it does anyway, the application still gets `Disconnected`.
         let watch_tx = engine.events_tx.clone();
-        let driver = tokio::spawn(engine.run(pub_sock, sub_sock, cmd_rx, audio_rx, tcp_rx));
+        let driver = tokio::spawn(engine.run(pub_sock, sub_sock, cmd_rx, audio_rx, tcp_rx, relay_rx));
         tokio::spawn(async move {
             if let Err(e) = driver.await {
                 if e.is_panic() {
@@ -409,6 +481,10 @@ impl Room {
             requests_refused: l(&c.requests_refused),
             subscription_failures: l(&c.subscription_failures),
             rtt_ms: l(&c.rtt_ms),
+            relay_allocations: l(&c.relay_allocations),
+            relay_failures: l(&c.relay_failures),
+            relay_packets_out: l(&c.relay_packets_out),
+            relay_packets_in: l(&c.relay_packets_in),
         }
     }
 
@@ -563,6 +639,7 @@ enum Wake {
     Resume(ResumeResult),
     Audio(Option<OutgoingAudio>),
     Tcp(Option<TcpFrame>),
+    Relay(Option<LinkEvent>),
     Timer,
 }
 
@@ -581,6 +658,14 @@ struct Engine {
     new_sockets: Option<(UdpSocket, UdpSocket)>,
     /// ICE-TCP connections of both peers.
     tcp: TcpLinks,
+    /// TURN allocations of both peers (sans-IO) and their links to the servers.
+    relays: Relays,
+    relay_links: RelayLinks,
+    relay_tls: Option<Arc<rustls::ClientConfig>>,
+    /// The peers use relayed candidates only.
+    relay_only: bool,
+    /// The local address our sockets bind (and the address family TURN servers are reached in).
+    local_ip: IpAddr,
     local: proto::ParticipantInfo,
     publisher: Peer,
     subscriber: Peer,
@@ -701,6 +786,7 @@ impl Engine {
         mut cmd_rx: mpsc::Receiver<Command>,
         mut audio_rx: mpsc::Receiver<OutgoingAudio>,
         mut tcp_rx: mpsc::Receiver<TcpFrame>,
+        mut relay_rx: mpsc::Receiver<LinkEvent>,
     ) {
         let mut pub_buf = vec![0u8; 2048];
         let mut sub_buf = vec![0u8; 2048];
@@ -715,6 +801,7 @@ impl Engine {
                 r = join_resume(&mut self.resume_task) => Wake::Resume(r),
                 a = audio_rx.recv() => Wake::Audio(a),
                 f = tcp_rx.recv() => Wake::Tcp(f),
+                l = relay_rx.recv() => Wake::Relay(l),
                 _ = tokio::time::sleep_until(deadline.into()) => Wake::Timer,
             };
             let now = Instant::now();
@@ -742,6 +829,8 @@ impl Engine {
                     self.peer(role).handle_tcp(now, from, &bytes);
                 }
                 Wake::Tcp(None) => {}
+                Wake::Relay(Some(ev)) => self.on_relay_link(ev, now),
+                Wake::Relay(None) => {}
                 Wake::Timer => self.on_timer(now),
             }
             // A timer that fell due while something else won the select runs now, not after
@@ -757,8 +846,9 @@ impl Engine {
             }
             self.pump(&pub_sock, &sub_sock);
         }
-        // Final flush (DTLS close_notify etc.).
+        // Final flush (DTLS close_notify etc.), then the TURN allocations go back.
         self.pump(&pub_sock, &sub_sock);
+        self.close_relays(Instant::now());
         if let Some(t) = self.resume_task.take() {
             t.abort();
         }
@@ -782,6 +872,9 @@ impl Engine {
         let now = Instant::now();
         let mut d = now + Duration::from_millis(500);
         d = d.min(self.publisher.next_timeout()).min(self.subscriber.next_timeout());
+        if let Some(t) = self.relays.next_timeout() {
+            d = d.min(t);
+        }
         if self.signal.is_some() {
             if self.ping_interval.is_some() {
                 d = d.min(self.next_ping);
@@ -827,9 +920,16 @@ impl Engine {
                 break;
             }
         }
+        self.on_relay_events();
         self.flush_data_queue(Instant::now());
+        let now = Instant::now();
         for (peer, sock) in [(&mut self.publisher, pub_sock), (&mut self.subscriber, sub_sock)] {
             for t in peer.transmits.drain(..) {
+                // From a relayed candidate: through its TURN server.
+                if self.relays.send(now, t.source, t.destination, &t.contents) {
+                    inc(&self.shared.counters.datagrams_out);
+                    continue;
+                }
                 if t.proto == str0m::net::Protocol::Tcp {
                     self.tcp.send(peer.role, t.destination, &t.contents);
                     inc(&self.shared.counters.datagrams_out);
@@ -844,10 +944,92 @@ impl Engine {
                 }
             }
         }
+        self.flush_relays();
         let c = &self.shared.counters;
         let (a, b) = (self.publisher.counters, self.subscriber.counters);
         c.audio_frames_out.store(a.audio_frames_out, Ordering::Relaxed);
         c.audio_frames_in.store(b.audio_frames_in + a.audio_frames_in, Ordering::Relaxed);
+        let r = self.relays.counters();
+        c.relay_allocations.store(self.relays.allocated, Ordering::Relaxed);
+        c.relay_failures.store(self.relays.failed, Ordering::Relaxed);
+        c.relay_packets_out.store(r.packets_out, Ordering::Relaxed);
+        c.relay_packets_in.store(r.packets_in, Ordering::Relaxed);
+    }
+
+    // ---- TURN relays ---------------------------------------------------------------------
+
+    /// One relay per TURN server for each peer connection, as libwebrtc gathers them.
+    fn start_relays(&mut self, servers: Vec<turn::TurnServer>) {
+        for role in [Role::Publisher, Role::Subscriber] {
+            for s in &servers {
+                let id = self.relays.add(role, s.clone());
+                self.relay_links.open(id, s, self.local_ip);
+            }
+        }
+        if !servers.is_empty() {
+            tracing::debug!(servers = servers.len(), relay_only = self.relay_only, "gathering TURN relays");
+        }
+    }
+
+    fn on_relay_link(&mut self, ev: LinkEvent, now: Instant) {
+        match ev {
+            LinkEvent::Up { id, local, remote } => self.relays.link_up(id, local, remote, self.relay_tls.clone(), now),
+            LinkEvent::Data { id, bytes } => {
+                for (role, relayed, peer, data) in self.relays.handle_input(id, now, &bytes) {
+                    inc(&self.shared.counters.datagrams_in);
+                    self.peer(role).handle_relayed(now, peer, relayed, &data);
+                }
+            }
+            LinkEvent::Down { id, why } => self.relays.link_failed(id, &why, now),
+        }
+    }
+
+    /// Relayed candidates go to their peer connection (and to the server by trickle once the
+    /// peer has a description); failures are reported, and with relayed candidates only a
+    /// peer connection left without any relay fails the join at once instead of timing out.
+    fn on_relay_events(&mut self) {
+        while let Some(ev) = self.relays.poll_event() {
+            match ev {
+                RelaysEvent::Candidate { role, relayed, local } => {
+                    let peer = self.peer(role);
+                    let Some(candidate) = peer.add_relay_candidate(relayed, local) else { continue };
+                    tracing::debug!(?role, %relayed, "relayed candidate gathered");
+                    if let Some((mid, ufrag)) = peer.trickle_target() {
+                        self.send_signal(signal::req_trickle(&candidate, role, &mid, &ufrag));
+                    }
+                }
+                RelaysEvent::Failed { role, server, reason, all_failed } => {
+                    tracing::warn!(?role, %server, %reason, "TURN relay failed");
+                    if all_failed && self.relay_only {
+                        let why = format!("every TURN allocation of the {role:?} failed (last: {server}: {reason})");
+                        if let Some(r) = self.ready.take() {
+                            let _ = r.send(Err(RoomError::Relay(why.clone())));
+                            self.finish(DisconnectReason::PeerConnectionFailed(why));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Bytes for the TURN servers to their links; links of dead relays close.
+    fn flush_relays(&mut self) {
+        while let Some((id, bytes)) = self.relays.poll_transmit() {
+            self.relay_links.send(id, bytes);
+        }
+        for id in self.relays.dead() {
+            self.relay_links.close(id);
+        }
+    }
+
+    /// Give every allocation back and close the links (room ending, or peers replaced).
+    fn close_relays(&mut self, now: Instant) {
+        for (id, bytes) in self.relays.close_all(now) {
+            self.relay_links.send(id, bytes);
+        }
+        for id in self.relay_links.ids() {
+            self.relay_links.close(id);
+        }
     }
 
     // ---- commands ------------------------------------------------------------------------
@@ -1584,6 +1766,7 @@ impl Engine {
     fn on_timer(&mut self, now: Instant) {
         self.publisher.handle_timeout(now);
         self.subscriber.handle_timeout(now);
+        self.relays.handle_timeout(now);
         if self.signal.is_some() {
             if let Some(iv) = self.ping_interval {
                 if now >= self.next_ping {
@@ -1811,13 +1994,24 @@ impl Engine {
             Ok(UdpSocket::from_std(s)?)
         };
         let (pub_sock, sub_sock) = (bind(ip)?, bind(ip)?);
-        let publisher = Peer::new(Role::Publisher, pub_sock.local_addr()?, now)?;
-        let subscriber = Peer::new(Role::Subscriber, sub_sock.local_addr()?, now)?;
+        // TURN credentials name the participant: the new session comes with its own.
+        let relay_only = relay_only(&self.opts, &join);
+        let turn_servers = turn::turn_servers(&join.ice_servers);
+        if relay_only && turn_servers.is_empty() {
+            conn.abort();
+            return Err(RoomError::Relay("relayed candidates only, and the server offered no TURN server".into()));
+        }
+        let publisher = Peer::new(Role::Publisher, pub_sock.local_addr()?, relay_only, now)?;
+        let subscriber = Peer::new(Role::Subscriber, sub_sock.local_addr()?, relay_only, now)?;
         tracing::info!(old_sid = %self.local.sid, new_sid = %local_info.sid, "rejoined the room");
 
         self.publisher.close();
         self.subscriber.close();
         self.tcp.clear();
+        self.close_relays(now);
+        self.relay_only = relay_only;
+        self.relay_tls = relay_tls(&self.opts, &turn_servers);
+        self.start_relays(turn_servers);
         self.publisher = publisher;
         self.subscriber = subscriber;
         self.new_sockets = Some((pub_sock, sub_sock));

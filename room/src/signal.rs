@@ -188,13 +188,14 @@ pub(crate) struct CandidateInit {
     pub username_fragment: Option<String>,
 }
 
-#[allow(dead_code)] // we put our candidate in the SDP; kept for servers that want trickle
-pub(crate) fn req_trickle(candidate: &str, target: proto::SignalTarget) -> Request {
+/// A trickled local candidate (our host candidates travel in the SDP; relayed ones, gathered
+/// later, by trickle): on the first m-line, `mid` as our description names it.
+pub(crate) fn req_trickle(candidate: &str, target: proto::SignalTarget, mid: &str, ufrag: &str) -> Request {
     let init = CandidateInit {
         candidate: candidate.to_string(),
-        sdp_mid: Some("0".into()),
+        sdp_mid: Some(mid.to_string()),
         sdp_m_line_index: Some(0),
-        username_fragment: None,
+        username_fragment: Some(ufrag.to_string()),
     };
     Request::Trickle(proto::TrickleRequest {
         candidate_init: serde_json::to_string(&init).unwrap_or_default(),
@@ -567,7 +568,7 @@ mod tests {
 
     #[test]
     fn trickle_json() {
-        let r = req_trickle("candidate:1 1 udp 2130706431 127.0.0.1 5000 typ host", proto::SignalTarget::Subscriber);
+        let r = req_trickle("candidate:1 1 udp 2130706431 127.0.0.1 5000 typ host", proto::SignalTarget::Subscriber, "0", "uf");
         let Request::Trickle(t) = r else { panic!() };
         assert_eq!(t.target, proto::SignalTarget::Subscriber as i32);
         let v: serde_json::Value = serde_json::from_str(&t.candidate_init).unwrap();
