@@ -199,6 +199,7 @@ impl Driver {
                     }
                 },
                 Output::Control(c) => self.outbox.send(CONTROL_TOPIC, c.to_bytes()),
+                Output::PressKeys { keys } => self.outbox.press_keys(&keys),
                 Output::Transcript { role, text, is_final, fields } => {
                     let c = Control::Transcript { role: role.into(), text, is_final, fields };
                     self.outbox.send(TRANSCRIPT_TOPIC, c.to_bytes());

@@ -168,6 +168,10 @@ pub struct AgentSpec {
     pub intents: IntentSpec,
     #[serde(default)]
     pub stt: SttSpec,
+    /// Calls the agent places (or answers) where the far end may be a machine: keypad tones,
+    /// what to do on an answering machine.
+    #[serde(default)]
+    pub outbound: OutboundSpec,
     /// The form, asked in this order.
     pub fields: Vec<FieldSpec>,
 }
@@ -304,6 +308,37 @@ pub struct SttSpec {
     pub vocabulary: Vec<String>,
 }
 
+/// What to do when Twilio's answering-machine detection (`sip.twilio.answeredBy` on the phone
+/// participant) says a machine answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum OnMachine {
+    /// Hang up at once: no message on anyone's voicemail.
+    #[default]
+    Hangup,
+    /// Wait for the greeting's end (the beep), say `machine_message`, hang up.
+    Message,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutboundSpec {
+    /// Offer the model the `press_keys` tool (keypad tones to the far end, e.g. an IVR menu).
+    pub press_keys: bool,
+    pub on_machine: OnMachine,
+    /// Left on the voicemail with `on_machine = "message"`.
+    pub machine_message: String,
+    /// After `machine_start`, how long to wait for the greeting's end before leaving the
+    /// message anyway (Twilio's `Enable` mode never says when it ends).
+    pub machine_wait_ms: u32,
+}
+
+impl Default for OutboundSpec {
+    fn default() -> Self {
+        OutboundSpec { press_keys: false, on_machine: OnMachine::Hangup, machine_message: String::new(), machine_wait_ms: 30_000 }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FieldKind {
@@ -420,6 +455,13 @@ impl AgentSpec {
         if self.transfers.keys().any(|k| k.trim().is_empty() || k.len() > 40) {
             return Err("[transfers]: destination names must be 1-40 characters".into());
         }
+        let o = &self.outbound;
+        if o.on_machine == OnMachine::Message && o.machine_message.trim().is_empty() {
+            return Err("[outbound]: on_machine = \"message\" needs a machine_message".into());
+        }
+        if o.machine_message.chars().count() > 1000 || !(1_000..=120_000).contains(&o.machine_wait_ms) {
+            return Err("[outbound]: machine_message must be at most 1000 characters, machine_wait_ms 1000-120000".into());
+        }
         Ok(())
     }
 
@@ -505,5 +547,17 @@ fields=[]"#;
         let bad = DEFAULT_AGENT_TOML.replace("transfer_number = \"+15550100200\"", "transfer_number = \"0800 CALL ME\"");
         assert!(matches!(AgentSpec::from_toml(&bad, "x"), Err(ConfigError::Invalid { .. })));
         assert!(is_e164("+15550100200") && !is_e164("+1555") && !is_e164("15550100200") && !is_e164("+0555010020"));
+    }
+
+    #[test]
+    fn outbound_settings_are_checked() {
+        let with = |t: &str| AgentSpec::from_toml(&format!("{DEFAULT_AGENT_TOML}\n[outbound]\n{t}"), "x");
+        let a = AgentSpec::load(None).unwrap();
+        assert_eq!((a.outbound.press_keys, a.outbound.on_machine), (false, OnMachine::Hangup), "off unless asked for");
+        let o = with("press_keys = true\non_machine = \"message\"\nmachine_message = \"Call us back.\"").unwrap().outbound;
+        assert_eq!((o.press_keys, o.on_machine, o.machine_wait_ms), (true, OnMachine::Message, 30_000));
+        for bad in ["on_machine = \"message\"", "on_machine = \"sing\"", "machine_wait_ms = 0", "dial = \"+1900\""] {
+            assert!(with(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -367,3 +367,28 @@ fn shutdown_says_goodbye_and_hangs_up() {
     assert_eq!(s.hangups(), [Some("agent shutting down".to_string())]);
     assert_eq!(s.end.unwrap().reason, FinishReason::Drained);
 }
+
+#[test]
+fn press_keys_presses_valid_keys_once_and_tells_the_model() {
+    let ivr = spec_with(|s| s.outbound.press_keys = true);
+    let mut s = Sim::new(ivr);
+    // An IVR menu; the model presses 2 then (after its answer) tries something that is no key.
+    s.scripts.push_back(vec![tool("press_keys", json!({"keys": "2 #"})), done("tool_calls")]);
+    s.scripts.push_back(vec![tool("press_keys", json!({"keys": "+1900"})), done("tool_calls")]);
+    s.scripts.push_back(vec![say("I pressed two."), done("stop")]);
+    after_greeting(&mut s, "for sales press two");
+    s.run(30_000);
+    assert_eq!(s.keys_pressed.iter().map(|(_, k)| k.as_str()).collect::<Vec<_>>(), ["2#"]);
+    // Pressed when the model asked, right after the caller's turn (LLM latency).
+    assert!(s.keys_pressed[0].0 <= s.at(8600 + 2 * sim::LLM_LATENCY), "{:?}", s.keys_pressed[0].0 - s.t0);
+    let outputs: Vec<&str> = s.requests[2].iter().filter(|m| m.role == Role::Tool).map(|m| m.content.as_str()).collect();
+    assert_eq!(outputs.len(), 2, "{outputs:?}");
+    assert_eq!(outputs[0], "ok: pressed 2 keys");
+    assert!(outputs[1].starts_with("error: keys are"), "{outputs:?}");
+    assert_eq!(s.count(|m| matches!(m, Metric::ToolRefused(agent::conversation::tools::Refusal::BadKeys))), 1);
+    assert_eq!(s.said("assistant").last().map(String::as_str), Some("I pressed two."));
+    // In the record as a row without the keys (RECORD_DTMF is off).
+    let rows: Vec<&str> = s.records.iter().filter(|r| r.role == "dtmf_sent").map(|r| r.text.as_str()).collect();
+    assert_eq!(rows, [""]);
+    assert!(s.end.is_none());
+}

@@ -111,6 +111,9 @@ pub enum Output {
     Frame(Vec<i16>),
     /// To the bridge (topic `callbridge.control`).
     Control(Control),
+    /// Press these keys on the phone line, in order: LiveKit `SipDTMF` packets (as the SDKs'
+    /// `publish_dtmf`), which the bridge plays to the far end as tones. Valid keys only.
+    PressKeys { keys: String },
     /// A line of the conversation for the room (topic `transcript`); `role` is `user`,
     /// `assistant` or `fields` (a field update with no text).
     Transcript { role: &'static str, text: String, is_final: bool, fields: Fields },

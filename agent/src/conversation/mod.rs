@@ -18,7 +18,7 @@
 //!   and resuming after a false interruption.
 //! * Reply engines: [`cascaded`] (VAD → STT → LLM → TTS, history here) and [`realtime`]
 //!   (OpenAI Realtime: the model hears and speaks, we play, cut and truncate).
-//! * [`tools`]: `record_field`, `end_call`, `transfer` with typed effects.
+//! * [`tools`]: `record_field`, `end_call`, `transfer`, `press_keys` with typed effects.
 
 pub mod heard;
 pub mod io;
@@ -508,6 +508,15 @@ impl Conversation {
                 self.transcript("fields", "", true);
             }
             ToolEffect::Transfer { destination, .. } => tracing::info!(%destination, "transfer asked for"),
+            ToolEffect::PressKeys { keys } => {
+                // Which keys never reach the logs (an IVR PIN); the record has them only with
+                // RECORD_DTMF, as the caller's own.
+                tracing::info!(keys = keys.len(), "pressing keys");
+                let text = if self.record_dtmf { keys.clone() } else { String::new() };
+                let now = now_ms();
+                self.write_turn(None, "dtmf_sent", &text, now, Some(now), false, None, None);
+                self.out.push_back(Output::PressKeys { keys: keys.clone() });
+            }
             ToolEffect::EndCall { .. } | ToolEffect::None => {}
         }
         if let Some(why) = r.refused {

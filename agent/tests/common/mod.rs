@@ -97,6 +97,8 @@ pub enum Obs {
     /// Agent audio: a 20 ms frame's level (dBFS) and when it came.
     Frame(Instant, f32),
     Control(proto::control::Control),
+    /// A `SipDTMF` packet (LiveKit's `publish_dtmf`): sender, code, key.
+    Dtmf(String, u32, String),
 }
 
 /// A phone participant (kind `sip`, `phone-<sid>`) in `room_name`: the room, what it observes,
@@ -133,6 +135,9 @@ pub async fn phone(url: &str, room_name: &str, sid: &str) -> (room::Room, tokio:
                     if let Ok(c) = proto::control::Control::parse(&m.payload) {
                         let _ = tx.send(Obs::Control(c)).await;
                     }
+                }
+                RoomEvent::DtmfReceived(d) => {
+                    let _ = tx.send(Obs::Dtmf(d.participant_identity, d.code, d.digit)).await;
                 }
                 _ => {}
             }

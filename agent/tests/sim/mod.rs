@@ -92,6 +92,8 @@ pub struct Sim {
     pub end: Option<agent::conversation::Outcome>,
     pub finalizes: u32,
     pub cancels: Vec<u64>,
+    /// Keys the agent pressed (time, keys).
+    pub keys_pressed: Vec<(Instant, String)>,
 }
 
 pub fn spec() -> Arc<AgentSpec> {
@@ -134,6 +136,7 @@ impl Sim {
             end: None,
             finalizes: 0,
             cancels: Vec::new(),
+            keys_pressed: Vec::new(),
         };
         s.drain();
         s
@@ -212,6 +215,7 @@ impl Sim {
             match o {
                 Output::Frame(f) => self.bridge_frame(f[0]),
                 Output::Control(c) => self.bridge_control(c),
+                Output::PressKeys { keys } => self.keys_pressed.push((self.now, keys)),
                 Output::Transcript { role, text, .. } => self.transcripts.push((role.to_string(), text)),
                 Output::StartReply { reply, source, voice } => self.start_reply(reply, source, voice),
                 Output::CancelReply { reply } => {
