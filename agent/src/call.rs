@@ -304,6 +304,7 @@ fn room_input(ev: RoomEvent, phone_id: &str, track: &mut Option<RemoteAudioTrack
             *track = Some(t);
             None
         }
+        CallEvent::AnsweredBy(v) => Some(Input::AnsweredBy(v)),
         CallEvent::Other => None,
     }
 }
@@ -371,6 +372,10 @@ async fn converse(room: &Room, events: &mut mpsc::Receiver<RoomEvent>, p: &CallP
     let mut audio_open = true;
     let mut stt_open = true;
     let mut inputs: Vec<Input> = Vec::new();
+    // The verdict may have come before the agent joined.
+    if let Some(v) = phone.attributes.get(crate::call_events::ANSWERED_BY).filter(|v| !v.is_empty()) {
+        conv.handle(Input::AnsweredBy(crate::conversation::AnsweredBy::parse(v)), Instant::now());
+    }
     let outcome = loop {
         if let Some(o) = d.execute(&mut conv) {
             break o;

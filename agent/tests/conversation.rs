@@ -4,7 +4,8 @@
 mod sim;
 
 use agent::conversation::heard::trim_to_heard;
-use agent::conversation::{FinishReason, Input, Metric, Stage};
+use agent::config::OnMachine;
+use agent::conversation::{AnsweredBy, FinishReason, Input, Metric, Stage};
 use agent::providers::{Role, SttEvent};
 use proto::control::Control;
 use serde_json::json;
@@ -391,4 +392,92 @@ fn press_keys_presses_valid_keys_once_and_tells_the_model() {
     let rows: Vec<&str> = s.records.iter().filter(|r| r.role == "dtmf_sent").map(|r| r.text.as_str()).collect();
     assert_eq!(rows, [""]);
     assert!(s.end.is_none());
+}
+
+const MACHINE_MESSAGE: &str = "Hello, this is Acme Facilities about your report. Please call us back. Goodbye.";
+
+fn machine_spec(on_machine: OnMachine) -> std::sync::Arc<agent::config::AgentSpec> {
+    spec_with(|s| {
+        s.outbound.on_machine = on_machine;
+        s.outbound.machine_message = MACHINE_MESSAGE.into();
+        s.outbound.machine_wait_ms = 20_000;
+    })
+}
+
+#[test]
+fn on_a_machine_the_agent_waits_for_the_beep_then_leaves_its_message() {
+    let mut s = Sim::new(machine_spec(OnMachine::Message));
+    // The voicemail greeting talks over ours; Twilio says machine_start 2 s in.
+    s.schedule(500, Input::SpeechStarted);
+    s.schedule(1200, Input::Stt(SttEvent::Interim { text: "you have reached".into() }));
+    s.schedule(1500, Input::Dtmf { digit: "5".into() }); // a key tone in the greeting, before the verdict
+    s.schedule(2000, Input::AnsweredBy(AnsweredBy::MachineStart));
+    s.schedule(4000, Input::SpeechEnded { at: s.at(3500) });
+    s.schedule(4100, Input::Stt(SttEvent::EndOfTurn { text: "you have reached the voicemail of john leave a message".into() }));
+    s.schedule(4300, Input::Dtmf { digit: "1".into() });
+    s.run(6000);
+    // Stopped at once, and the greeting is nobody's turn: nothing asked, nothing said.
+    assert!(s.interrupts().iter().any(|t| *t <= s.at(2000)), "{:?}", s.interrupts());
+    assert!(s.last_heard().unwrap() <= s.at(2000));
+    assert!(s.requests.is_empty(), "the voicemail greeting was answered");
+    assert!(s.records.iter().all(|r| r.role != "user"), "the greeting is not a caller turn");
+    // The beep: the message, heard whole, then the hangup.
+    s.schedule(6000, Input::AnsweredBy(AnsweredBy::MachineEndBeep));
+    // Noise on the recording does not stop it (a final line).
+    s.noise(7000, 1500);
+    s.run(60_000);
+    assert_eq!(s.said("assistant").last().map(String::as_str), Some(MACHINE_MESSAGE));
+    let frames = MACHINE_MESSAGE.len() * 3;
+    let message: Vec<i16> = s.heard.iter().filter(|h| h.0 > s.at(6000)).map(|h| h.1).collect();
+    assert_eq!(message, (1..=frames as i16).collect::<Vec<_>>(), "every frame of the message once");
+    assert_eq!(s.hangups(), [Some("voicemail message left".to_string())]);
+    let hangup_at = s.controls.iter().find(|(_, c)| matches!(c, Control::Hangup { .. })).unwrap().0;
+    assert!(s.last_heard().unwrap() <= hangup_at);
+    assert!(s.transfers().is_empty());
+    let end = s.end.unwrap();
+    assert_eq!(end.reason, FinishReason::Machine { message_left: true });
+    assert_eq!(end.reason.to_string(), "voicemail_left");
+}
+
+#[test]
+fn a_greeting_whose_end_never_comes_gets_the_message_after_the_wait() {
+    let mut s = Sim::new(machine_spec(OnMachine::Message));
+    s.schedule(1000, Input::AnsweredBy(AnsweredBy::MachineStart));
+    s.run(20_900);
+    assert!(s.said("assistant").iter().all(|t| t != MACHINE_MESSAGE), "not before the wait is over");
+    s.run(60_000);
+    // 20 s after machine_start (machine_wait_ms), whatever Twilio says.
+    let started = s.heard.iter().find(|h| h.0 > s.at(2000)).unwrap().0;
+    assert!(started >= s.at(21_000) && started <= s.at(21_000 + sim::TTS_LATENCY + sim::BRIDGE_LEAD + 20), "{:?}", started - s.t0);
+    assert_eq!(s.end.unwrap().reason, FinishReason::Machine { message_left: true });
+}
+
+#[test]
+fn hangup_on_a_machine_or_a_fax_says_nothing_and_a_person_is_talked_to() {
+    for (on_machine, verdict) in [
+        (OnMachine::Hangup, AnsweredBy::MachineStart),
+        (OnMachine::Hangup, AnsweredBy::MachineEndBeep),
+        (OnMachine::Message, AnsweredBy::Fax),
+    ] {
+        let mut s = Sim::new(machine_spec(on_machine));
+        s.schedule(1500, Input::AnsweredBy(verdict));
+        s.run(30_000);
+        assert_eq!(s.hangups(), [Some("answering machine".to_string())], "{verdict:?}");
+        let hangup_at = s.controls.iter().find(|(_, c)| matches!(c, Control::Hangup { .. })).unwrap().0;
+        assert_eq!(hangup_at, s.at(1500), "at once");
+        assert!(s.last_heard().unwrap() <= s.at(1500 + sim::BRIDGE_LEAD));
+        assert!(!s.said("assistant").iter().any(|t| t == MACHINE_MESSAGE));
+        assert_eq!(s.end.clone().unwrap().reason, FinishReason::Machine { message_left: false });
+    }
+    // A person (or Twilio cannot tell): the conversation goes on as ever.
+    for verdict in [AnsweredBy::Human, AnsweredBy::Unknown] {
+        let mut s = Sim::new(machine_spec(OnMachine::Hangup));
+        s.scripts.push_back(vec![say("Thank you, John."), done("stop")]);
+        s.schedule(1500, Input::AnsweredBy(verdict));
+        after_greeting(&mut s, "my name is john");
+        s.run(20_000);
+        assert!(s.hangups().is_empty() && s.end.is_none(), "{verdict:?}");
+        assert_eq!(heard_values(&s)[..greeting_frames()], (1..=greeting_frames() as i16).collect::<Vec<_>>()[..]);
+        assert_eq!(s.said("assistant").last().map(String::as_str), Some("Thank you, John."));
+    }
 }

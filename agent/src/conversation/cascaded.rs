@@ -601,6 +601,16 @@ impl Conversation {
         }
     }
 
+    /// Drops the caller's turn in the making (finals, keys): the far end is a machine.
+    pub(super) fn cascaded_forget_turn(&mut self) {
+        if let super::Engine::Cascaded(c) = &mut self.engine {
+            c.finals.clear();
+            c.final_deadline = None;
+            c.dtmf.clear();
+            c.dtmf_deadline = None;
+        }
+    }
+
     /// A key: it stops the agent, and the keys of one entry become a turn.
     pub(super) fn cascaded_dtmf(&mut self, digit: &str) {
         if self.agent_talking() {

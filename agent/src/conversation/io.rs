@@ -4,6 +4,7 @@ use std::time::Instant;
 
 use proto::control::Control;
 
+use super::machine::AnsweredBy;
 use super::outcome::{Outcome, Stage};
 use super::tools::Refusal;
 use crate::metrics::TurnTimings;
@@ -71,12 +72,21 @@ pub enum Input {
     Playback { utterance_id: String, heard_ms: u32, complete: bool, interrupted: bool },
     /// The bridge: the caller pressed a key.
     Dtmf { digit: String },
+    /// Twilio's answering-machine verdict (the phone participant's `sip.twilio.answeredBy`).
+    AnsweredBy(AnsweredBy),
     /// The phone participant left.
     CallerLeft,
     /// The room went away.
     RoomClosed,
     /// The agent is shutting down: say goodbye and hang up now.
     Shutdown,
+}
+
+impl Input {
+    /// What the far end's sound (or keys) made: nobody's turn once a machine is on the line.
+    pub(super) fn is_from_caller(&self) -> bool {
+        matches!(self, Input::SpeechStarted | Input::SpeechEnded { .. } | Input::Stt(_) | Input::Dtmf { .. } | Input::Realtime(_))
+    }
 }
 
 /// A write to the call record.

@@ -18,10 +18,13 @@
 //!   and resuming after a false interruption.
 //! * Reply engines: [`cascaded`] (VAD → STT → LLM → TTS, history here) and [`realtime`]
 //!   (OpenAI Realtime: the model hears and speaks, we play, cut and truncate).
+//! * [`machine`]: an answering machine on the line (Twilio's AMD verdict): leave the agent
+//!   file's message after the greeting, or hang up.
 //! * [`tools`]: `record_field`, `end_call`, `transfer`, `press_keys` with typed effects.
 
 pub mod heard;
 pub mod io;
+pub mod machine;
 pub mod outcome;
 pub mod playout;
 pub mod tools;
@@ -44,6 +47,8 @@ use crate::providers::Fields;
 use crate::record::{now_ms, TurnRow};
 
 pub use io::{Input, Metric, Output, RecordOp, ReplyEvent, ReplyId, ReplySource, Voice};
+pub use machine::AnsweredBy;
+use machine::Machine;
 pub use outcome::{FinishReason, Outcome, Stage};
 pub use playout::SpeechId;
 use playout::{PlayEvent, Playout, PlayoutConfig};
@@ -127,6 +132,8 @@ pub struct Conversation {
     failures: u32,
     caller: turn_taking::Caller,
     pending_end: Option<PendingEnd>,
+    /// A machine answered (None: a person, or nobody said otherwise).
+    machine: Option<Machine>,
     engine: Engine,
     out: VecDeque<Output>,
     over: bool,
@@ -166,6 +173,7 @@ impl Conversation {
             seq: 0,
             failures: 0,
             pending_end: None,
+            machine: None,
             engine,
             out: VecDeque::new(),
             over: false,
@@ -193,8 +201,14 @@ impl Conversation {
         if self.over {
             return;
         }
+        if self.machine_on_line() && input.is_from_caller() {
+            // A voicemail greeting (or its beep) is nobody's turn.
+            self.pump();
+            return;
+        }
         match input {
             Input::Timeout => {}
+            Input::AnsweredBy(v) => self.on_answered_by(v),
             Input::SpeechStarted => self.on_speech_started(),
             Input::SpeechEnded { at } => self.on_speech_ended(at),
             Input::Stt(ev) => self.on_stt(ev),
@@ -230,6 +244,7 @@ impl Conversation {
             self.speeches.iter().filter_map(|s| s.cut_at.filter(|_| !s.settled).map(|c| c + REPORT_WAIT)).min(),
             self.pending_end.as_ref().map(|p| p.deadline),
             self.pending_end_grace(),
+            self.machine_deadline(),
         ]
         .into_iter()
         .flatten()
@@ -247,6 +262,7 @@ impl Conversation {
         if self.over {
             return;
         }
+        self.machine_timers();
         self.caller_timers();
         self.engine_timers();
         self.settle_ready();

@@ -23,12 +23,14 @@ pub enum LineKind {
     Apology,
     /// The agent is shutting down: goodbye (then hang up).
     Shutdown,
+    /// The message left on an answering machine (then hang up).
+    MachineMessage,
 }
 
 impl LineKind {
     /// Lines the caller cannot talk over: the call ends after them whatever is said.
     pub fn is_final(self) -> bool {
-        matches!(self, LineKind::Apology | LineKind::Shutdown)
+        matches!(self, LineKind::Apology | LineKind::Shutdown | LineKind::MachineMessage)
     }
 }
 

@@ -110,7 +110,7 @@ pub async fn phone(url: &str, room_name: &str, sid: &str) -> (room::Room, tokio:
         "secret",
         serde_json::json!({"sub": format!("phone-{sid}"), "kind": "sip",
             "attributes": {"sip.phoneNumber": "+15551230001", "sip.twilio.callSid": sid},
-            "video": {"roomJoin": true, "room": room_name, "canPublish": true, "canSubscribe": true, "canPublishData": true}}),
+            "video": {"roomJoin": true, "room": room_name, "canPublish": true, "canSubscribe": true, "canPublishData": true, "canUpdateOwnMetadata": true}}),
         3600,
     );
     let (phone, mut events) = Room::connect(url, &token, RoomOptions::default()).await.unwrap();
