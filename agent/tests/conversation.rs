@@ -5,7 +5,7 @@ mod sim;
 
 use agent::conversation::heard::trim_to_heard;
 use agent::config::OnMachine;
-use agent::conversation::{AnsweredBy, FinishReason, Input, Metric, Stage};
+use agent::conversation::{AnsweredBy, FinishReason, Input, Metric, Stage, TransferEvent};
 use agent::providers::{Role, SttEvent};
 use proto::control::Control;
 use serde_json::json;
@@ -480,4 +480,100 @@ fn hangup_on_a_machine_or_a_fax_says_nothing_and_a_person_is_talked_to() {
         assert_eq!(heard_values(&s)[..greeting_frames()], (1..=greeting_frames() as i16).collect::<Vec<_>>()[..]);
         assert_eq!(s.said("assistant").last().map(String::as_str), Some("Thank you, John."));
     }
+}
+
+fn warm_spec() -> std::sync::Arc<agent::config::AgentSpec> {
+    spec_with(|s| {
+        s.transfers.insert(
+            "sales".into(),
+            agent::config::TransferTarget::Table(agent::config::TransferTable { number: "+15550100201".into(), warm: true }),
+        );
+    })
+}
+
+/// The caller asks for sales (name known); runs until the person is dialled (returns when, ms).
+fn ask_for_sales(s: &mut Sim) -> u64 {
+    s.scripts.push_back(vec![tool("record_field", json!({"field": "name", "value": "John"})), tool("transfer", json!({"destination": "sales"})), done("tool_calls")]);
+    after_greeting(s, "my name is john put me through to sales");
+    let mut t = 8600;
+    while s.dials.is_empty() && t < 30_000 {
+        t += 20;
+        s.run(t);
+    }
+    t
+}
+
+#[test]
+fn warm_transfer_holds_the_caller_dials_briefs_then_leaves() {
+    let mut s = Sim::new(warm_spec());
+    ask_for_sales(&mut s);
+    // The transfer line was heard whole, then the configured number was dialled; nothing cold.
+    assert_eq!(s.dials.len(), 1);
+    let (dialled_at, dest, number) = s.dials[0].clone();
+    assert_eq!((dest.as_str(), number.as_str()), ("sales", "+15550100201"));
+    assert!(s.transfers().is_empty() && s.hangups().is_empty());
+    let line_text = spec().transfer_line.clone();
+    assert!(s.said("assistant").contains(&line_text));
+    let line_frames = line_text.len() * 3;
+    let after_line: Vec<i16> = s.heard.iter().filter(|h| h.0 > s.at(8600)).map(|h| h.1).collect();
+    assert_eq!(after_line[..line_frames], (1..=line_frames as i16).collect::<Vec<_>>()[..], "the whole line before dialling");
+    let line_heard = s.heard.iter().filter(|h| h.0 > s.at(8600)).nth(line_frames - 1).unwrap().0;
+    assert!(dialled_at >= line_heard, "dialled before the line was heard");
+    // On hold: the caller hears the soft tone while the phone rings, and their words are no turn.
+    let dial_ms = (dialled_at - s.t0).as_millis() as u64;
+    s.caller_says(dial_ms + 1000, 800, "hello is anyone there");
+    s.run(dial_ms + 6000);
+    let hold: Vec<_> = s.heard.iter().filter(|h| h.0 > dialled_at).collect();
+    assert!(hold.len() >= 100, "hold tone: {} frames", hold.len());
+    assert_eq!(s.requests.len(), 1, "no turn while on hold");
+    // Answered: the brief (with the form so far), then the agent leaves — no hangup, no <Dial>.
+    s.schedule(dial_ms + 6000, Input::Transfer(TransferEvent::Answered));
+    s.run(dial_ms + 60_000);
+    let brief = s.said("assistant").last().cloned().unwrap();
+    assert!(brief.contains("caller for sales") && brief.contains("name: John") && brief.contains("Press any key"), "{brief}");
+    assert!(s.interrupts().iter().any(|t| *t >= s.at(dial_ms + 6000)), "the hold tone stops at once");
+    let end = s.end.clone().expect("the agent left");
+    assert_eq!(end.reason, FinishReason::Transferred);
+    assert!(s.hangups().is_empty() && s.transfers().is_empty() && s.transfer_hangups.is_empty());
+    let brief_frames = brief.len() * 3;
+    let heard_brief = s.heard.iter().filter(|h| h.0 > s.at(dial_ms + 6000)).count();
+    assert_eq!(heard_brief, brief_frames, "the whole brief was played before leaving");
+}
+
+#[test]
+fn a_warm_transfer_nobody_takes_comes_back_to_the_caller() {
+    for (ev_at_ms, events) in [
+        (3000u64, vec![TransferEvent::Failed { reason: "busy".into() }]),
+        // Declined with a key during the brief.
+        (3000, vec![TransferEvent::Answered, TransferEvent::Key]),
+    ] {
+        let mut s = Sim::new(warm_spec());
+        ask_for_sales(&mut s);
+        s.scripts.push_back(vec![say("What else can I do for you?"), done("stop")]);
+        let dial_ms = (s.dials[0].0 - s.t0).as_millis() as u64;
+        for (k, ev) in events.iter().enumerate() {
+            s.schedule(dial_ms + ev_at_ms + 2000 * k as u64, Input::Transfer(ev.clone()));
+        }
+        s.run(dial_ms + 20_000);
+        let declined = events.contains(&TransferEvent::Key);
+        assert_eq!(s.transfer_hangups.len(), declined as usize, "{events:?}: only an answered person's leg is hung up");
+        let failed_line = "Sorry, nobody from sales could take the call right now. I am back with you.";
+        assert_eq!(s.said("assistant").last().map(String::as_str), Some(failed_line), "{events:?}");
+        assert!(s.end.is_none() && s.hangups().is_empty());
+        // The caller talks to the agent again, and the model knows the transfer did not happen.
+        let t = dial_ms + 20_000;
+        s.caller_says(t, 800, "okay then");
+        s.run(t + 10_000);
+        assert_eq!(s.requests.len(), 2, "{events:?}");
+        assert!(s.requests[1].iter().any(|m| m.role == Role::System && m.content.contains("transfer to sales did not happen")), "{:?}", s.requests[1]);
+        assert_eq!(s.said("assistant").last().map(String::as_str), Some("What else can I do for you?"));
+    }
+    // Nobody answers at all: given up after the dial deadline.
+    let mut s = Sim::new(warm_spec());
+    ask_for_sales(&mut s);
+    let dial_ms = (s.dials[0].0 - s.t0).as_millis() as u64;
+    s.run(dial_ms + agent::conversation::transfer::DIAL_DEADLINE.as_millis() as u64 + 8000);
+    assert!(s.said("assistant").last().unwrap().starts_with("Sorry, nobody from sales"));
+    assert_eq!(s.transfer_hangups.len(), 1, "the ringing leg is cancelled");
+    assert!(s.end.is_none());
 }

@@ -5,6 +5,7 @@ use std::time::Instant;
 use proto::control::Control;
 
 use super::machine::AnsweredBy;
+use super::transfer::TransferEvent;
 use super::outcome::{Outcome, Stage};
 use super::tools::Refusal;
 use crate::metrics::TurnTimings;
@@ -74,6 +75,8 @@ pub enum Input {
     Dtmf { digit: String },
     /// Twilio's answering-machine verdict (the phone participant's `sip.twilio.answeredBy`).
     AnsweredBy(AnsweredBy),
+    /// The person a warm transfer dialled (the driver's `Output::Dial`).
+    Transfer(TransferEvent),
     /// The phone participant left.
     CallerLeft,
     /// The room went away.
@@ -121,6 +124,12 @@ pub enum Output {
     Frame(Vec<i16>),
     /// To the bridge (topic `callbridge.control`).
     Control(Control),
+    /// Warm transfer: dial `number` (the agent file's, for `destination`) into this room through
+    /// the bridge (`CreateSIPParticipant`, `wait_until_answered`) and report with
+    /// `Input::Transfer`.
+    Dial { destination: String, number: String },
+    /// Warm transfer declined or given up: hang up the dialled person's leg (only theirs).
+    HangUpTransfer,
     /// Press these keys on the phone line, in order: LiveKit `SipDTMF` packets (as the SDKs'
     /// `publish_dtmf`), which the bridge plays to the far end as tones. Valid keys only.
     PressKeys { keys: String },

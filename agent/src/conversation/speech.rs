@@ -25,6 +25,10 @@ pub enum LineKind {
     Shutdown,
     /// The message left on an answering machine (then hang up).
     MachineMessage,
+    /// The soft tone the caller hears on hold (a warm transfer).
+    Hold,
+    /// What the person a warm transfer dialled hears about the caller.
+    Brief,
 }
 
 impl LineKind {

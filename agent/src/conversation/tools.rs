@@ -31,6 +31,9 @@ pub enum ToolEffect {
     EndCall { goodbye: Option<String> },
     /// Say the transfer line, then hand the call to `number` (configured as `destination`).
     Transfer { destination: String, number: String },
+    /// Put the caller on hold, dial the person at `number` (configured as `destination`, warm)
+    /// into the room, brief them, then leave the two together.
+    WarmTransfer { destination: String, number: String },
     /// Press these keys on the far end's line (validated: 0-9 * # A-D, at most [`MAX_KEYS`]).
     PressKeys { keys: String },
 }
@@ -210,6 +213,11 @@ fn transfer(spec: &AgentSpec, args: &Value) -> ToolResult {
         targets.iter().find(|(n, _)| n.eq_ignore_ascii_case(asked)).cloned()
     };
     match found {
+        Some((destination, number)) if spec.is_warm_transfer(&destination) => ToolResult {
+            output: format!("ok: the caller is put on hold while {destination} is called"),
+            effect: ToolEffect::WarmTransfer { destination, number },
+            refused: None,
+        },
         Some((destination, number)) => ToolResult {
             output: format!("ok: transferring to {destination} after the transfer line"),
             effect: ToolEffect::Transfer { destination, number },
@@ -284,6 +292,16 @@ mod tests {
             assert!(r.output.starts_with("error:"), "{bad}");
         }
         assert!(!system_prompt(&s).contains("+1555"), "no number in the prompt");
+    }
+
+    #[test]
+    fn a_warm_destination_is_a_warm_transfer_and_the_plain_form_stays_cold() {
+        let s = spec("[transfers]\nbilling = \"+15550100203\"\n[transfers.sales]\nnumber = \"+15550100201\"\nwarm = true\n");
+        let r = apply(&s, &Fields::new(), TRANSFER, r#"{"destination":"sales"}"#);
+        assert_eq!(r.effect, ToolEffect::WarmTransfer { destination: "sales".into(), number: "+15550100201".into() });
+        let r = apply(&s, &Fields::new(), TRANSFER, r#"{"destination":"billing"}"#);
+        assert_eq!(r.effect, ToolEffect::Transfer { destination: "billing".into(), number: "+15550100203".into() });
+        assert!(crate::config::AgentSpec::from_toml(&format!("{}\n[transfers.x]\nnumber = \"+1900\"\nwarm = true\n", crate::config::DEFAULT_AGENT_TOML.replace("transfer_number = \"+15550100200\"\n", "")), "x").is_err());
     }
 
     #[test]

@@ -94,6 +94,9 @@ pub struct Sim {
     pub cancels: Vec<u64>,
     /// Keys the agent pressed (time, keys).
     pub keys_pressed: Vec<(Instant, String)>,
+    /// Warm transfers' dials (time, destination, number) and hang-ups of the person's leg.
+    pub dials: Vec<(Instant, String, String)>,
+    pub transfer_hangups: Vec<Instant>,
 }
 
 pub fn spec() -> Arc<AgentSpec> {
@@ -137,6 +140,8 @@ impl Sim {
             finalizes: 0,
             cancels: Vec::new(),
             keys_pressed: Vec::new(),
+            dials: Vec::new(),
+            transfer_hangups: Vec::new(),
         };
         s.drain();
         s
@@ -216,6 +221,8 @@ impl Sim {
                 Output::Frame(f) => self.bridge_frame(f[0]),
                 Output::Control(c) => self.bridge_control(c),
                 Output::PressKeys { keys } => self.keys_pressed.push((self.now, keys)),
+                Output::Dial { destination, number } => self.dials.push((self.now, destination, number)),
+                Output::HangUpTransfer => self.transfer_hangups.push(self.now),
                 Output::Transcript { role, text, .. } => self.transcripts.push((role.to_string(), text)),
                 Output::StartReply { reply, source, voice } => self.start_reply(reply, source, voice),
                 Output::CancelReply { reply } => {
