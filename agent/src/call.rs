@@ -190,6 +190,8 @@ struct Driver {
     /// The warm transfer's person (identity) once dialled, and the dial in flight.
     transfer_id: Option<String>,
     dial_task: Option<JoinHandle<()>>,
+    /// Removals of the person's leg in flight (waited for, bounded, when the call ends).
+    hangups: Vec<JoinHandle<()>>,
     transfer_tx: mpsc::Sender<TransferEvent>,
 }
 
@@ -291,14 +293,15 @@ impl Driver {
         }));
     }
 
-    /// Hangs up the warm transfer's person only (the control goes to their bridge leg alone).
+    /// Hangs up the warm transfer's person only: their participant is removed from the room
+    /// (the bridge ends their call, or cancels it while it rings). Never waits.
     fn hang_up_transfer(&mut self) {
         if let Some(h) = self.dial_task.take() {
             h.abort();
         }
-        if let Some(id) = self.transfer_id.take() {
-            let c = Control::Hangup { reason: Some("transfer declined".into()) };
-            self.outbox.send_to(CONTROL_TOPIC, c.to_bytes(), &id);
+        if let (Some(id), Some(dialer)) = (self.transfer_id.take(), self.dialer.clone()) {
+            let room = self.room_name.clone();
+            self.hangups.push(tokio::spawn(async move { dialer.hang_up(&room, &id).await }));
         }
     }
 
@@ -307,6 +310,12 @@ impl Driver {
         if outcome.reason != FinishReason::Transferred {
             // A person dialled for a transfer that did not complete is not left in the room.
             self.hang_up_transfer();
+        }
+        for h in std::mem::take(&mut self.hangups) {
+            let abort = h.abort_handle();
+            if tokio::time::timeout(Duration::from_secs(5), h).await.is_err() {
+                abort.abort();
+            }
         }
         for (_, h) in self.replies {
             h.abort();
@@ -391,6 +400,7 @@ async fn converse(room: &Room, events: &mut mpsc::Receiver<RoomEvent>, p: &CallP
         dialer: p.dialer.clone(),
         transfer_id: None,
         dial_task: None,
+        hangups: Vec::new(),
         transfer_tx,
     };
     let cfg = conversation::Config { spec: p.spec.clone(), mode, playout_rate: rate, record_dtmf: p.record_dtmf };

@@ -21,8 +21,7 @@ const SEND_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// One packet to send.
 enum Packet {
-    /// To everyone, or only to `to` when not empty.
-    Data { topic: &'static str, payload: Vec<u8>, to: Vec<String> },
+    Data { topic: &'static str, payload: Vec<u8> },
     /// A key, as LiveKit SDKs' `publish_dtmf` sends it (RFC 4733 code and the key).
     Dtmf { code: u32, key: char },
 }
@@ -45,7 +44,7 @@ impl Outbox {
                 };
                 let send = async {
                     match packet {
-                        Packet::Data { topic, payload, to } => room.send_data(DataPacketBuilder::new(payload).topic(topic).to(to)).await,
+                        Packet::Data { topic, payload } => room.send_data(DataPacketBuilder::new(payload).topic(topic)).await,
                         Packet::Dtmf { code, key } => room.send_dtmf(code, &key.to_string(), vec![]).await,
                     }
                 };
@@ -67,12 +66,7 @@ impl Outbox {
 
     /// Queues a packet; never waits.
     pub fn send(&self, topic: &'static str, payload: Vec<u8>) {
-        self.queue(Packet::Data { topic, payload, to: vec![] }, topic);
-    }
-
-    /// Queues a packet for one participant only; never waits.
-    pub fn send_to(&self, topic: &'static str, payload: Vec<u8>, identity: &str) {
-        self.queue(Packet::Data { topic, payload, to: vec![identity.to_string()] }, topic);
+        self.queue(Packet::Data { topic, payload }, topic);
     }
 
     /// Queues one `SipDTMF` packet per key, in order (reliable, so they arrive in order);
