@@ -42,6 +42,9 @@ use crate::ice_tcp::{TcpFrame, TcpLinks};
 use crate::peer::{Peer, PeerEvent, Role, SdpMedia};
 use crate::signal::{self, Incoming, JoinParams, Request, Response, SignalConn};
 
+#[doc(hidden)]
+pub mod fuzzing;
+
 /// How a [`Room`] behaves.
 #[derive(Debug, Clone)]
 pub struct RoomOptions {
@@ -178,6 +181,20 @@ struct Shared {
 }
 
 impl Shared {
+    fn new(join: &proto::JoinResponse, local_info: &proto::ParticipantInfo) -> Shared {
+        let room = join.room.clone().unwrap_or_default();
+        Shared {
+            snapshot: Mutex::new(Snapshot {
+                room_name: room.name,
+                room_sid: room.sid,
+                room_metadata: room.metadata,
+                local: Some(Participant::from(local_info)),
+                remotes: HashMap::new(),
+            }),
+            counters: Counters::default(),
+        }
+    }
+
     fn snap(&self) -> std::sync::MutexGuard<'_, Snapshot> {
         match self.snapshot.lock() {
             Ok(g) => g,
@@ -264,60 +281,18 @@ impl Room {
         let (ready_tx, ready_rx) = oneshot::channel();
         let (tcp, tcp_rx) = TcpLinks::new();
 
-        let room = join.room.clone().unwrap_or_default();
-        let shared = Arc::new(Shared {
-            snapshot: Mutex::new(Snapshot {
-                room_name: room.name.clone(),
-                room_sid: room.sid.clone(),
-                room_metadata: room.metadata.clone(),
-                local: Some(Participant::from(&local_info)),
-                remotes: HashMap::new(),
-            }),
-            counters: Counters::default(),
-        });
+        let shared = Arc::new(Shared::new(&join, &local_info));
 
-        let ping_interval = (join.ping_interval > 0).then(|| Duration::from_secs(join.ping_interval as u64));
-        let ping_timeout = (join.ping_timeout > 0).then(|| Duration::from_secs(join.ping_timeout as u64));
-        let mut engine = Engine {
-            url: url.to_string(),
-            token: token.to_string(),
-            params,
-            opts: options.clone(),
-            signal: Some(conn),
-            resume_task: None,
-            reconnect: None,
-            ice_recovery: IceRecovery::default(),
-            new_sockets: None,
-            tcp,
-            local: local_info,
-            publisher,
-            subscriber,
+        let mut engine = Engine::new(
+            EngineSetup { url: url.to_string(), token: token.to_string(), params, opts: options.clone(), signal: Some(conn), tcp },
+            &join,
+            local_info,
+            (publisher, subscriber),
             events_tx,
-            shared: shared.clone(),
-            ready: Some(ready_tx),
-            closing: None,
-            done: false,
-            negotiation_needed: false,
-            pending_media: VecDeque::new(),
-            pending_stop: Vec::new(),
-            pending_publish: HashMap::new(),
-            local_tracks: HashMap::new(),
-            sub_mids: HashMap::new(),
-            subscribed: HashMap::new(),
-            remotes: HashMap::new(),
-            explicit_subscriptions: HashMap::new(),
-            pending_metadata: HashMap::new(),
-            rejoin_grace: HashMap::new(),
-            data_queue: VecDeque::new(),
-            reliable_seq: 1,
-            ping_interval,
-            ping_timeout,
-            next_ping: now + ping_interval.unwrap_or(Duration::from_secs(3600)),
-            last_signal_rx: now,
-            rtt_ms: 0,
-            ice_down_since: None,
-            metadata_request_id: 1,
-        };
+            shared.clone(),
+            Some(ready_tx),
+            now,
+        );
         engine.on_join_participants(join.other_participants.clone());
         engine.start_negotiation();
 
@@ -662,7 +637,73 @@ async fn join_resume(task: &mut Option<tokio::task::JoinHandle<ResumeResult>>) -
     }
 }
 
+/// What a driver is built from besides the join: where to redial, and the link (none when fuzzing).
+struct EngineSetup {
+    url: String,
+    token: String,
+    params: JoinParams,
+    opts: RoomOptions,
+    signal: Option<SignalConn>,
+    /// ICE-TCP links; the run loop owns their receiving end.
+    tcp: TcpLinks,
+}
+
 impl Engine {
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        setup: EngineSetup,
+        join: &proto::JoinResponse,
+        local_info: proto::ParticipantInfo,
+        (publisher, subscriber): (Peer, Peer),
+        events_tx: mpsc::Sender<RoomEvent>,
+        shared: Arc<Shared>,
+        ready: Option<oneshot::Sender<Result<(), RoomError>>>,
+        now: Instant,
+    ) -> Engine {
+        let ping_interval = (join.ping_interval > 0).then(|| Duration::from_secs(join.ping_interval as u64));
+        let ping_timeout = (join.ping_timeout > 0).then(|| Duration::from_secs(join.ping_timeout as u64));
+        Engine {
+            url: setup.url,
+            token: setup.token,
+            params: setup.params,
+            opts: setup.opts,
+            signal: setup.signal,
+            resume_task: None,
+            reconnect: None,
+            ice_recovery: IceRecovery::default(),
+            new_sockets: None,
+            tcp: setup.tcp,
+            local: local_info,
+            publisher,
+            subscriber,
+            events_tx,
+            shared,
+            ready,
+            closing: None,
+            done: false,
+            negotiation_needed: false,
+            pending_media: VecDeque::new(),
+            pending_stop: Vec::new(),
+            pending_publish: HashMap::new(),
+            local_tracks: HashMap::new(),
+            sub_mids: HashMap::new(),
+            subscribed: HashMap::new(),
+            remotes: HashMap::new(),
+            explicit_subscriptions: HashMap::new(),
+            pending_metadata: HashMap::new(),
+            rejoin_grace: HashMap::new(),
+            data_queue: VecDeque::new(),
+            reliable_seq: 1,
+            ping_interval,
+            ping_timeout,
+            next_ping: now + ping_interval.unwrap_or(Duration::from_secs(3600)),
+            last_signal_rx: now,
+            rtt_ms: 0,
+            ice_down_since: None,
+            metadata_request_id: 1,
+        }
+    }
+
     async fn run(
         mut self,
         mut pub_sock: UdpSocket,
@@ -782,21 +823,7 @@ impl Engine {
 
     /// Process peer events until quiet, then send every pending datagram.
     fn pump(&mut self, pub_sock: &UdpSocket, sub_sock: &UdpSocket) {
-        for _ in 0..64 {
-            let mut any = false;
-            while let Some(e) = self.publisher.events.pop_front() {
-                any = true;
-                self.on_peer_event(Role::Publisher, e);
-            }
-            while let Some(e) = self.subscriber.events.pop_front() {
-                any = true;
-                self.on_peer_event(Role::Subscriber, e);
-            }
-            if !any {
-                break;
-            }
-        }
-        self.flush_data_queue(Instant::now());
+        self.handle_peer_events();
         for (peer, sock) in [(&mut self.publisher, pub_sock), (&mut self.subscriber, sub_sock)] {
             for t in peer.transmits.drain(..) {
                 if t.proto == str0m::net::Protocol::Tcp {
@@ -817,6 +844,25 @@ impl Engine {
         let (a, b) = (self.publisher.counters, self.subscriber.counters);
         c.audio_frames_out.store(a.audio_frames_out, Ordering::Relaxed);
         c.audio_frames_in.store(b.audio_frames_in + a.audio_frames_in, Ordering::Relaxed);
+    }
+
+    /// The sans-IO half of [`Engine::pump`]: peer events until quiet, then queued data.
+    fn handle_peer_events(&mut self) {
+        for _ in 0..64 {
+            let mut any = false;
+            while let Some(e) = self.publisher.events.pop_front() {
+                any = true;
+                self.on_peer_event(Role::Publisher, e);
+            }
+            while let Some(e) = self.subscriber.events.pop_front() {
+                any = true;
+                self.on_peer_event(Role::Subscriber, e);
+            }
+            if !any {
+                break;
+            }
+        }
+        self.flush_data_queue(Instant::now());
     }
 
     // ---- commands ------------------------------------------------------------------------
