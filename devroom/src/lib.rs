@@ -25,4 +25,7 @@ mod twirp;
 mod webhook;
 
 pub use config::Config;
+/// Entry points for the fuzz targets in `fuzz/`; not an API.
+#[doc(hidden)]
+pub use engine::fuzzing;
 pub use server::{start, Running};
