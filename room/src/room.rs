@@ -1580,10 +1580,18 @@ impl Engine {
                 }
             }
             Response::RefreshToken(t) if !t.is_empty() => self.token = t,
-            Response::PongResp(p) => {
-                self.rtt_ms = (signal::now_ms() - p.last_ping_timestamp).max(0);
-                self.shared.counters.rtt_ms.store(self.rtt_ms as u64, Ordering::Relaxed);
-            }
+            // Only the echo of a ping we sent (not from the future, not older than an hour)
+            // is a round trip; the server's timestamp is untrusted (i64::MIN once overflowed).
+            Response::PongResp(p) => match signal::now_ms().checked_sub(p.last_ping_timestamp) {
+                Some(rtt) if (0..=3_600_000).contains(&rtt) => {
+                    self.rtt_ms = rtt;
+                    self.shared.counters.rtt_ms.store(rtt as u64, Ordering::Relaxed);
+                }
+                _ => {
+                    inc(&self.shared.counters.signal_malformed);
+                    tracing::debug!(last_ping_timestamp = p.last_ping_timestamp, "pong for a ping we never sent");
+                }
+            },
             Response::Join(_) | Response::Reconnect(_) => {
                 tracing::debug!("unexpected join/reconnect ignored");
             }

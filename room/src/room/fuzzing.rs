@@ -88,3 +88,33 @@ pub fn data_packets(frames: &[&[u8]]) {
         while events.try_recv().is_ok() {}
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Found by fuzz/room_signal: `pong_resp` with `last_ping_timestamp` = i64::MIN overflowed
+    /// the RTT subtraction (a panic of the driver; garbage RTT in release builds).
+    #[test]
+    fn pong_for_a_ping_never_sent_is_not_a_round_trip() {
+        let now = Instant::now();
+        let (mut engine, _events) = joined(now);
+        let pong = |ts| Response::PongResp(proto::Pong { last_ping_timestamp: ts, timestamp: 0 });
+        for ts in [i64::MIN, i64::MAX, -1, 0, signal::now_ms() + 60_000] {
+            engine.on_signal(pong(ts), now);
+        }
+        assert_eq!(engine.rtt_ms, 0);
+        assert_eq!(engine.shared.counters.signal_malformed.load(Ordering::Relaxed), 5);
+        engine.on_signal(pong(signal::now_ms() - 25), now);
+        assert!((25..5_000).contains(&engine.rtt_ms), "rtt {}", engine.rtt_ms);
+    }
+
+    /// Every entry point takes garbage without panicking (the fuzz targets' smoke test).
+    #[test]
+    fn entry_points_take_garbage() {
+        signal_responses(&[b"", b"\x0a\xff", b"\xa2\x01\x0b\x08\x80\x80\x80\x80\x80\x80\x80\x80\x80\x01"]);
+        subscriber_offer("v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\n");
+        publisher_answer("");
+        data_packets(&[b"\x00\x12\x03abc", b"\x01"]);
+    }
+}
