@@ -8,7 +8,7 @@
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 use proto::signature::{compute, url_variants, validate_body, validate_form, validate_websocket};
-use proto::stream_token;
+use proto::stream_token::{self, CallDescription};
 
 const AUTH_TOKEN: &str = "12345";
 const PUBLIC_URL: &str = "https://bridge.example.com";
@@ -29,13 +29,14 @@ fuzz_target!(|data: &[u8]| {
         let good = compute(AUTH_TOKEN, &signed_url, &params);
         assert!(validate_form(AUTH_TOKEN, &url, &params, &good), "a correct signature was refused");
     }
-    let call_sid = params.iter().find(|(k, _)| k == "CallSid").map(|(_, v)| v.as_str()).unwrap_or("");
+    let param = |name: &str| params.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str()).unwrap_or("");
+    let call = CallDescription { call_sid: param("CallSid"), account_sid: param("AccountSid"), from: param("From"), to: param("To") };
     if let Some((_, token)) = params.iter().find(|(k, _)| k == "token") {
-        let _ = stream_token::verify(SECRET, token, call_sid, 1_700_000_000);
+        let _ = stream_token::verify(SECRET, token, &call, 1_700_000_000);
     }
-    let nonce: String = call_sid.chars().filter(|c| c.is_ascii_alphanumeric()).take(32).collect();
+    let nonce: String = call.call_sid.chars().filter(|c| c.is_ascii_alphanumeric()).take(32).collect();
     if !nonce.is_empty() {
-        let t = stream_token::mint(SECRET, call_sid, 1_700_000_060, &nonce);
-        assert!(stream_token::verify(SECRET, &t, call_sid, 1_700_000_000).is_ok(), "a minted token was refused");
+        let t = stream_token::mint(SECRET, &call, 1_700_000_060, &nonce);
+        assert!(stream_token::verify(SECRET, &t, &call, 1_700_000_000).is_ok(), "a minted token was refused");
     }
 });

@@ -103,10 +103,8 @@ proptest! {
 
 /// Twilio's `chunk` is untrusted: near u64::MAX the arithmetic must not wrap or panic, and the
 /// frames out stay whole and bounded (what follows u64::MAX is the fix's choice, not checked).
-/// FAILS on today's main (issue 9, item 4: inbound.rs `media.chunk + 1` overflows); the lead's
-/// change to inbound.rs fixes it — drop the `ignore` then.
+/// (Before issue 9's fix, inbound.rs's `media.chunk + 1` overflowed here.)
 #[test]
-#[ignore = "fails until inbound.rs stops wrapping `chunk` (issue 9 item 4, lead's change)"]
 fn chunk_near_u64_max_never_wraps() {
     let config = ProptestConfig { cases: 256, ..ProptestConfig::default() };
     proptest!(config, |(back in 0u64..4, steps in prop::collection::vec(step(), 0..10))| {

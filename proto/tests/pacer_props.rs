@@ -1,7 +1,8 @@
 //! Pacer properties (proptest): any mix of audio, utterance ends, time, mark echoes (some lost,
 //! some bogus) and clears, against a model of Twilio's playback buffer. Every frame is one
 //! utterance's audio, the caller's buffer never holds more than the lead (frames go out on the
-//! 20 ms grid), no heard position is beyond what was sent, and `clear` leaves a clean pacer.
+//! 20 ms grid), no heard position is beyond what was sent, the marks awaiting an echo stay
+//! within their cap, and `clear` leaves a clean pacer.
 
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -37,12 +38,15 @@ fn op() -> impl Strategy<Value = Op> {
 }
 
 fn config() -> impl Strategy<Value = PacerConfig> {
-    (1u64..200, 1u32..6, 0u64..120, 1u64..4).prop_map(|(lead, mark_every, prebuffer, max_s)| PacerConfig {
-        lead: MS * lead as u32,
-        mark_every,
-        prebuffer: MS * prebuffer as u32,
-        max_queued: Duration::from_secs(max_s),
-    })
+    (1u64..200, 1u32..6, 0u64..120, 1u64..4, prop_oneof![Just(500usize), 1usize..12]).prop_map(
+        |(lead, mark_every, prebuffer, max_s, max_pending_marks)| PacerConfig {
+            lead: MS * lead as u32,
+            mark_every,
+            prebuffer: MS * prebuffer as u32,
+            max_queued: Duration::from_secs(max_s),
+            max_pending_marks,
+        },
+    )
 }
 
 /// Audio byte of utterance `u` (never μ-law silence, so padding is told apart).
@@ -105,6 +109,7 @@ fn poll(p: &mut Pacer, tw: &mut Playback, check: &mut Check, now: Instant) {
 
 fn run(cfg: PacerConfig, ops: Vec<Op>) {
     let lead_frames = (cfg.lead.as_millis() as u32).div_ceil(20).max(1);
+    let max_pending = cfg.max_pending_marks.max(1);
     let t0 = Instant::now();
     let mut now = t0;
     let mut p = Pacer::new(cfg);
@@ -164,6 +169,7 @@ fn run(cfg: PacerConfig, ops: Vec<Op>) {
                 }
                 assert_eq!(p.stats().marks_unknown, unknown + stale.len() as u64, "a stale echo was taken");
                 assert!(!p.is_active() && p.current().is_none(), "clear left an utterance");
+                assert_eq!(p.pending_marks(), 0, "clear left marks");
                 assert_eq!(p.poll_output(now), None, "clear left output");
                 assert_eq!(p.poll_timeout(), None, "clear left a deadline");
                 // The next audio is a new utterance and plays from its start.
@@ -171,6 +177,8 @@ fn run(cfg: PacerConfig, ops: Vec<Op>) {
             }
         }
         poll(&mut p, &mut tw, &mut check, now);
+        // However many echoes are lost, the marks awaiting one stay within the cap.
+        assert!(p.pending_marks() <= max_pending, "{} marks pending, cap {max_pending}", p.pending_marks());
     }
 }
 
