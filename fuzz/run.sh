@@ -36,7 +36,7 @@ passed=0
 failed=0
 for t in "${targets[@]}"; do
     mkdir -p "work/$t" "artifacts/$t"
-    log=$(mktemp)
+    log="work/$t.log"   # kept (ignored) for a look after the run
     set +e
     "${netns[@]}" "$bin_dir/$t" "work/$t" "corpus/$t" \
         -max_total_time="$secs" -max_len=16384 -timeout=10 -rss_limit_mb=2048 \
@@ -53,7 +53,6 @@ for t in "${targets[@]}"; do
         echo "$t: FAILED (exit $rc)"
         grep -E 'panicked at|ERROR: libFuzzer|SUMMARY|Test unit written' "$log" | head -n 8 || true
     fi
-    rm -f "$log"
 done
 echo "fuzz: $passed passed, $failed failed"
 [ $failed -eq 0 ]
