@@ -26,6 +26,9 @@ use crate::room::{self, Identity, Permission, PublishedTrack, Room};
 use crate::twirp::ApiError;
 use crate::webhook::Webhooks;
 
+#[doc(hidden)]
+pub mod fuzzing;
+
 const COMMAND_QUEUE: usize = 1024;
 /// Tracks announced but not yet published, per participant (livekit-server `cMaxPendingTracks`).
 const MAX_PENDING_TRACKS: usize = 20;
@@ -322,22 +325,7 @@ pub async fn start(cfg: Arc<Config>, webhooks: Webhooks, turn: Option<crate::tur
     let tcp_listener = tokio::net::TcpListener::bind(cfg.tcp_bind()).await?;
     let tcp_addr = SocketAddr::new(cfg.advertised_ip(), tcp_listener.local_addr()?.port());
     let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
-    let cfg_offer_timeout_ms = cfg.agent_offer_timeout_ms.max(1);
-    let engine = Engine {
-        cfg,
-        socket: Arc::new(socket),
-        local_addr,
-        tcp_addr: Some(tcp_addr),
-        tcp_conns: HashMap::new(),
-        rooms: HashMap::new(),
-        parts: HashMap::new(),
-        next_key: 1,
-        next_session: 1,
-        webhooks,
-        by_addr: HashMap::new(),
-        dispatch: Dispatcher::new(Duration::from_millis(cfg_offer_timeout_ms)),
-        turn,
-    };
+    let engine = Engine::new(cfg, Arc::new(socket), local_addr, Some(tcp_addr), webhooks, turn);
     tokio::spawn(engine.run(rx));
     let handle = EngineHandle {
         tx,
@@ -362,6 +350,26 @@ impl Engine {
             force_relay: lk::ClientConfigSetting::Enabled as i32,
             ..Default::default()
         })
+    }
+
+    /// `tcp_addr`: the ICE-TCP listener's advertised address (none: no TCP candidates).
+    fn new(cfg: Arc<Config>, socket: Arc<UdpSocket>, local_addr: SocketAddr, tcp_addr: Option<SocketAddr>, webhooks: Webhooks, turn: Option<crate::turn::Turn>) -> Engine {
+        let offer_timeout = Duration::from_millis(cfg.agent_offer_timeout_ms.max(1));
+        Engine {
+            cfg,
+            socket,
+            local_addr,
+            tcp_addr,
+            tcp_conns: HashMap::new(),
+            rooms: HashMap::new(),
+            parts: HashMap::new(),
+            next_key: 1,
+            next_session: 1,
+            webhooks,
+            by_addr: HashMap::new(),
+            dispatch: Dispatcher::new(offer_timeout),
+            turn,
+        }
     }
 
     async fn run(mut self, mut rx: mpsc::Receiver<Command>) {

@@ -28,4 +28,7 @@ pub mod turn_auth;
 mod webhook;
 
 pub use config::Config;
+/// Entry points for the fuzz targets in `fuzz/`; not an API.
+#[doc(hidden)]
+pub use engine::fuzzing;
 pub use server::{start, Running};

@@ -103,5 +103,9 @@ pub use error::RoomError;
 pub use events::{DisconnectReason, Participant, ParticipantKind, ReconnectKind, RoomEvent, TrackInfo, TrackKind};
 pub use room::{IceTransportPolicy, Room, RoomOptions, RoomStats};
 
+/// Entry points for the fuzz targets in `fuzz/`; not an API.
+#[doc(hidden)]
+pub use room::fuzzing;
+
 /// Re-export of the protocol types this crate speaks (`TrackSource`, `DisconnectReason`, …).
 pub use livekit_protocol as proto;

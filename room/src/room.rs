@@ -57,6 +57,9 @@ pub enum IceTransportPolicy {
     Relay,
 }
 
+#[doc(hidden)]
+pub mod fuzzing;
+
 /// How a [`Room`] behaves.
 #[derive(Debug, Clone)]
 pub struct RoomOptions {
@@ -221,6 +224,21 @@ struct Shared {
 }
 
 impl Shared {
+    fn new(join: &proto::JoinResponse, local_info: &proto::ParticipantInfo) -> Shared {
+        let room = join.room.clone().unwrap_or_default();
+        Shared {
+            snapshot: Mutex::new(Snapshot {
+                room_name: room.name,
+                room_sid: room.sid,
+                room_metadata: room.metadata,
+                local: Some(Participant::from(local_info)),
+                remotes: HashMap::new(),
+                publish_codecs: publish_codecs(join),
+            }),
+            counters: Counters::default(),
+        }
+    }
+
     fn snap(&self) -> std::sync::MutexGuard<'_, Snapshot> {
         match self.snapshot.lock() {
             Ok(g) => g,
@@ -337,66 +355,19 @@ impl Room {
         let (tcp, tcp_rx) = TcpLinks::new();
         let (relay_links, relay_rx) = RelayLinks::new();
 
-        let room = join.room.clone().unwrap_or_default();
-        let shared = Arc::new(Shared {
-            snapshot: Mutex::new(Snapshot {
-                room_name: room.name.clone(),
-                room_sid: room.sid.clone(),
-                room_metadata: room.metadata.clone(),
-                local: Some(Participant::from(&local_info)),
-                remotes: HashMap::new(),
-                publish_codecs: publish_codecs(&join),
-            }),
-            counters: Counters::default(),
-        });
+        let shared = Arc::new(Shared::new(&join, &local_info));
 
-        let ping_interval = (join.ping_interval > 0).then(|| Duration::from_secs(join.ping_interval as u64));
-        let ping_timeout = (join.ping_timeout > 0).then(|| Duration::from_secs(join.ping_timeout as u64));
-        let mut engine = Engine {
-            url: url.to_string(),
-            token: token.to_string(),
-            params,
-            opts: options.clone(),
-            signal: Some(conn),
-            resume_task: None,
-            reconnect: None,
-            ice_recovery: IceRecovery::default(),
-            new_sockets: None,
-            tcp,
-            relays: Relays::default(),
-            relay_links,
-            relay_tls,
-            relay_only,
-            local_ip: ip,
-            local: local_info,
-            publisher,
-            subscriber,
+        let mut engine = Engine::new(
+            EngineSetup { url: url.to_string(), token: token.to_string(), params, opts: options.clone(), signal: Some(conn), tcp },
+            RelaySetup { links: relay_links, tls: relay_tls, relay_only, local_ip: ip },
+            &join,
+            local_info,
+            (publisher, subscriber),
             events_tx,
-            shared: shared.clone(),
-            ready: Some(ready_tx),
-            closing: None,
-            done: false,
-            negotiation_needed: false,
-            pending_media: VecDeque::new(),
-            pending_stop: Vec::new(),
-            pending_publish: HashMap::new(),
-            local_tracks: HashMap::new(),
-            sub_mids: HashMap::new(),
-            subscribed: HashMap::new(),
-            remotes: HashMap::new(),
-            explicit_subscriptions: HashMap::new(),
-            pending_metadata: HashMap::new(),
-            rejoin_grace: HashMap::new(),
-            data_queue: VecDeque::new(),
-            reliable_seq: 1,
-            ping_interval,
-            ping_timeout,
-            next_ping: now + ping_interval.unwrap_or(Duration::from_secs(3600)),
-            last_signal_rx: now,
-            rtt_ms: 0,
-            ice_down_since: None,
-            metadata_request_id: 1,
-        };
+            shared.clone(),
+            Some(ready_tx),
+            now,
+        );
         engine.on_join_participants(join.other_participants.clone());
         engine.start_relays(turn_servers);
         engine.start_negotiation();
@@ -778,7 +749,87 @@ async fn join_resume(task: &mut Option<tokio::task::JoinHandle<ResumeResult>>) -
     }
 }
 
+/// What a driver is built from besides the join: where to redial, and the link (none when fuzzing).
+struct EngineSetup {
+    url: String,
+    token: String,
+    params: JoinParams,
+    opts: RoomOptions,
+    signal: Option<SignalConn>,
+    /// ICE-TCP links; the run loop owns their receiving end.
+    tcp: TcpLinks,
+}
+
+/// How the driver reaches TURN servers (RTCConfiguration's relay side).
+struct RelaySetup {
+    links: RelayLinks,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    relay_only: bool,
+    local_ip: IpAddr,
+}
+
 impl Engine {
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        setup: EngineSetup,
+        relay: RelaySetup,
+        join: &proto::JoinResponse,
+        local_info: proto::ParticipantInfo,
+        (publisher, subscriber): (Peer, Peer),
+        events_tx: mpsc::Sender<RoomEvent>,
+        shared: Arc<Shared>,
+        ready: Option<oneshot::Sender<Result<(), RoomError>>>,
+        now: Instant,
+    ) -> Engine {
+        let ping_interval = (join.ping_interval > 0).then(|| Duration::from_secs(join.ping_interval as u64));
+        let ping_timeout = (join.ping_timeout > 0).then(|| Duration::from_secs(join.ping_timeout as u64));
+        Engine {
+            url: setup.url,
+            token: setup.token,
+            params: setup.params,
+            opts: setup.opts,
+            signal: setup.signal,
+            resume_task: None,
+            reconnect: None,
+            ice_recovery: IceRecovery::default(),
+            new_sockets: None,
+            tcp: setup.tcp,
+            relays: Relays::default(),
+            relay_links: relay.links,
+            relay_tls: relay.tls,
+            relay_only: relay.relay_only,
+            local_ip: relay.local_ip,
+            local: local_info,
+            publisher,
+            subscriber,
+            events_tx,
+            shared,
+            ready,
+            closing: None,
+            done: false,
+            negotiation_needed: false,
+            pending_media: VecDeque::new(),
+            pending_stop: Vec::new(),
+            pending_publish: HashMap::new(),
+            local_tracks: HashMap::new(),
+            sub_mids: HashMap::new(),
+            subscribed: HashMap::new(),
+            remotes: HashMap::new(),
+            explicit_subscriptions: HashMap::new(),
+            pending_metadata: HashMap::new(),
+            rejoin_grace: HashMap::new(),
+            data_queue: VecDeque::new(),
+            reliable_seq: 1,
+            ping_interval,
+            ping_timeout,
+            next_ping: now + ping_interval.unwrap_or(Duration::from_secs(3600)),
+            last_signal_rx: now,
+            rtt_ms: 0,
+            ice_down_since: None,
+            metadata_request_id: 1,
+        }
+    }
+
     async fn run(
         mut self,
         mut pub_sock: UdpSocket,
@@ -906,22 +957,7 @@ impl Engine {
 
     /// Process peer events until quiet, then send every pending datagram.
     fn pump(&mut self, pub_sock: &UdpSocket, sub_sock: &UdpSocket) {
-        for _ in 0..64 {
-            let mut any = false;
-            while let Some(e) = self.publisher.events.pop_front() {
-                any = true;
-                self.on_peer_event(Role::Publisher, e);
-            }
-            while let Some(e) = self.subscriber.events.pop_front() {
-                any = true;
-                self.on_peer_event(Role::Subscriber, e);
-            }
-            if !any {
-                break;
-            }
-        }
-        self.on_relay_events();
-        self.flush_data_queue(Instant::now());
+        self.handle_peer_events();
         let now = Instant::now();
         for (peer, sock) in [(&mut self.publisher, pub_sock), (&mut self.subscriber, sub_sock)] {
             for t in peer.transmits.drain(..) {
@@ -1030,6 +1066,26 @@ impl Engine {
         for id in self.relay_links.ids() {
             self.relay_links.close(id);
         }
+    }
+
+    /// The sans-IO half of [`Engine::pump`]: peer events until quiet, then queued data.
+    fn handle_peer_events(&mut self) {
+        for _ in 0..64 {
+            let mut any = false;
+            while let Some(e) = self.publisher.events.pop_front() {
+                any = true;
+                self.on_peer_event(Role::Publisher, e);
+            }
+            while let Some(e) = self.subscriber.events.pop_front() {
+                any = true;
+                self.on_peer_event(Role::Subscriber, e);
+            }
+            if !any {
+                break;
+            }
+        }
+        self.on_relay_events();
+        self.flush_data_queue(Instant::now());
     }
 
     // ---- commands ------------------------------------------------------------------------
@@ -1750,10 +1806,18 @@ impl Engine {
                 }
             }
             Response::RefreshToken(t) if !t.is_empty() => self.token = t,
-            Response::PongResp(p) => {
-                self.rtt_ms = (signal::now_ms() - p.last_ping_timestamp).max(0);
-                self.shared.counters.rtt_ms.store(self.rtt_ms as u64, Ordering::Relaxed);
-            }
+            // Only the echo of a ping we sent (not from the future, not older than an hour)
+            // is a round trip; the server's timestamp is untrusted (i64::MIN once overflowed).
+            Response::PongResp(p) => match signal::now_ms().checked_sub(p.last_ping_timestamp) {
+                Some(rtt) if (0..=3_600_000).contains(&rtt) => {
+                    self.rtt_ms = rtt;
+                    self.shared.counters.rtt_ms.store(rtt as u64, Ordering::Relaxed);
+                }
+                _ => {
+                    inc(&self.shared.counters.signal_malformed);
+                    tracing::debug!(last_ping_timestamp = p.last_ping_timestamp, "pong for a ping we never sent");
+                }
+            },
             Response::Join(_) | Response::Reconnect(_) => {
                 tracing::debug!("unexpected join/reconnect ignored");
             }

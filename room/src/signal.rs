@@ -282,6 +282,17 @@ pub(crate) enum Incoming {
     Closed(String),
 }
 
+impl Incoming {
+    /// One binary frame, as the driver takes it.
+    pub(crate) fn from_binary(bytes: &[u8]) -> Incoming {
+        match decode_response(bytes) {
+            Ok(Some(m)) => Incoming::Message(m),
+            Ok(None) => Incoming::Malformed("empty or unknown SignalResponse".into()),
+            Err(e) => Incoming::Malformed(e.to_string()),
+        }
+    }
+}
+
 /// One signalling WebSocket: a bounded writer queue (drained by a task) and a reader.
 pub(crate) struct SignalConn {
     tx: mpsc::Sender<WsMessage>,
@@ -306,13 +317,7 @@ impl SignalConn {
             match self.rx.next().await {
                 None => return Incoming::Closed("websocket ended".into()),
                 Some(Err(e)) => return Incoming::Closed(e.to_string()),
-                Some(Ok(WsMessage::Binary(b))) => {
-                    return match decode_response(&b) {
-                        Ok(Some(m)) => Incoming::Message(m),
-                        Ok(None) => Incoming::Malformed("empty or unknown SignalResponse".into()),
-                        Err(e) => Incoming::Malformed(e.to_string()),
-                    }
-                }
+                Some(Ok(WsMessage::Binary(b))) => return Incoming::from_binary(&b),
                 Some(Ok(WsMessage::Text(t))) => return Incoming::Malformed(format!("text frame of {} bytes", t.len())),
                 Some(Ok(WsMessage::Close(f))) => {
                     return Incoming::Closed(f.map(|f| format!("close {}: {}", f.code, f.reason)).unwrap_or_else(|| "close".into()))
