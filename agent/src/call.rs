@@ -18,13 +18,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use proto::control::{Control, CONTROL_TOPIC, TRANSCRIPT_TOPIC};
-use room::{AudioSink, AudioTrackOptions, Participant, ParticipantKind, RemoteAudioTrack, Room, RoomEvent};
+use room::{AudioCodec, AudioSink, AudioTrackOptions, Participant, ParticipantKind, RemoteAudioTrack, Room, RoomEvent};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::call_events::{classify, CallEvent};
 use crate::config::AgentSpec;
-use crate::conversation::{self, Conversation, FinishReason, Input, Metric, Mode, Outcome, Output, RecordOp, ReplyEvent, ReplyId, Stage};
+use crate::conversation::{self, Conversation, FinishReason, Input, Metric, Mode, Outcome, Output, RecordOp, ReplyEvent, ReplyId, Stage, TransferEvent};
 use crate::ears::{spawn_stt, Ears, SttIn};
 use crate::metrics::Metrics;
 use crate::outbox::Outbox;
@@ -47,6 +47,8 @@ pub struct CallParams {
     pub record_dtmf: bool,
     /// Fires when the agent shuts down: the call says goodbye and hangs up.
     pub shutdown: Shutdown,
+    /// Dials the person of a warm transfer (`AGENT_SIP_URL`); None: warm transfers fail.
+    pub dialer: Option<crate::dialer::Dialer>,
 }
 
 /// The agent's shutdown, as a call sees it (default: never).
@@ -95,10 +97,25 @@ pub(crate) async fn wait_for_phone(events: &mut mpsc::Receiver<RoomEvent>, room:
     }
 }
 
-/// The agent's voice track: Opus at `rate`, no DTX (the playout pushes frames only while it
+/// The agent's voice track: `codec` at `rate`, no DTX (the playout pushes frames only while it
 /// speaks, and names every utterance to the bridge).
-pub(crate) async fn publish_agent_track(room: &Room, rate: u32) -> Result<AudioSink, room::RoomError> {
-    room.publish_audio(AudioTrackOptions { name: "agent".into(), sample_rate: rate, dtx: false, ..Default::default() }).await
+pub(crate) async fn publish_agent_track(room: &Room, codec: AudioCodec, rate: u32) -> Result<AudioSink, room::RoomError> {
+    room.publish_audio(AudioTrackOptions { name: "agent".into(), sample_rate: rate, codec, dtx: false, ..Default::default() }).await
+}
+
+/// The codec and playout rate of the agent's voice. PCMU at 8 kHz when the caller's track is
+/// PCMU and the server enables it: the bridge then sends the agent's μ-law to the phone as it
+/// came (no decode, mix or encode), and the phone hears 8 kHz anyway. Opus at `rate` otherwise,
+/// and for a realtime vendor's voice (its 24 kHz audio goes to the playout unresampled) or voices
+/// whose rate cannot be resampled to 8 kHz.
+pub(crate) fn agent_voice(room: &Room, phone: &Participant, track: &RemoteAudioTrack, mode: Mode, rate: u32, voice_rates: &[u32]) -> (AudioCodec, u32) {
+    let phone_pcmu = phone.tracks.iter().any(|t| t.sid == track.sid() && t.mime_type.eq_ignore_ascii_case(AudioCodec::Pcmu.mime_type()));
+    let resamplable = voice_rates.iter().all(|&r| r == 8_000 || proto::resample::Resampler::new(r, 8_000).is_ok());
+    if mode == Mode::Cascaded && phone_pcmu && resamplable && room.publish_codec_enabled(AudioCodec::Pcmu) {
+        (AudioCodec::Pcmu, 8_000)
+    } else {
+        (AudioCodec::Opus, rate)
+    }
 }
 
 /// Runs one call to its end. The room is closed when this returns.
@@ -183,6 +200,14 @@ struct Driver {
     replies: HashMap<ReplyId, JoinHandle<()>>,
     ears: Option<Ears>,
     realtime_tx: Option<mpsc::Sender<crate::realtime_link::LinkCmd>>,
+    room_name: String,
+    dialer: Option<crate::dialer::Dialer>,
+    /// The warm transfer's person (identity) once dialled, and the dial in flight.
+    transfer_id: Option<String>,
+    dial_task: Option<JoinHandle<()>>,
+    /// Removals of the person's leg in flight (waited for, bounded, when the call ends).
+    hangups: Vec<JoinHandle<()>>,
+    transfer_tx: mpsc::Sender<TransferEvent>,
 }
 
 impl Driver {
@@ -199,6 +224,9 @@ impl Driver {
                     }
                 },
                 Output::Control(c) => self.outbox.send(CONTROL_TOPIC, c.to_bytes()),
+                Output::PressKeys { keys } => self.outbox.press_keys(&keys),
+                Output::Dial { destination, number } => self.dial(destination, number),
+                Output::HangUpTransfer => self.hang_up_transfer(),
                 Output::Transcript { role, text, is_final, fields } => {
                     let c = Control::Transcript { role: role.into(), text, is_final, fields };
                     self.outbox.send(TRANSCRIPT_TOPIC, c.to_bytes());
@@ -265,8 +293,45 @@ impl Driver {
         }
     }
 
+    fn dial(&mut self, destination: String, number: String) {
+        let tx = self.transfer_tx.clone();
+        let Some(dialer) = self.dialer.clone() else {
+            tracing::warn!("warm transfer asked for but AGENT_SIP_URL is not set");
+            let _ = tx.try_send(TransferEvent::Failed { reason: "no SIP URL configured".into() });
+            return;
+        };
+        self.transfer_id = Some(crate::dialer::Dialer::identity(&destination));
+        let room = self.room_name.clone();
+        self.dial_task = Some(tokio::spawn(async move {
+            let ev = dialer.dial(&room, &destination, &number).await;
+            let _ = tx.send(ev).await;
+        }));
+    }
+
+    /// Hangs up the warm transfer's person only: their participant is removed from the room
+    /// (the bridge ends their call, or cancels it while it rings). Never waits.
+    fn hang_up_transfer(&mut self) {
+        if let Some(h) = self.dial_task.take() {
+            h.abort();
+        }
+        if let (Some(id), Some(dialer)) = (self.transfer_id.take(), self.dialer.clone()) {
+            let room = self.room_name.clone();
+            self.hangups.push(tokio::spawn(async move { dialer.hang_up(&room, &id).await }));
+        }
+    }
+
     /// Stops every task of the call and lets the last data packets out.
-    async fn wind_down(self) {
+    async fn wind_down(mut self, outcome: &Outcome) {
+        if outcome.reason != FinishReason::Transferred {
+            // A person dialled for a transfer that did not complete is not left in the room.
+            self.hang_up_transfer();
+        }
+        for h in std::mem::take(&mut self.hangups) {
+            let abort = h.abort_handle();
+            if tokio::time::timeout(Duration::from_secs(5), h).await.is_err() {
+                abort.abort();
+            }
+        }
         for (_, h) in self.replies {
             h.abort();
         }
@@ -286,8 +351,15 @@ async fn sleep_until_opt(t: Option<Instant>) {
 
 /// A room event for the core (None: nothing for it). Control comes only from the phone
 /// participant: nobody else in the room steers the call.
-fn room_input(ev: RoomEvent, phone_id: &str, track: &mut Option<RemoteAudioTrack>) -> Option<Input> {
+fn room_input(ev: RoomEvent, phone_id: &str, transfer_id: Option<&str>, track: &mut Option<RemoteAudioTrack>) -> Option<Input> {
+    if let (RoomEvent::ParticipantDisconnected(p), Some(t)) = (&ev, transfer_id) {
+        if p.identity == t {
+            return Some(Input::Transfer(TransferEvent::Left));
+        }
+    }
     match classify(ev, phone_id) {
+        // The warm transfer's person declines with a key.
+        CallEvent::Control { from, control: Control::Dtmf { .. } } if Some(from.as_str()) == transfer_id => Some(Input::Transfer(TransferEvent::Key)),
         CallEvent::Control { from, control } if from == phone_id => match control {
             Control::Playback { utterance_id, heard_ms, complete, interrupted } => Some(Input::Playback { utterance_id, heard_ms, complete, interrupted }),
             Control::Dtmf { digit } => Some(Input::Dtmf { digit }),
@@ -303,6 +375,7 @@ fn room_input(ev: RoomEvent, phone_id: &str, track: &mut Option<RemoteAudioTrack
             *track = Some(t);
             None
         }
+        CallEvent::AnsweredBy(v) => Some(Input::AnsweredBy(v)),
         CallEvent::Other => None,
     }
 }
@@ -313,7 +386,9 @@ async fn converse(room: &Room, events: &mut mpsc::Receiver<RoomEvent>, p: &CallP
         Pipeline::Realtime { .. } => (Mode::Realtime, crate::realtime_link::RATE, None, p.stack.fallback_tts.clone(), None),
     };
     let fail = |m: String| Outcome::new(FinishReason::Error { stage: Stage::Setup, message: m });
-    let sink = match publish_agent_track(room, rate).await {
+    let (codec, rate) = agent_voice(room, phone, &track, mode, rate, &[main_tts.output_rate(), p.stack.fallback_tts.output_rate()]);
+    tracing::info!(codec = codec.mime_type(), rate, "agent voice");
+    let sink = match publish_agent_track(room, codec, rate).await {
         Ok(s) => s,
         Err(e) => return fail(format!("publish: {e}")),
     };
@@ -326,6 +401,7 @@ async fn converse(room: &Room, events: &mut mpsc::Receiver<RoomEvent>, p: &CallP
         Err(e) => return fail(format!("subscribe at {in_rate} Hz: {e}")),
     };
     let (reply_tx, mut reply_rx) = mpsc::channel(256);
+    let (transfer_tx, mut transfer_rx) = mpsc::channel(4);
     let mut d = Driver {
         call_id: call_id.to_string(),
         recorder: p.recorder.clone(),
@@ -337,6 +413,12 @@ async fn converse(room: &Room, events: &mut mpsc::Receiver<RoomEvent>, p: &CallP
         replies: HashMap::new(),
         ears: None,
         realtime_tx: None,
+        room_name: room.name(),
+        dialer: p.dialer.clone(),
+        transfer_id: None,
+        dial_task: None,
+        hangups: Vec::new(),
+        transfer_tx,
     };
     let cfg = conversation::Config { spec: p.spec.clone(), mode, playout_rate: rate, record_dtmf: p.record_dtmf };
     let mut conv = Conversation::new(cfg, Instant::now());
@@ -370,6 +452,10 @@ async fn converse(room: &Room, events: &mut mpsc::Receiver<RoomEvent>, p: &CallP
     let mut audio_open = true;
     let mut stt_open = true;
     let mut inputs: Vec<Input> = Vec::new();
+    // The verdict may have come before the agent joined.
+    if let Some(v) = phone.attributes.get(crate::call_events::ANSWERED_BY).filter(|v| !v.is_empty()) {
+        conv.handle(Input::AnsweredBy(crate::conversation::AnsweredBy::parse(v)), Instant::now());
+    }
     let outcome = loop {
         if let Some(o) = d.execute(&mut conv) {
             break o;
@@ -406,6 +492,9 @@ async fn converse(room: &Room, events: &mut mpsc::Receiver<RoomEvent>, p: &CallP
                     }
                 }
             },
+            t = transfer_rx.recv() => if let Some(ev) = t {
+                inputs.push(Input::Transfer(ev));
+            },
             r = reply_rx.recv() => if let Some((reply, event)) = r {
                 inputs.push(Input::Reply { reply, event });
             },
@@ -413,7 +502,7 @@ async fn converse(room: &Room, events: &mut mpsc::Receiver<RoomEvent>, p: &CallP
                 inputs.push(Input::Realtime(ev));
             }
             ev = events.recv() => match ev {
-                Some(ev) => inputs.extend(room_input(ev, &phone_id, &mut new_track)),
+                Some(ev) => inputs.extend(room_input(ev, &phone_id, d.transfer_id.as_deref(), &mut new_track)),
                 None => inputs.push(Input::RoomClosed),
             },
             _ = sleep_until_opt(deadline) => inputs.push(Input::Timeout),
@@ -443,7 +532,7 @@ async fn converse(room: &Room, events: &mut mpsc::Receiver<RoomEvent>, p: &CallP
             conv.handle(i, now);
         }
     };
-    d.wind_down().await;
+    d.wind_down(&outcome).await;
     if let Some(l) = link {
         l.close().await;
     }

@@ -3,7 +3,10 @@
 use proto::control::{Control, CONTROL_TOPIC};
 use room::{RemoteAudioTrack, RoomEvent};
 
-use crate::conversation::FinishReason;
+use crate::conversation::{AnsweredBy, FinishReason};
+
+/// The phone participant's attribute with Twilio's answering-machine verdict (set by the bridge).
+pub(crate) const ANSWERED_BY: &str = "sip.twilio.answeredBy";
 
 /// A room event, as the call sees it.
 pub(crate) enum CallEvent {
@@ -13,6 +16,8 @@ pub(crate) enum CallEvent {
     Ended(FinishReason),
     /// The caller's audio track was (re)published: decode this one from now on.
     CallerTrack(RemoteAudioTrack),
+    /// Twilio's answering-machine verdict on the phone participant (`sip.twilio.answeredBy`).
+    AnsweredBy(AnsweredBy),
     /// Nothing for the call.
     Other,
 }
@@ -34,6 +39,12 @@ pub(crate) fn classify(ev: RoomEvent, phone_id: &str) -> CallEvent {
             if participant.identity == phone_id && changed.get("sip.callStatus").is_some_and(|v| v == "hangup") =>
         {
             CallEvent::Ended(FinishReason::CallerHungUp)
+        }
+        RoomEvent::AttributesChanged { participant, changed } if participant.identity == phone_id => {
+            match changed.get(ANSWERED_BY).filter(|v| !v.is_empty()) {
+                Some(v) => CallEvent::AnsweredBy(AnsweredBy::parse(v)),
+                None => CallEvent::Other,
+            }
         }
         RoomEvent::Disconnected(r) => {
             tracing::info!(reason = ?r, "room disconnected");

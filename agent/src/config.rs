@@ -112,6 +112,11 @@ pub struct Cli {
     /// and hangs up, in seconds.
     #[arg(long = "drain-timeout", env = "AGENT_DRAIN_TIMEOUT", default_value_t = 120)]
     pub drain_timeout_secs: u64,
+    /// Warm transfers: the base URL of LiveKit's SIP API that dials the person in — the
+    /// bridge's (`CreateSIPParticipant` with the `sip.call` grant). Unset: a warm transfer tells
+    /// the caller nobody could take the call.
+    #[arg(long, env = "AGENT_SIP_URL")]
+    pub sip_url: Option<String>,
     /// Store the keys callers press in the call record (never in the logs).
     #[arg(long, env = "RECORD_DTMF", default_value_t = false, action = clap::ArgAction::Set)]
     pub record_dtmf: bool,
@@ -151,9 +156,15 @@ pub struct AgentSpec {
     /// `[transfers]` the model names a destination instead; it never chooses a number.
     #[serde(default)]
     pub transfer_number: Option<String>,
-    /// Named transfer destinations: `sales = "+1555…"` (E.164).
+    /// Named transfer destinations: `sales = "+1555…"` (E.164, a cold transfer), or a table
+    /// `[transfers.sales] number = "+1555…", warm = true` (the agent dials the person into the
+    /// room, briefs them, then leaves).
     #[serde(default)]
-    pub transfers: BTreeMap<String, String>,
+    pub transfers: BTreeMap<String, TransferTarget>,
+    /// Said to the caller when a warm transfer's person did not answer or declined
+    /// (`{destination}` is replaced).
+    #[serde(default = "default_transfer_failed_line")]
+    pub transfer_failed_line: String,
     /// Said before a transfer.
     #[serde(default = "default_transfer_line")]
     pub transfer_line: String,
@@ -168,12 +179,19 @@ pub struct AgentSpec {
     pub intents: IntentSpec,
     #[serde(default)]
     pub stt: SttSpec,
+    /// Calls the agent places (or answers) where the far end may be a machine: keypad tones,
+    /// what to do on an answering machine.
+    #[serde(default)]
+    pub outbound: OutboundSpec,
     /// The form, asked in this order.
     pub fields: Vec<FieldSpec>,
 }
 
 fn default_transfer_line() -> String {
     "Please hold while I transfer you.".into()
+}
+fn default_transfer_failed_line() -> String {
+    "Sorry, nobody from {destination} could take the call right now. I am back with you.".into()
 }
 fn default_reprompt() -> String {
     "Sorry, I did not catch that.".into()
@@ -304,6 +322,74 @@ pub struct SttSpec {
     pub vocabulary: Vec<String>,
 }
 
+/// One `[transfers]` destination.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum TransferTarget {
+    /// `sales = "+1555…"`: a cold transfer (Twilio `<Dial>`).
+    Number(String),
+    /// `[transfers.sales] number = "+1555…", warm = true`.
+    Table(TransferTable),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TransferTable {
+    pub number: String,
+    #[serde(default)]
+    pub warm: bool,
+}
+
+impl TransferTarget {
+    pub fn number(&self) -> &str {
+        match self {
+            TransferTarget::Number(n) => n,
+            TransferTarget::Table(t) => &t.number,
+        }
+    }
+
+    pub fn is_warm(&self) -> bool {
+        matches!(self, TransferTarget::Table(TransferTable { warm: true, .. }))
+    }
+}
+
+impl From<&str> for TransferTarget {
+    fn from(n: &str) -> Self {
+        TransferTarget::Number(n.to_string())
+    }
+}
+
+/// What to do when Twilio's answering-machine detection (`sip.twilio.answeredBy` on the phone
+/// participant) says a machine answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum OnMachine {
+    /// Hang up at once: no message on anyone's voicemail.
+    #[default]
+    Hangup,
+    /// Wait for the greeting's end (the beep), say `machine_message`, hang up.
+    Message,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutboundSpec {
+    /// Offer the model the `press_keys` tool (keypad tones to the far end, e.g. an IVR menu).
+    pub press_keys: bool,
+    pub on_machine: OnMachine,
+    /// Left on the voicemail with `on_machine = "message"`.
+    pub machine_message: String,
+    /// After `machine_start`, how long to wait for the greeting's end before leaving the
+    /// message anyway (Twilio's `Enable` mode never says when it ends).
+    pub machine_wait_ms: u32,
+}
+
+impl Default for OutboundSpec {
+    fn default() -> Self {
+        OutboundSpec { press_keys: false, on_machine: OnMachine::Hangup, machine_message: String::new(), machine_wait_ms: 30_000 }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FieldKind {
@@ -411,7 +497,7 @@ impl AgentSpec {
         if self.turn.vad_interrupt_ms < self.turn.min_interrupt_ms || self.turn.false_interruption_timeout_ms > 30_000 {
             return Err("turn: vad_interrupt_ms must be ≥ min_interrupt_ms, false_interruption_timeout_ms ≤ 30000".into());
         }
-        let numbers = self.transfer_number.iter().map(|n| ("transfer_number", n)).chain(self.transfers.iter().map(|(k, n)| (k.as_str(), n)));
+        let numbers = self.transfer_number.iter().map(|n| ("transfer_number", n.as_str())).chain(self.transfers.iter().map(|(k, t)| (k.as_str(), t.number())));
         for (name, n) in numbers {
             if !is_e164(n) {
                 return Err(format!("transfer destination {name:?}: {n:?} is not an E.164 number (+ and 7 to 15 digits)"));
@@ -420,6 +506,13 @@ impl AgentSpec {
         if self.transfers.keys().any(|k| k.trim().is_empty() || k.len() > 40) {
             return Err("[transfers]: destination names must be 1-40 characters".into());
         }
+        let o = &self.outbound;
+        if o.on_machine == OnMachine::Message && o.machine_message.trim().is_empty() {
+            return Err("[outbound]: on_machine = \"message\" needs a machine_message".into());
+        }
+        if o.machine_message.chars().count() > 1000 || !(1_000..=120_000).contains(&o.machine_wait_ms) {
+            return Err("[outbound]: machine_message must be at most 1000 characters, machine_wait_ms 1000-120000".into());
+        }
         Ok(())
     }
 
@@ -427,9 +520,14 @@ impl AgentSpec {
     /// (named `default`), else nowhere.
     pub fn transfer_targets(&self) -> Vec<(String, String)> {
         if !self.transfers.is_empty() {
-            return self.transfers.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+            return self.transfers.iter().map(|(k, v)| (k.clone(), v.number().to_string())).collect();
         }
         self.transfer_number.iter().map(|n| ("default".to_string(), n.clone())).collect()
+    }
+
+    /// The destination is configured as a warm transfer.
+    pub fn is_warm_transfer(&self, destination: &str) -> bool {
+        self.transfers.get(destination).is_some_and(TransferTarget::is_warm)
     }
 
     pub fn field(&self, name: &str) -> Option<&FieldSpec> {
@@ -505,5 +603,17 @@ fields=[]"#;
         let bad = DEFAULT_AGENT_TOML.replace("transfer_number = \"+15550100200\"", "transfer_number = \"0800 CALL ME\"");
         assert!(matches!(AgentSpec::from_toml(&bad, "x"), Err(ConfigError::Invalid { .. })));
         assert!(is_e164("+15550100200") && !is_e164("+1555") && !is_e164("15550100200") && !is_e164("+0555010020"));
+    }
+
+    #[test]
+    fn outbound_settings_are_checked() {
+        let with = |t: &str| AgentSpec::from_toml(&format!("{DEFAULT_AGENT_TOML}\n[outbound]\n{t}"), "x");
+        let a = AgentSpec::load(None).unwrap();
+        assert_eq!((a.outbound.press_keys, a.outbound.on_machine), (false, OnMachine::Hangup), "off unless asked for");
+        let o = with("press_keys = true\non_machine = \"message\"\nmachine_message = \"Call us back.\"").unwrap().outbound;
+        assert_eq!((o.press_keys, o.on_machine, o.machine_wait_ms), (true, OnMachine::Message, 30_000));
+        for bad in ["on_machine = \"message\"", "on_machine = \"sing\"", "machine_wait_ms = 0", "dial = \"+1900\""] {
+            assert!(with(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -6,7 +6,7 @@
 //!
 //! * [`conversation`]: one call's conversation as a sans-IO state machine (both modes).
 //! * [`call`]: drives it for one call in a room; [`reply_task`], [`ears`], [`realtime_link`],
-//!   [`outbox`] are its I/O.
+//!   [`outbox`], [`dialer`] (warm transfer's `CreateSIPParticipant`) are its I/O.
 //! * [`config`]: command line / environment and the agent file format.
 //! * [`worker`]: joining rooms (`--room`, and the `/agent` dispatch protocol).
 //! * [`vad`]: voice activity; [`dialog`]: the rule-based dialog behind the offline LLM.
@@ -18,6 +18,7 @@ pub mod call;
 mod call_events;
 pub mod config;
 pub mod conversation;
+pub mod dialer;
 pub mod dialog;
 pub mod ears;
 pub mod metrics;

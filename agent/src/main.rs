@@ -67,6 +67,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         phone_wait: Duration::from_secs(cli.phone_wait_secs),
         record_dtmf: cli.record_dtmf,
         shutdown: Shutdown::new(stop_rx.clone()),
+        dialer: cli.sip_url.as_deref().map(|u| agent::dialer::Dialer::new(u, &cli.livekit_url, &cli.livekit_api_key, &cli.livekit_api_secret)),
     };
     match &cli.room {
         Some(room) => {

@@ -4,7 +4,8 @@
 mod sim;
 
 use agent::conversation::heard::trim_to_heard;
-use agent::conversation::{FinishReason, Input, Metric, Stage};
+use agent::config::OnMachine;
+use agent::conversation::{AnsweredBy, FinishReason, Input, Metric, Stage, TransferEvent};
 use agent::providers::{Role, SttEvent};
 use proto::control::Control;
 use serde_json::json;
@@ -366,4 +367,213 @@ fn shutdown_says_goodbye_and_hangs_up() {
     assert_eq!(s.said("assistant").last().map(String::as_str), Some(agent::conversation::SHUTDOWN_LINE));
     assert_eq!(s.hangups(), [Some("agent shutting down".to_string())]);
     assert_eq!(s.end.unwrap().reason, FinishReason::Drained);
+}
+
+#[test]
+fn press_keys_presses_valid_keys_once_and_tells_the_model() {
+    let ivr = spec_with(|s| s.outbound.press_keys = true);
+    let mut s = Sim::new(ivr);
+    // An IVR menu; the model presses 2 then (after its answer) tries something that is no key.
+    s.scripts.push_back(vec![tool("press_keys", json!({"keys": "2 #"})), done("tool_calls")]);
+    s.scripts.push_back(vec![tool("press_keys", json!({"keys": "+1900"})), done("tool_calls")]);
+    s.scripts.push_back(vec![say("I pressed two."), done("stop")]);
+    after_greeting(&mut s, "for sales press two");
+    s.run(30_000);
+    assert_eq!(s.keys_pressed.iter().map(|(_, k)| k.as_str()).collect::<Vec<_>>(), ["2#"]);
+    // Pressed when the model asked, right after the caller's turn (LLM latency).
+    assert!(s.keys_pressed[0].0 <= s.at(8600 + 2 * sim::LLM_LATENCY), "{:?}", s.keys_pressed[0].0 - s.t0);
+    let outputs: Vec<&str> = s.requests[2].iter().filter(|m| m.role == Role::Tool).map(|m| m.content.as_str()).collect();
+    assert_eq!(outputs.len(), 2, "{outputs:?}");
+    assert_eq!(outputs[0], "ok: pressed 2 keys");
+    assert!(outputs[1].starts_with("error: keys are"), "{outputs:?}");
+    assert_eq!(s.count(|m| matches!(m, Metric::ToolRefused(agent::conversation::tools::Refusal::BadKeys))), 1);
+    assert_eq!(s.said("assistant").last().map(String::as_str), Some("I pressed two."));
+    // In the record as a row without the keys (RECORD_DTMF is off).
+    let rows: Vec<&str> = s.records.iter().filter(|r| r.role == "dtmf_sent").map(|r| r.text.as_str()).collect();
+    assert_eq!(rows, [""]);
+    assert!(s.end.is_none());
+}
+
+const MACHINE_MESSAGE: &str = "Hello, this is Acme Facilities about your report. Please call us back. Goodbye.";
+
+fn machine_spec(on_machine: OnMachine) -> std::sync::Arc<agent::config::AgentSpec> {
+    spec_with(|s| {
+        s.outbound.on_machine = on_machine;
+        s.outbound.machine_message = MACHINE_MESSAGE.into();
+        s.outbound.machine_wait_ms = 20_000;
+    })
+}
+
+#[test]
+fn on_a_machine_the_agent_waits_for_the_beep_then_leaves_its_message() {
+    let mut s = Sim::new(machine_spec(OnMachine::Message));
+    // The voicemail greeting talks over ours; Twilio says machine_start 2 s in.
+    s.schedule(500, Input::SpeechStarted);
+    s.schedule(1200, Input::Stt(SttEvent::Interim { text: "you have reached".into() }));
+    s.schedule(1500, Input::Dtmf { digit: "5".into() }); // a key tone in the greeting, before the verdict
+    s.schedule(2000, Input::AnsweredBy(AnsweredBy::MachineStart));
+    s.schedule(4000, Input::SpeechEnded { at: s.at(3500) });
+    s.schedule(4100, Input::Stt(SttEvent::EndOfTurn { text: "you have reached the voicemail of john leave a message".into() }));
+    s.schedule(4300, Input::Dtmf { digit: "1".into() });
+    s.run(6000);
+    // Stopped at once, and the greeting is nobody's turn: nothing asked, nothing said.
+    assert!(s.interrupts().iter().any(|t| *t <= s.at(2000)), "{:?}", s.interrupts());
+    assert!(s.last_heard().unwrap() <= s.at(2000));
+    assert!(s.requests.is_empty(), "the voicemail greeting was answered");
+    assert!(s.records.iter().all(|r| r.role != "user"), "the greeting is not a caller turn");
+    // The beep: the message, heard whole, then the hangup.
+    s.schedule(6000, Input::AnsweredBy(AnsweredBy::MachineEndBeep));
+    // Noise on the recording does not stop it (a final line).
+    s.noise(7000, 1500);
+    s.run(60_000);
+    assert_eq!(s.said("assistant").last().map(String::as_str), Some(MACHINE_MESSAGE));
+    let frames = MACHINE_MESSAGE.len() * 3;
+    let message: Vec<i16> = s.heard.iter().filter(|h| h.0 > s.at(6000)).map(|h| h.1).collect();
+    assert_eq!(message, (1..=frames as i16).collect::<Vec<_>>(), "every frame of the message once");
+    assert_eq!(s.hangups(), [Some("voicemail message left".to_string())]);
+    let hangup_at = s.controls.iter().find(|(_, c)| matches!(c, Control::Hangup { .. })).unwrap().0;
+    assert!(s.last_heard().unwrap() <= hangup_at);
+    assert!(s.transfers().is_empty());
+    let end = s.end.unwrap();
+    assert_eq!(end.reason, FinishReason::Machine { message_left: true });
+    assert_eq!(end.reason.to_string(), "voicemail_left");
+}
+
+#[test]
+fn a_greeting_whose_end_never_comes_gets_the_message_after_the_wait() {
+    let mut s = Sim::new(machine_spec(OnMachine::Message));
+    s.schedule(1000, Input::AnsweredBy(AnsweredBy::MachineStart));
+    s.run(20_900);
+    assert!(s.said("assistant").iter().all(|t| t != MACHINE_MESSAGE), "not before the wait is over");
+    s.run(60_000);
+    // 20 s after machine_start (machine_wait_ms), whatever Twilio says.
+    let started = s.heard.iter().find(|h| h.0 > s.at(2000)).unwrap().0;
+    assert!(started >= s.at(21_000) && started <= s.at(21_000 + sim::TTS_LATENCY + sim::BRIDGE_LEAD + 20), "{:?}", started - s.t0);
+    assert_eq!(s.end.unwrap().reason, FinishReason::Machine { message_left: true });
+}
+
+#[test]
+fn hangup_on_a_machine_or_a_fax_says_nothing_and_a_person_is_talked_to() {
+    for (on_machine, verdict) in [
+        (OnMachine::Hangup, AnsweredBy::MachineStart),
+        (OnMachine::Hangup, AnsweredBy::MachineEndBeep),
+        (OnMachine::Message, AnsweredBy::Fax),
+    ] {
+        let mut s = Sim::new(machine_spec(on_machine));
+        s.schedule(1500, Input::AnsweredBy(verdict));
+        s.run(30_000);
+        assert_eq!(s.hangups(), [Some("answering machine".to_string())], "{verdict:?}");
+        let hangup_at = s.controls.iter().find(|(_, c)| matches!(c, Control::Hangup { .. })).unwrap().0;
+        assert_eq!(hangup_at, s.at(1500), "at once");
+        assert!(s.last_heard().unwrap() <= s.at(1500 + sim::BRIDGE_LEAD));
+        assert!(!s.said("assistant").iter().any(|t| t == MACHINE_MESSAGE));
+        assert_eq!(s.end.clone().unwrap().reason, FinishReason::Machine { message_left: false });
+    }
+    // A person (or Twilio cannot tell): the conversation goes on as ever.
+    for verdict in [AnsweredBy::Human, AnsweredBy::Unknown] {
+        let mut s = Sim::new(machine_spec(OnMachine::Hangup));
+        s.scripts.push_back(vec![say("Thank you, John."), done("stop")]);
+        s.schedule(1500, Input::AnsweredBy(verdict));
+        after_greeting(&mut s, "my name is john");
+        s.run(20_000);
+        assert!(s.hangups().is_empty() && s.end.is_none(), "{verdict:?}");
+        assert_eq!(heard_values(&s)[..greeting_frames()], (1..=greeting_frames() as i16).collect::<Vec<_>>()[..]);
+        assert_eq!(s.said("assistant").last().map(String::as_str), Some("Thank you, John."));
+    }
+}
+
+fn warm_spec() -> std::sync::Arc<agent::config::AgentSpec> {
+    spec_with(|s| {
+        s.transfers.insert(
+            "sales".into(),
+            agent::config::TransferTarget::Table(agent::config::TransferTable { number: "+15550100201".into(), warm: true }),
+        );
+    })
+}
+
+/// The caller asks for sales (name known); runs until the person is dialled (returns when, ms).
+fn ask_for_sales(s: &mut Sim) -> u64 {
+    s.scripts.push_back(vec![tool("record_field", json!({"field": "name", "value": "John"})), tool("transfer", json!({"destination": "sales"})), done("tool_calls")]);
+    after_greeting(s, "my name is john put me through to sales");
+    let mut t = 8600;
+    while s.dials.is_empty() && t < 30_000 {
+        t += 20;
+        s.run(t);
+    }
+    t
+}
+
+#[test]
+fn warm_transfer_holds_the_caller_dials_briefs_then_leaves() {
+    let mut s = Sim::new(warm_spec());
+    ask_for_sales(&mut s);
+    // The transfer line was heard whole, then the configured number was dialled; nothing cold.
+    assert_eq!(s.dials.len(), 1);
+    let (dialled_at, dest, number) = s.dials[0].clone();
+    assert_eq!((dest.as_str(), number.as_str()), ("sales", "+15550100201"));
+    assert!(s.transfers().is_empty() && s.hangups().is_empty());
+    let line_text = spec().transfer_line.clone();
+    assert!(s.said("assistant").contains(&line_text));
+    let line_frames = line_text.len() * 3;
+    let after_line: Vec<i16> = s.heard.iter().filter(|h| h.0 > s.at(8600)).map(|h| h.1).collect();
+    assert_eq!(after_line[..line_frames], (1..=line_frames as i16).collect::<Vec<_>>()[..], "the whole line before dialling");
+    let line_heard = s.heard.iter().filter(|h| h.0 > s.at(8600)).nth(line_frames - 1).unwrap().0;
+    assert!(dialled_at >= line_heard, "dialled before the line was heard");
+    // On hold: the caller hears the soft tone while the phone rings, and their words are no turn.
+    let dial_ms = (dialled_at - s.t0).as_millis() as u64;
+    s.caller_says(dial_ms + 1000, 800, "hello is anyone there");
+    s.run(dial_ms + 6000);
+    let hold: Vec<_> = s.heard.iter().filter(|h| h.0 > dialled_at).collect();
+    assert!(hold.len() >= 100, "hold tone: {} frames", hold.len());
+    assert_eq!(s.requests.len(), 1, "no turn while on hold");
+    // Answered: the brief (with the form so far), then the agent leaves — no hangup, no <Dial>.
+    s.schedule(dial_ms + 6000, Input::Transfer(TransferEvent::Answered));
+    s.run(dial_ms + 60_000);
+    let brief = s.said("assistant").last().cloned().unwrap();
+    assert!(brief.contains("caller for sales") && brief.contains("name: John") && brief.contains("Press any key"), "{brief}");
+    assert!(s.interrupts().iter().any(|t| *t >= s.at(dial_ms + 6000)), "the hold tone stops at once");
+    let end = s.end.clone().expect("the agent left");
+    assert_eq!(end.reason, FinishReason::Transferred);
+    assert!(s.hangups().is_empty() && s.transfers().is_empty() && s.transfer_hangups.is_empty());
+    let brief_frames = brief.len() * 3;
+    let heard_brief = s.heard.iter().filter(|h| h.0 > s.at(dial_ms + 6000)).count();
+    assert_eq!(heard_brief, brief_frames, "the whole brief was played before leaving");
+}
+
+#[test]
+fn a_warm_transfer_nobody_takes_comes_back_to_the_caller() {
+    for (ev_at_ms, events) in [
+        (3000u64, vec![TransferEvent::Failed { reason: "busy".into() }]),
+        // Declined with a key during the brief.
+        (3000, vec![TransferEvent::Answered, TransferEvent::Key]),
+    ] {
+        let mut s = Sim::new(warm_spec());
+        ask_for_sales(&mut s);
+        s.scripts.push_back(vec![say("What else can I do for you?"), done("stop")]);
+        let dial_ms = (s.dials[0].0 - s.t0).as_millis() as u64;
+        for (k, ev) in events.iter().enumerate() {
+            s.schedule(dial_ms + ev_at_ms + 2000 * k as u64, Input::Transfer(ev.clone()));
+        }
+        s.run(dial_ms + 20_000);
+        let declined = events.contains(&TransferEvent::Key);
+        assert_eq!(s.transfer_hangups.len(), declined as usize, "{events:?}: only an answered person's leg is hung up");
+        let failed_line = "Sorry, nobody from sales could take the call right now. I am back with you.";
+        assert_eq!(s.said("assistant").last().map(String::as_str), Some(failed_line), "{events:?}");
+        assert!(s.end.is_none() && s.hangups().is_empty());
+        // The caller talks to the agent again, and the model knows the transfer did not happen.
+        let t = dial_ms + 20_000;
+        s.caller_says(t, 800, "okay then");
+        s.run(t + 10_000);
+        assert_eq!(s.requests.len(), 2, "{events:?}");
+        assert!(s.requests[1].iter().any(|m| m.role == Role::System && m.content.contains("transfer to sales did not happen")), "{:?}", s.requests[1]);
+        assert_eq!(s.said("assistant").last().map(String::as_str), Some("What else can I do for you?"));
+    }
+    // Nobody answers at all: given up after the dial deadline.
+    let mut s = Sim::new(warm_spec());
+    ask_for_sales(&mut s);
+    let dial_ms = (s.dials[0].0 - s.t0).as_millis() as u64;
+    s.run(dial_ms + agent::conversation::transfer::DIAL_DEADLINE.as_millis() as u64 + 8000);
+    assert!(s.said("assistant").last().unwrap().starts_with("Sorry, nobody from sales"));
+    assert_eq!(s.transfer_hangups.len(), 1, "the ringing leg is cancelled");
+    assert!(s.end.is_none());
 }

@@ -118,6 +118,7 @@ async fn worker_takes_jobs_that_devroom_dispatches() {
         phone_wait: Duration::from_secs(8),
         record_dtmf: false,
         shutdown: Default::default(),
+        dialer: None,
     };
     let opts = WorkerOptions {
         url: format!("http://{addr}"),

@@ -48,6 +48,7 @@ async fn worker_registers_accepts_jobs_and_reports_status() {
         phone_wait: Duration::from_secs(1),
         record_dtmf: false,
         shutdown: Default::default(),
+        dialer: None,
     };
     let opts = WorkerOptions {
         url: format!("http://{addr}"),
@@ -311,6 +312,7 @@ async fn dispatched_job_joins_the_room_and_talks() {
         phone_wait: Duration::from_secs(20),
         record_dtmf: false,
         shutdown: Default::default(),
+        dialer: None,
     };
     let opts = WorkerOptions {
         url: format!("http://{agent_addr}"),
@@ -428,6 +430,7 @@ async fn a_draining_worker_takes_no_more_jobs_and_returns() {
         phone_wait: Duration::from_secs(1),
         record_dtmf: false,
         shutdown: Default::default(),
+        dialer: None,
     };
     let (drain_tx, drain_rx) = tokio::sync::watch::channel(false);
     let opts = WorkerOptions {

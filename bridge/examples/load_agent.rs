@@ -93,7 +93,7 @@ async fn talk(url: String, token: String, packets: Arc<Vec<Vec<u8>>>, totals: Ar
                 match sink.try_push_opus(&packets[i % packets.len()]) {
                     Ok(()) => { totals.packets.fetch_add(1, Ordering::Relaxed); }
                     Err(room::PushError::Full) => { totals.dropped.fetch_add(1, Ordering::Relaxed); }
-                    Err(room::PushError::Closed) => break,
+                    Err(room::PushError::Closed | room::PushError::WrongCodec) => break,
                 }
                 i += 1;
             }

@@ -22,11 +22,13 @@ use proto::pacer::PacerConfig;
 use proto::redact::Masked;
 use proto::watchdog::{CallWatchdog, WatchdogAction, WatchdogConfig};
 use room::{
-    AudioSink, AudioTrackOptions, DataPacketBuilder, ParticipantKind, Room, RoomEvent, RoomOptions, SendLatencyObserver,
+    AudioCodec, AudioSink, AudioTrackOptions, DataPacketBuilder, ParticipantKind, PhoneAudio, Room, RoomError, RoomEvent, RoomOptions,
+    SendLatencyObserver,
 };
 use tokio::sync::mpsc;
 use tracing::Instrument;
 
+use crate::config::PhoneCodec;
 use crate::http::{unix_now, App};
 use crate::livekit::{phone_attributes, phone_identity, room_name};
 use crate::outbound::{Handoff, OutboundEntry, OutboundEvent, PendingReply};
@@ -48,8 +50,10 @@ const LEAVE_STEP: Duration = Duration::from_millis(500);
 /// Control messages and DTMF packets waiting to be sent to the room.
 const ROOM_SEND_QUEUE: usize = 64;
 
-/// Room audio: (source, PCM at 8 kHz, when its packet came off the network).
-type AudioIn = SelectAll<BoxStream<'static, (SourceId, Vec<i16>, Instant)>>;
+/// Room audio: (source, μ-law as it came or PCM at 8 kHz, when its packet came off the network).
+type AudioIn = SelectAll<BoxStream<'static, (SourceId, PhoneAudio, Instant)>>;
+/// Room packets waiting for the call task per track (~1 s).
+const ROOM_AUDIO_QUEUE: usize = 50;
 
 pub async fn run(app: Arc<App>, socket: WebSocket, slot: StreamSlot) {
     let span = tracing::info_span!("call", call_sid = tracing::field::Empty);
@@ -258,8 +262,15 @@ impl Call {
                 Some(bg) = self.background_rx.recv() => self.on_background(bg),
                 ev = recv_event(&mut self.joined) => self.on_room_event(ev),
                 Some(ev) = recv_outbound(&mut self.outbound) => self.on_outbound_event(ev),
-                Some((src, pcm, received)) = self.audio.next(), if !self.audio.is_empty() => {
-                    self.session.handle_room_audio(src, &pcm, Instant::now());
+                Some((src, audio, received)) = self.audio.next(), if !self.audio.is_empty() => {
+                    match &audio {
+                        PhoneAudio::Ulaw(mulaw) => {
+                            if self.session.handle_room_ulaw(src, mulaw, Instant::now()) {
+                                self.app.metrics.ulaw_passed_through.inc();
+                            }
+                        }
+                        PhoneAudio::Pcm(pcm) => self.session.handle_room_audio(src, pcm, Instant::now()),
+                    }
                     // Packet off the network → decoded → queued for pacing (the pacer's wait excluded).
                     self.app.metrics.outbound_latency_seconds.observe(received.elapsed().as_secs_f64());
                 }
@@ -322,7 +333,8 @@ impl Call {
         };
         match ev {
             RoomEvent::TrackSubscribed { track, participant } => {
-                let Ok(stream) = track.stream(8_000) else {
+                // PCMU tracks come as they are (forwarded without decode), others decoded to 8 kHz.
+                let Ok(stream) = track.phone_stream(ROOM_AUDIO_QUEUE) else {
                     self.app.metrics.error("room_stream");
                     return;
                 };
@@ -331,9 +343,9 @@ impl Call {
                 self.sources.insert(track.sid().to_owned(), (src, participant.identity.clone()));
                 tracing::info!(participant = %participant.identity, track = %track.sid(), "hearing room track");
                 let frames = futures_util::stream::unfold(stream, |mut s| async move {
-                    s.recv().await.map(|f| ((f.samples, f.received), s))
+                    s.recv().await.map(|f| ((f.audio, f.received), s))
                 })
-                .map(move |(pcm, received)| (src, pcm, received));
+                .map(move |(audio, received)| (src, audio, received));
                 self.audio.push(frames.boxed());
                 self.publishers_changed(now);
             }
@@ -562,15 +574,16 @@ impl Call {
                         self.app.metrics.interrupt_to_clear_seconds.observe(t.elapsed().as_secs_f64());
                     }
                 }
-                CallOutput::CallerAudio { pcm, .. } => {
+                CallOutput::CallerAudio { mulaw, .. } => {
                     if let Some((r, _)) = &mut self.recording {
-                        r.caller(&pcm);
+                        r.caller(&CallOutput::caller_pcm(&mulaw));
                     }
                     // Frames of a Twilio message date from its arrival; gap fill from now.
                     let captured = self.ws_at.take().unwrap_or(now);
                     if let Some(j) = &mut self.joined {
-                        // Never wait on the room: a full queue drops the frame (and counts it).
-                        let _ = j.sink.try_push_at(&pcm, captured);
+                        // PCMU: the bytes as Twilio sent them; Opus: decoded and encoded. Never
+                        // wait on the room: a full queue drops the frame (and counts it).
+                        let _ = j.sink.try_push_ulaw_at(&mulaw, captured);
                     }
                 }
                 CallOutput::Control(c) => self.send_to_room(RoomSend::Data(DataPacketBuilder::new(c.to_bytes()).topic(CONTROL_TOPIC))),
@@ -920,21 +933,38 @@ pub(crate) async fn join_room(
         app.metrics.error("room_join_failed");
         format!("joining the room: {e}")
     })?;
-    let sink = room
-        .publish_audio(AudioTrackOptions {
-            name: "phone".into(),
-            sample_rate: 8_000,
-            complexity: app.cfg.opus_complexity,
-            dtx: app.cfg.opus_dtx,
-            on_sent: Some(SendLatencyObserver(Arc::new({
-                let h = app.metrics.inbound_latency_seconds.clone();
-                move |d| h.observe(d.as_secs_f64())
-            }))),
-            ..Default::default()
-        })
-        .await;
+    let codec = match app.cfg.phone_codec {
+        PhoneCodec::Auto if room.publish_codec_enabled(AudioCodec::Pcmu) => AudioCodec::Pcmu,
+        PhoneCodec::Pcmu => AudioCodec::Pcmu,
+        PhoneCodec::Auto | PhoneCodec::Opus => AudioCodec::Opus,
+    };
+    let options = AudioTrackOptions {
+        name: "phone".into(),
+        sample_rate: 8_000,
+        codec,
+        complexity: app.cfg.opus_complexity,
+        dtx: app.cfg.opus_dtx,
+        on_sent: Some(SendLatencyObserver(Arc::new({
+            let h = app.metrics.inbound_latency_seconds.clone();
+            move |d| h.observe(d.as_secs_f64())
+        }))),
+        ..Default::default()
+    };
+    let sink = match room.publish_audio(options.clone()).await {
+        // PHONE_CODEC=pcmu on a server that lists its codecs without PCMU: Opus it is.
+        Err(RoomError::CodecNotEnabled(_)) => {
+            tracing::warn!("the server does not enable PCMU: the caller's track is Opus");
+            room.publish_audio(AudioTrackOptions { codec: AudioCodec::Opus, ..options }).await
+        }
+        other => other,
+    };
     let sink = match sink {
-        Ok(s) => s,
+        Ok(s) => {
+            let label = if s.codec() == AudioCodec::Pcmu { "pcmu" } else { "opus" };
+            app.metrics.phone_tracks.with_label_values(&[label]).inc();
+            tracing::debug!(codec = label, "caller's track published");
+            s
+        }
         Err(e) => {
             app.metrics.error("room_publish_failed");
             room.close().await;

@@ -55,6 +55,17 @@ pub enum Command {
     SipSetup,
 }
 
+/// Codec of the caller's track in the room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PhoneCodec {
+    /// PCMU when the server's `enabled_publish_codecs` lists it (livekit-server ≥ 1.9.1), else Opus.
+    Auto,
+    /// PCMU also when the server sends no codec list; Opus only when it lists others but not PCMU.
+    Pcmu,
+    /// Always Opus (decode the caller's μ-law, encode Opus).
+    Opus,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Mode {
     /// `<Connect><Stream>`: the bridge carries the audio itself.
@@ -161,6 +172,10 @@ pub struct Config {
     /// Agent to dispatch explicitly into each call's room (LiveKit agent dispatch); empty = automatic.
     #[arg(long, env = "AGENT_NAME", default_value = "")]
     pub agent_name: String,
+    /// Codec of the caller's track: PCMU carries Twilio's μ-law as it is (no decode, no
+    /// encode); Opus is decoded and encoded.
+    #[arg(long, env = "PHONE_CODEC", value_enum, default_value = "auto")]
+    pub phone_codec: PhoneCodec,
     /// Opus complexity for the caller's track (0-10).
     #[arg(long, env = "OPUS_COMPLEXITY", default_value_t = 5)]
     pub opus_complexity: u8,

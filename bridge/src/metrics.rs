@@ -31,6 +31,8 @@ pub struct Metrics {
     /// Outbound calls (CreateSIPParticipant) by outcome.
     pub outbound: IntCounterVec,
     pub dialing_calls: IntGauge,
+    pub phone_tracks: IntCounterVec,
+    pub ulaw_passed_through: IntCounter,
 }
 
 /// 25 µs … 200 ms, doubling: resolves the ≤ 2 ms target and shows stalls.
@@ -69,7 +71,7 @@ impl Metrics {
             inbound_latency_seconds: Histogram::with_opts(
                 HistogramOpts::new(
                     "bridge_inbound_latency_seconds",
-                    "Twilio media message received to its Opus packet sent to LiveKit (decode, encode, queue, SRTP)",
+                    "Twilio media message received to its RTP packet sent to LiveKit (PCMU as it came, or decode + Opus encode; queue, SRTP)",
                 )
                 .buckets(latency_buckets()),
             )
@@ -77,7 +79,7 @@ impl Metrics {
             outbound_latency_seconds: Histogram::with_opts(
                 HistogramOpts::new(
                     "bridge_outbound_latency_seconds",
-                    "LiveKit audio packet received to μ-law queued for the caller (decode, mix; pacing excluded)",
+                    "LiveKit audio packet received to μ-law queued for the caller (PCMU as it came, or decode + mix; pacing excluded)",
                 )
                 .buckets(latency_buckets()),
             )
@@ -107,6 +109,16 @@ impl Metrics {
             )
             .unwrap(),
             dialing_calls: IntGauge::new("bridge_dialing_calls", "Outbound calls placed and not yet streaming").unwrap(),
+            phone_tracks: IntCounterVec::new(
+                Opts::new("bridge_phone_tracks_total", "Callers' tracks published, by codec (pcmu: μ-law as it came; opus: transcoded)"),
+                &["codec"],
+            )
+            .unwrap(),
+            ulaw_passed_through: IntCounter::new(
+                "bridge_outbound_ulaw_passthrough_frames_total",
+                "Room audio frames (PCMU tracks, one voice at a time) forwarded to callers as they came: no decode, mix or encode",
+            )
+            .unwrap(),
             registry,
         };
         let r = &m.registry;
@@ -130,6 +142,8 @@ impl Metrics {
         r.register(Box::new(m.room_reconnects.clone())).unwrap();
         r.register(Box::new(m.outbound.clone())).unwrap();
         r.register(Box::new(m.dialing_calls.clone())).unwrap();
+        r.register(Box::new(m.phone_tracks.clone())).unwrap();
+        r.register(Box::new(m.ulaw_passed_through.clone())).unwrap();
         m
     }
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use common::*;
 use proto::control::{Control, CONTROL_TOPIC};
-use room::{AudioTrackOptions, DataPacketBuilder, RoomEvent};
+use room::{AudioCodec, AudioTrackOptions, DataPacketBuilder, RoomEvent};
 use tokio::time::timeout;
 
 /// Collects what the agent hears from the phone and the control messages the bridge sends.
@@ -48,21 +48,56 @@ fn watch_room(mut events: tokio::sync::mpsc::Receiver<RoomEvent>) -> AgentSide {
     AgentSide { heard, controls, dtmf }
 }
 
+/// One call's audio both ways, on a server that enables G.711 or not, with the bridge's
+/// `PHONE_CODEC` and the agent publishing `agent_codec`.
+struct Audio {
+    devroom: &'static [&'static str],
+    bridge: &'static [&'static str],
+    agent_codec: AudioCodec,
+    /// Codec the bridge must have published the caller's track with.
+    phone_codec: &'static str,
+    /// The agent's μ-law reaches the caller as it came (PCMU agent track).
+    passthrough: bool,
+}
+
+/// Zero transcode both ways: the caller's μ-law goes into the room as a PCMU track, and the
+/// agent's PCMU comes back to the caller without decode, mix or encode.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn caller_and_agent_hear_each_other() {
-    let lk = start_devroom().await;
+    hear_each_other(Audio { devroom: &[], bridge: &[], agent_codec: AudioCodec::Pcmu, phone_codec: "pcmu", passthrough: true }).await;
+}
+
+/// `PHONE_CODEC=opus`: the Opus path as before (decode + encode), an Opus agent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn caller_and_agent_hear_each_other_over_opus() {
+    hear_each_other(Audio { devroom: &[], bridge: &["--phone-codec", "opus"], agent_codec: AudioCodec::Opus, phone_codec: "opus", passthrough: false }).await;
+}
+
+/// A server without G.711 (livekit-server before 1.9.1): `auto` falls back to Opus, and even
+/// `PHONE_CODEC=pcmu` does rather than lose the call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opus_only_server_gets_an_opus_phone_track() {
+    hear_each_other(Audio { devroom: &["--g711-off"], bridge: &[], agent_codec: AudioCodec::Opus, phone_codec: "opus", passthrough: false }).await;
+    hear_each_other(Audio { devroom: &["--g711-off"], bridge: &["--phone-codec", "pcmu"], agent_codec: AudioCodec::Opus, phone_codec: "opus", passthrough: false }).await;
+}
+
+async fn hear_each_other(case: Audio) {
+    let lk = start_devroom_with(case.devroom).await;
     let rest = FakeRest::default();
     let rest_base = rest.start().await;
     // Opus DTX would take a steady test tone for background noise and stop sending it.
-    let bridge = start_bridge(&lk, &rest_base, &["--opus-dtx", "false"]).await;
+    let mut args = vec!["--opus-dtx", "false"];
+    args.extend_from_slice(case.bridge);
+    let bridge = start_bridge(&lk, &rest_base, &args).await;
     let sid = call_sid(1);
 
-    // The agent is in the room first and speaks a 440 Hz tone for 3 s, in real time.
+    // The agent is in the room first and speaks a 440 Hz tone for 3 s, in real time, within the
+    // caller's 5 s (the room goes when the call ends).
     let (agent, events) = join(&lk, "agent-1", &format!("call-{sid}")).await;
     let mut side = watch_room(events);
-    let mut sink = agent.publish_audio(AudioTrackOptions { sample_rate: 8_000, ..Default::default() }).await.unwrap();
+    let mut sink = agent.publish_audio(AudioTrackOptions { sample_rate: 8_000, codec: case.agent_codec, ..Default::default() }).await.unwrap();
 
-    let caller = callsim::spawn_call(callsim(&bridge, &sid).tone(1000.0).duration_secs(4.0).keep_heard(true));
+    let caller = callsim::spawn_call(callsim(&bridge, &sid).tone(1000.0).duration_secs(5.0).keep_heard(true));
     // Start speaking once the phone is in the room (its first frames reach the agent).
     let first = timeout(Duration::from_secs(15), side.heard.recv()).await.expect("phone audio reaches the agent");
     assert!(first.is_some());
@@ -70,22 +105,34 @@ async fn caller_and_agent_hear_each_other() {
         let mut tick = tokio::time::interval(Duration::from_millis(20));
         for k in 0..150 {
             tick.tick().await;
-            sink.push(&tone(440.0, 8_000, k * 160, 160, 8000.0)).await.unwrap();
+            if let Err(e) = sink.push(&tone(440.0, 8_000, k * 160, 160, 8000.0)).await {
+                return Err(format!("agent frame {k}: {e}"));
+            }
         }
-        sink
+        Ok(sink)
     });
 
     let report = timeout(Duration::from_secs(30), caller.finish()).await.expect("call ends").expect("call report");
-    let _sink = speaker.await.unwrap();
     assert_eq!(report.outcome, callsim::Outcome::Completed, "{report:?}");
+    let _sink = speaker.await.unwrap().expect("the agent spoke for 3 s");
     assert_eq!(report.invalid_messages, 0, "{:?}", report.invalid_reasons);
 
-    // What the caller heard: the agent's 440 Hz through Opus and μ-law.
+    let phone = |codec: &str| bridge.app.metrics.phone_tracks.with_label_values(&[codec]).get();
+    assert_eq!((phone(case.phone_codec), phone("pcmu") + phone("opus")), (1, 1), "the caller's track is {}", case.phone_codec);
+    let passed = bridge.app.metrics.ulaw_passed_through.get();
+    if case.passthrough {
+        assert!(passed >= 140, "only {passed} of the agent's 150 PCMU frames went to the caller as they came");
+    } else {
+        assert_eq!(passed, 0);
+    }
+
+    // What the caller heard: the agent's 440 Hz (through Opus, or as μ-law all the way).
     let heard = ulaw_to_pcm(&report.heard);
     let run = loudest_run(&heard, 160);
     assert!(run.len() >= 8_000 * 2, "caller heard only {} ms of the agent", run.len() / 8);
     let mid = &run[1600..run.len() - 1600];
     let snr = tone_snr_median(mid, 8_000, 440.0);
+    eprintln!("{:?} agent -> caller ({} phone track): median SNR {snr:.1} dB", case.agent_codec, case.phone_codec);
     assert!(snr >= 20.0, "caller-side SNR {snr:.1} dB");
     assert!(report.marks_echoed > 50, "marks echoed: {}", report.marks_echoed);
 
@@ -108,6 +155,7 @@ async fn caller_and_agent_hear_each_other() {
     }
     assert!(run.len() >= 8_000 * 2, "agent heard only {} ms of the caller", run.len() / 8);
     let snr = tone_snr_median(&run[1600..run.len() - 1600], 8_000, 1000.0);
+    eprintln!("caller -> agent ({} phone track): median SNR {snr:.1} dB", case.phone_codec);
     assert!(snr >= 20.0, "agent-side SNR {snr:.1} dB");
 
     // The bridge reported what the caller heard, ending with the whole utterance.

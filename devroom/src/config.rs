@@ -90,6 +90,48 @@ pub struct Config {
     /// server runs full ICE and clients must answer its connectivity checks).
     #[arg(long, env = "DEVROOM_ICE_LITE")]
     pub ice_lite: bool,
+
+    /// Leave PCMU and PCMA out of the enabled codecs (`enabled_publish_codecs`, the media
+    /// engine), as livekit-server before 1.9.1: Opus is the only audio codec.
+    #[arg(long, env = "DEVROOM_G711_OFF")]
+    pub g711_off: bool,
+
+    /// Embedded TURN over UDP on this port (livekit.yaml `turn.udp_port`; 0 picks a free one).
+    /// Offered in every `join` as `turn:<node ip>:<port>?transport=udp`.
+    #[arg(long, env = "DEVROOM_TURN_PORT")]
+    pub turn_port: Option<u16>,
+
+    /// Embedded TURN over TLS on this port (`turn.tls_port`; 0 picks a free one), offered as
+    /// `turns:<--turn-domain>:<port>?transport=tcp`. livekit-server always advertises port
+    /// 443 (a TLS load balancer or `tls_port: 443` is expected in front); devroom advertises
+    /// the port it listens on.
+    #[arg(long, env = "DEVROOM_TURN_TLS_PORT")]
+    pub turn_tls_port: Option<u16>,
+
+    /// Name in the `turns:` url and in the certificate (`turn.domain`).
+    #[arg(long, env = "DEVROOM_TURN_DOMAIN", default_value = "localhost")]
+    pub turn_domain: String,
+
+    /// Certificate chain and key (PEM) for TURN over TLS (`turn.cert_file`, `turn.key_file`).
+    /// Without them devroom makes a self-signed certificate for `--turn-domain`.
+    #[arg(long, env = "DEVROOM_TURN_CERT_FILE", requires = "turn_key_file")]
+    pub turn_cert_file: Option<std::path::PathBuf>,
+
+    #[arg(long, env = "DEVROOM_TURN_KEY_FILE", requires = "turn_cert_file")]
+    pub turn_key_file: Option<std::path::PathBuf>,
+
+    /// Write the self-signed TURN/TLS certificate (PEM) here, for clients to trust.
+    #[arg(long, env = "DEVROOM_TURN_CERT_OUT")]
+    pub turn_cert_out: Option<std::path::PathBuf>,
+
+    /// Lifetime of the TURN credentials handed out at join (`turn.ttl_seconds`).
+    #[arg(long, env = "DEVROOM_TURN_TTL_SECS", default_value_t = 300)]
+    pub turn_ttl_secs: u64,
+
+    /// Tell clients to use relayed candidates only (`ClientConfiguration.force_relay`, which
+    /// the official SDKs honour as `iceTransportPolicy: "relay"`).
+    #[arg(long, env = "DEVROOM_FORCE_RELAY")]
+    pub force_relay: bool,
 }
 
 impl Config {

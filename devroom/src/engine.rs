@@ -26,6 +26,9 @@ use crate::room::{self, Identity, Permission, PublishedTrack, Room};
 use crate::twirp::ApiError;
 use crate::webhook::Webhooks;
 
+#[doc(hidden)]
+pub mod fuzzing;
+
 const COMMAND_QUEUE: usize = 1024;
 /// Tracks announced but not yet published, per participant (livekit-server `cMaxPendingTracks`).
 const MAX_PENDING_TRACKS: usize = 20;
@@ -310,31 +313,19 @@ pub struct Engine {
     pub(crate) by_addr: HashMap<SocketAddr, (u64, Role)>,
     /// Agent workers and the jobs of every room.
     pub(crate) dispatch: Dispatcher,
+    /// The embedded TURN server, if enabled.
+    pub(crate) turn: Option<crate::turn::Turn>,
 }
 
 /// Binds the RTC socket and starts the engine task.
-pub async fn start(cfg: Arc<Config>, webhooks: Webhooks) -> anyhow::Result<EngineHandle> {
+pub async fn start(cfg: Arc<Config>, webhooks: Webhooks, turn: Option<crate::turn::Turn>) -> anyhow::Result<EngineHandle> {
     let socket = UdpSocket::bind(cfg.rtc_bind()).await?;
     let bound = socket.local_addr()?;
     let local_addr = SocketAddr::new(cfg.advertised_ip(), bound.port());
     let tcp_listener = tokio::net::TcpListener::bind(cfg.tcp_bind()).await?;
     let tcp_addr = SocketAddr::new(cfg.advertised_ip(), tcp_listener.local_addr()?.port());
     let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
-    let cfg_offer_timeout_ms = cfg.agent_offer_timeout_ms.max(1);
-    let engine = Engine {
-        cfg,
-        socket: Arc::new(socket),
-        local_addr,
-        tcp_addr: Some(tcp_addr),
-        tcp_conns: HashMap::new(),
-        rooms: HashMap::new(),
-        parts: HashMap::new(),
-        next_key: 1,
-        next_session: 1,
-        webhooks,
-        by_addr: HashMap::new(),
-        dispatch: Dispatcher::new(Duration::from_millis(cfg_offer_timeout_ms)),
-    };
+    let engine = Engine::new(cfg, Arc::new(socket), local_addr, Some(tcp_addr), webhooks, turn);
     tokio::spawn(engine.run(rx));
     let handle = EngineHandle {
         tx,
@@ -346,6 +337,41 @@ pub async fn start(cfg: Arc<Config>, webhooks: Webhooks) -> anyhow::Result<Engin
 }
 
 impl Engine {
+    /// `ice_servers` for participant `sid` (livekit-server `iceServersForParticipant`): the
+    /// embedded TURN server with fresh credentials, or nothing (livekit-server would add its
+    /// default public STUN servers, which an offline test server cannot reach).
+    fn ice_servers(&self, sid: &str) -> Vec<lk::IceServer> {
+        self.turn.iter().map(|t| t.ice_server(&self.cfg.api_key, &self.cfg.api_secret, sid)).collect()
+    }
+
+    /// `force_relay` when asked (`--force-relay`).
+    fn client_configuration(&self) -> Option<lk::ClientConfiguration> {
+        self.cfg.force_relay.then(|| lk::ClientConfiguration {
+            force_relay: lk::ClientConfigSetting::Enabled as i32,
+            ..Default::default()
+        })
+    }
+
+    /// `tcp_addr`: the ICE-TCP listener's advertised address (none: no TCP candidates).
+    fn new(cfg: Arc<Config>, socket: Arc<UdpSocket>, local_addr: SocketAddr, tcp_addr: Option<SocketAddr>, webhooks: Webhooks, turn: Option<crate::turn::Turn>) -> Engine {
+        let offer_timeout = Duration::from_millis(cfg.agent_offer_timeout_ms.max(1));
+        Engine {
+            cfg,
+            socket,
+            local_addr,
+            tcp_addr,
+            tcp_conns: HashMap::new(),
+            rooms: HashMap::new(),
+            parts: HashMap::new(),
+            next_key: 1,
+            next_session: 1,
+            webhooks,
+            by_addr: HashMap::new(),
+            dispatch: Dispatcher::new(offer_timeout),
+            turn,
+        }
+    }
+
     async fn run(mut self, mut rx: mpsc::Receiver<Command>) {
         let socket = self.socket.clone();
         let mut buf = vec![0u8; 2048];
@@ -613,12 +639,13 @@ impl Engine {
 
     fn ensure_room(&mut self, name: &str, agents: &[lk::RoomAgentDispatch]) -> &mut Room {
         if !self.rooms.contains_key(name) {
-            let room = Room::new(
+            let mut room = Room::new(
                 name,
                 self.cfg.empty_timeout,
                 self.cfg.departure_timeout,
                 Instant::now(),
             );
+            room.g711 = !self.cfg.g711_off;
             tracing::info!(room = %name, sid = %room.sid, "room created");
             self.rooms.insert(name.to_string(), room);
             let proto = self.room_proto(name);
@@ -734,8 +761,8 @@ impl Engine {
             session,
             signal_lost: None,
             last_offer: None,
-            publisher: Peer::new(Role::Publisher, now, udp_candidate, self.tcp_addr, ice_lite),
-            subscriber: Peer::new(Role::Subscriber, now, udp_candidate, self.tcp_addr, ice_lite),
+            publisher: Peer::new(Role::Publisher, now, udp_candidate, self.tcp_addr, ice_lite, !self.cfg.g711_off),
+            subscriber: Peer::new(Role::Subscriber, now, udp_candidate, self.tcp_addr, ice_lite, !self.cfg.g711_off),
             down: Vec::new(),
             auto_subscribe: req.auto_subscribe,
             protocol: req.protocol,
@@ -773,12 +800,13 @@ impl Engine {
             participant: Some(p.proto()),
             other_participants: other_infos,
             server_version: SERVER_VERSION.into(),
-            ice_servers: Vec::new(),
+            ice_servers: self.ice_servers(&sid),
+            client_configuration: self.client_configuration(),
             subscriber_primary: can_subscribe,
             ping_timeout: PING_TIMEOUT,
             ping_interval: PING_INTERVAL,
             server_info: Some(server_info()),
-            enabled_publish_codecs: room::enabled_codecs(),
+            enabled_publish_codecs: room::enabled_codecs(!self.cfg.g711_off),
             fast_publish: p.info.permission.can_publish,
             ..Default::default()
         };
@@ -828,6 +856,8 @@ impl Engine {
             .filter(|o| !o.info.permission.hidden)
             .map(Participant::proto)
             .collect();
+        let ice_servers = self.ice_servers(&self.parts[&key].info.sid);
+        let client_configuration = self.client_configuration();
         let p = self.parts.get_mut(&key).expect("found");
         tracing::info!(identity = %p.info.identity, "participant resumed");
         // Dropping the old sender ends the old session (if it is still around).
@@ -836,6 +866,8 @@ impl Engine {
         p.signal_lost = None;
         p.send(Resp::Reconnect(lk::ReconnectResponse {
             server_info: Some(server_info()),
+            ice_servers,
+            client_configuration,
             ..Default::default()
         }));
         let mut all = others;

@@ -76,14 +76,15 @@ pub struct Peer {
 }
 
 impl Peer {
-    /// `udp`: our UDP candidate (None with `--udp-off`); `tcp`: our passive ICE-TCP candidate.
-    pub fn new(role: Role, now: Instant, udp: Option<SocketAddr>, tcp: Option<SocketAddr>, ice_lite: bool) -> Peer {
+    /// `udp`: our UDP candidate (None with `--udp-off`); `tcp`: our passive ICE-TCP candidate;
+    /// `g711`: PCMU and PCMA enabled (else a G.711-only m-line gets no codec in our answer).
+    pub fn new(role: Role, now: Instant, udp: Option<SocketAddr>, tcp: Option<SocketAddr>, ice_lite: bool, g711: bool) -> Peer {
         let mut rtc = RtcConfig::new()
             .set_ice_lite(ice_lite)
             .clear_codecs()
             .enable_opus(true, false)
-            .enable_pcmu(true, false)
-            .enable_pcma(true, false)
+            .enable_pcmu(g711, false)
+            .enable_pcma(g711, false)
             .enable_vp8(true)
             .enable_h264(true)
             .build(now);
@@ -393,7 +394,7 @@ m=audio 0 UDP/TLS/RTP/SAVPF 111\r\na=mid:2\r\na=sendonly\r\na=ssrc:1 msid:s trac
 
     #[test]
     fn garbage_sdp_is_an_error_not_a_panic() {
-        let mut p = Peer::new(Role::Publisher, Instant::now(), Some("127.0.0.1:9".parse().unwrap()), None, false);
+        let mut p = Peer::new(Role::Publisher, Instant::now(), Some("127.0.0.1:9".parse().unwrap()), None, false, true);
         assert!(p.accept_offer("this is not sdp").is_err());
         assert!(p.accept_offer("").is_err());
         assert!(matches!(p.accept_answer("v=0"), Err(PeerError::Sdp { .. }) | Err(PeerError::NoPendingOffer)));

@@ -41,6 +41,8 @@ pub struct Room {
     /// Set when the last participant left.
     pub emptied_at: Option<Instant>,
     pub ever_joined: bool,
+    /// PCMU and PCMA are enabled (livekit-server ≥ 1.9.1; `--g711-off` as before).
+    pub g711: bool,
 }
 
 impl Room {
@@ -57,6 +59,7 @@ impl Room {
             members: Vec::new(),
             emptied_at: None,
             ever_joined: false,
+            g711: true,
         }
     }
 
@@ -86,16 +89,17 @@ impl Room {
             metadata: self.metadata.clone(),
             num_participants,
             num_publishers,
-            enabled_codecs: enabled_codecs(),
+            enabled_codecs: enabled_codecs(self.g711),
             ..Default::default()
         }
     }
 }
 
-pub fn enabled_codecs() -> Vec<lk::Codec> {
+pub fn enabled_codecs(g711: bool) -> Vec<lk::Codec> {
     // livekit-server ≥ 1.9.1 enables PCMU and PCMA besides Opus by default.
     ["audio/opus", "audio/PCMU", "audio/PCMA", "video/VP8", "video/H264"]
         .iter()
+        .filter(|m| g711 || !m.starts_with("audio/PCM"))
         .map(|m| lk::Codec {
             mime: m.to_string(),
             fmtp_line: String::new(),

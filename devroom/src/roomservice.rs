@@ -164,6 +164,7 @@ impl Engine {
             let mut room = Room::new(&name, empty, departure, Instant::now());
             room.max_participants = req.max_participants;
             room.metadata = req.metadata;
+            room.g711 = !self.cfg.g711_off;
             tracing::info!(room = %name, sid = %room.sid, empty_timeout = empty, "room created via API");
             self.rooms.insert(name.clone(), room);
             let proto = self.room_proto(&name);

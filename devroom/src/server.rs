@@ -29,6 +29,8 @@ pub struct Running {
     pub http_addr: SocketAddr,
     /// Address advertised in ICE candidates (the one UDP socket).
     pub rtc_addr: SocketAddr,
+    /// The embedded TURN server (`--turn-port`, `--turn-tls-port`), if enabled.
+    pub turn: Option<crate::turn::Turn>,
     pub server: tokio::task::JoinHandle<std::io::Result<()>>,
     engine: EngineHandle,
     webhooks: Webhooks,
@@ -90,7 +92,9 @@ async fn cors(req: Request, next: Next) -> Response {
 pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     let cfg = Arc::new(cfg);
     let webhooks = Webhooks::start(&cfg.webhook_urls, &cfg.api_key, &cfg.api_secret)?;
-    let engine = engine::start(cfg.clone(), webhooks.clone()).await?;
+    let turn = crate::turn::start(&cfg).await?;
+    let turn_info = turn.clone();
+    let engine = engine::start(cfg.clone(), webhooks.clone(), turn).await?;
     let rtc_addr = engine.rtc_addr;
     let app = Arc::new(App {
         keys: Keys::single(&cfg.api_key, &cfg.api_secret),
@@ -103,6 +107,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     Ok(Running {
         http_addr,
         rtc_addr,
+        turn: turn_info,
         server,
         engine,
         webhooks,

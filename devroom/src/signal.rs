@@ -31,7 +31,7 @@ use crate::server::App;
 
 /// No message from the client for this long (it pings every 5 s) ends the session.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(20);
-const MAX_FRAME: usize = 1 << 20;
+pub(crate) const MAX_FRAME: usize = 1 << 20;
 /// A client that does not read for this long (TCP window full) is dropped.
 const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -291,12 +291,10 @@ async fn session(socket: WebSocket, mut rx: mpsc::Receiver<Outbound>, mut guard:
                     _ => break,
                 };
                 let decoded = match msg {
-                    Message::Binary(b) => lk::SignalRequest::decode(b.as_ref())
-                        .map_err(|e| format!("invalid SignalRequest protobuf: {e}")),
+                    Message::Binary(b) => decode_binary(b.as_ref()),
                     Message::Text(t) => {
                         json = true;
-                        serde_json::from_str::<lk::SignalRequest>(t.as_str())
-                            .map_err(|e| format!("invalid SignalRequest JSON: {e}"))
+                        decode_text(t.as_str())
                     }
                     Message::Close(_) => {
                         guard.reason = lk::DisconnectReason::ClientInitiated;
@@ -346,6 +344,16 @@ async fn session(socket: WebSocket, mut rx: mpsc::Receiver<Outbound>, mut guard:
         }
     }
     // `guard` drops here and removes the participant (a no-op if the engine already did).
+}
+
+/// A binary signal frame: protobuf `SignalRequest`.
+pub(crate) fn decode_binary(bytes: &[u8]) -> Result<lk::SignalRequest, String> {
+    lk::SignalRequest::decode(bytes).map_err(|e| format!("invalid SignalRequest protobuf: {e}"))
+}
+
+/// A text signal frame: `SignalRequest` as JSON (some SDKs' debug mode).
+pub(crate) fn decode_text(text: &str) -> Result<lk::SignalRequest, String> {
+    serde_json::from_str::<lk::SignalRequest>(text).map_err(|e| format!("invalid SignalRequest JSON: {e}"))
 }
 
 fn request_name(m: &Req) -> &'static str {

@@ -75,20 +75,43 @@ async fn next_report(rx: &mut mpsc::UnboundedReceiver<serde_json::Value>, stage:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn livekit_client_in_chromium_exchanges_audio_and_data() {
+    browser_and_python("browser", &[]).await;
+}
+
+/// The same with devroom's embedded TURN server and `--force-relay`: both SDKs (Chromium's
+/// WebRTC and libwebrtc under the Python SDK) take `iceTransportPolicy: relay`, so all their
+/// media and data go through TURN/UDP allocations made with devroom's credentials.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn livekit_client_in_chromium_through_turn() {
+    let Some(server) = browser_and_python("browser_turn", &["--turn-port", "0", "--force-relay"]).await else { return };
+    let log = server.log_tail(100_000);
+    let relays = log.matches("TURN relay allocated").count();
+    eprintln!("{relays} TURN relays allocated");
+    // The browser's and the Python participant's publisher and subscriber connections.
+    assert!(relays >= 4, "{relays} relays allocated\n{}", server.log_tail(60));
+}
+
+/// One Chromium at a time: two would starve a small box.
+static CHROMIUM: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// A livekit-client page in Chromium and a Python SDK participant in devroom (started with
+/// `devroom_args`) exchange tones and data; `None` when a prerequisite is missing.
+async fn browser_and_python(name: &str, devroom_args: &[&str]) -> Option<Devroom> {
+    let _one = CHROMIUM.lock().await;
     let Some(chromium) = find_chromium() else {
         missing("chromium (apt-get install -y chromium)");
-        return;
+        return None;
     };
     let umd = js_dir().join("node_modules/livekit-client/dist/livekit-client.umd.js");
     if !umd.exists() {
         missing("livekit-client (npm ci --prefix devroom/tests/js)");
-        return;
+        return None;
     }
     if !python_has("livekit.rtc, numpy", "pip install livekit numpy") {
-        return;
+        return None;
     }
 
-    let server = Devroom::start("browser", &[]);
+    let server = Devroom::start(name, devroom_args);
     let room = "browser-room";
 
     // Page server: the test page, the SDK bundle, and the report endpoint.
@@ -119,9 +142,9 @@ async fn livekit_client_in_chromium_exchanges_audio_and_data() {
         "http://{page_addr}/page?url={}&token={token}&report=http://{page_addr}/report&tone=660&seconds=2",
         server.ws_url()
     );
-    let profile = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("chromium-profile");
+    let profile = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("chromium-profile-{name}"));
     let _ = std::fs::remove_dir_all(&profile);
-    let browser_log = std::fs::File::create(PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("chromium.log")).unwrap();
+    let browser_log = std::fs::File::create(PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("chromium-{name}.log"))).unwrap();
     let _chromium = Chromium(
         Command::new(&chromium)
             .args([
@@ -201,4 +224,5 @@ async fn livekit_client_in_chromium_exchanges_audio_and_data() {
             .any(|d| d["data"] == "hello-from-browser" && d["from"] == "browser" && d["topic"] == "browser"),
         "{context}"
     );
+    Some(server)
 }

@@ -147,6 +147,63 @@ async fn rtc_refuses_bad_tokens_with_401() {
     assert_eq!(st, 401);
 }
 
+/// livekit-server ≥ 1.9.1 enables PCMU and PCMA besides Opus (the phone leg's zero-transcode
+/// track); `--g711-off` is a server before that: Opus is the only audio codec it lists.
+#[tokio::test]
+async fn join_lists_the_enabled_publish_codecs() {
+    for (extra, g711) in [(&[][..], true), (&["--g711-off"][..], false)] {
+        let server = Devroom::start("signal_codecs", extra);
+        let mut a = connect(&server, &join_token("alice", "codecs")).await;
+        let join = match next(&mut a).await {
+            Some(Resp::Join(j)) => j,
+            other => panic!("expected join first, got {other:?}"),
+        };
+        let audio: Vec<&str> =
+            join.enabled_publish_codecs.iter().map(|c| c.mime.as_str()).filter(|m| m.starts_with("audio/")).collect();
+        let want: &[&str] = if g711 { &["audio/opus", "audio/PCMU", "audio/PCMA"] } else { &["audio/opus"] };
+        assert_eq!(audio, want, "{extra:?}");
+        let room_codecs: Vec<&str> = join.room.as_ref().unwrap().enabled_codecs.iter().map(|c| c.mime.as_str()).collect();
+        assert_eq!(room_codecs.contains(&"audio/PCMU"), g711, "{extra:?}");
+    }
+}
+
+/// With the embedded TURN server on, `join` offers it as livekit-server does: one IceServer
+/// with a `turn:` (UDP) and a `turns:` (TLS) url, realm credentials made for this participant
+/// (username base62(`key|sid|expiry`), expiry the TTL ahead; password base62(sha256(
+/// `secret|sid|expiry`))), and `force_relay` when asked. Without TURN, no ice_servers.
+#[tokio::test]
+async fn join_offers_turn_with_livekit_server_credentials() {
+    let server = Devroom::start("signal_turn", &["--turn-port", "0", "--turn-tls-port", "0", "--turn-ttl-secs", "600", "--force-relay"]);
+    let mut a = connect(&server, &join_token("alice", "turn")).await;
+    let join = match next(&mut a).await {
+        Some(Resp::Join(j)) => j,
+        other => panic!("expected join first, got {other:?}"),
+    };
+    let sid = join.participant.as_ref().unwrap().sid.clone();
+    assert_eq!(join.ice_servers.len(), 1, "{:?}", join.ice_servers);
+    let ice = &join.ice_servers[0];
+    assert_eq!(ice.urls.len(), 2, "{:?}", ice.urls);
+    let udp = ice.urls[0].strip_prefix("turn:127.0.0.1:").and_then(|r| r.strip_suffix("?transport=udp"));
+    assert!(udp.is_some_and(|p| p.parse::<u16>().is_ok_and(|p| p > 0)), "{:?}", ice.urls);
+    let tls = ice.urls[1].strip_prefix("turns:localhost:").and_then(|r| r.strip_suffix("?transport=tcp"));
+    assert!(tls.is_some_and(|p| p.parse::<u16>().is_ok_and(|p| p > 0)), "{:?}", ice.urls);
+    let (key, user_sid, expiry) = devroom::turn_auth::parse_username(&ice.username).expect("username as livekit-server's");
+    assert_eq!((key.as_str(), user_sid.as_str()), (API_KEY, sid.as_str()));
+    let ahead = expiry - devroom::auth::unix_now() as i64;
+    assert!((590..=600).contains(&ahead), "expiry {ahead} s ahead");
+    assert_eq!(ice.credential, devroom::turn_auth::password(API_SECRET, &sid, expiry));
+    assert_eq!(
+        join.client_configuration.as_ref().map(|c| c.force_relay),
+        Some(lk::ClientConfigSetting::Enabled as i32)
+    );
+
+    let plain = Devroom::start("signal_no_turn", &[]);
+    let mut b = connect(&plain, &join_token("bob", "turn")).await;
+    let Some(Resp::Join(join)) = next(&mut b).await else { panic!("expected join") };
+    assert!(join.ice_servers.is_empty());
+    assert_ne!(join.client_configuration.map(|c| c.force_relay), Some(lk::ClientConfigSetting::Enabled as i32));
+}
+
 #[tokio::test]
 async fn signal_join_offer_ping_track_and_updates() {
     let server = Devroom::start("signal_flow", &[]);

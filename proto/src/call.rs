@@ -3,8 +3,9 @@
 //! where, and when to wake it next.
 //!
 //! ```text
-//! Twilio media ─▶ InboundAudio (gap fill) ─▶ μ-law→PCM ─▶ CallerAudio (to the room's Opus track)
+//! Twilio media ─▶ InboundAudio (gap fill) ─▶ CallerAudio μ-law (to the room: PCMU as it is, or Opus)
 //! room PCM 8k ─▶ Mixer ─▶ PCM→μ-law ─▶ Pacer (lead, marks) ─▶ TwilioMedia / TwilioMark
+//! room μ-law (PCMU track, lone speaker) ─────────▶ Pacer: no decode, no encode
 //! interrupt ─▶ Pacer::clear ─▶ TwilioClear + Playback{interrupted}
 //! mark echo ─▶ Pacer heard position ─▶ Playback (throttled)
 //! ```
@@ -112,8 +113,9 @@ pub enum CallOutput {
     TwilioMedia([u8; FRAME_BYTES]),
     TwilioMark(MarkId),
     TwilioClear,
-    /// 20 ms of the caller's voice, 8 kHz PCM, for the room track. `filled`: made-up silence.
-    CallerAudio { pcm: [i16; MIX_FRAME], filled: bool },
+    /// 20 ms of the caller's voice, μ-law as Twilio sent it, for the room track (a PCMU track
+    /// takes it as it is; [`CallOutput::caller_pcm`] decodes it). `filled`: made-up silence.
+    CallerAudio { mulaw: [u8; FRAME_BYTES], filled: bool },
     /// Publish on the control topic.
     Control(Control),
     /// The caller pressed a key: also publish LiveKit SIP's DTMF packet.
@@ -128,6 +130,17 @@ pub enum CallOutput {
     /// A mark came back this long after it was sent (for the mark round-trip metric).
     MarkEchoed { rtt: Duration },
     End(EndReason),
+}
+
+impl CallOutput {
+    /// The 8 kHz PCM of a [`CallOutput::CallerAudio`] frame.
+    pub fn caller_pcm(mulaw: &[u8; FRAME_BYTES]) -> [i16; MIX_FRAME] {
+        let mut pcm = [0i16; MIX_FRAME];
+        for (p, &b) in pcm.iter_mut().zip(mulaw) {
+            *p = ulaw_decode(b);
+        }
+        pcm
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -145,6 +158,8 @@ pub struct CallStats {
     pub muted_samples: u64,
     /// Keys played to the caller as tones.
     pub dtmf_keys_played: u64,
+    /// Room μ-law frames (a PCMU track, nobody else speaking) forwarded to the caller as they came.
+    pub ulaw_passed_through: u64,
     pub inbound: InboundStats,
     pub pacer: PacerStats,
     pub mixer: MixerStats,
@@ -334,11 +349,7 @@ impl CallSession {
                 self.inbound.push(&media);
                 while let Some(frame) = self.inbound.poll_frame() {
                     self.stats.frames_in += 1;
-                    let mut pcm = [0i16; MIX_FRAME];
-                    for (p, b) in pcm.iter_mut().zip(frame.mulaw) {
-                        *p = ulaw_decode(b);
-                    }
-                    self.out.push_back(CallOutput::CallerAudio { pcm, filled: frame.filled });
+                    self.out.push_back(CallOutput::CallerAudio { mulaw: frame.mulaw, filled: frame.filled });
                 }
             }
             Inbound::Mark { name, .. } => {
@@ -356,16 +367,48 @@ impl CallSession {
 
     /// 8 kHz PCM from one room participant's track.
     pub fn handle_room_audio(&mut self, src: SourceId, pcm: &[i16], now: Instant) {
+        if self.room_audio_arrives(pcm.len(), now) {
+            self.mix(src, pcm, now);
+        }
+    }
+
+    /// μ-law from one room participant's PCMU track. While nobody else has audio waiting in
+    /// the mixer and no key tone is playing it goes to the pacer as it came (no decode, no
+    /// encode); otherwise it is decoded and mixed like any other voice. Returns true when it
+    /// passed through.
+    pub fn handle_room_ulaw(&mut self, src: SourceId, mulaw: &[u8], now: Instant) -> bool {
+        if !self.room_audio_arrives(mulaw.len(), now) {
+            return false;
+        }
+        if self.mixer.is_empty() && self.dtmf.is_idle() {
+            let id = self.current_utterance(now);
+            self.pacer.push(id, mulaw);
+            self.stats.ulaw_passed_through += 1;
+            self.drain_pacer(now);
+            return true;
+        }
+        let mut pcm = [0i16; MIX_FRAME];
+        for chunk in mulaw.chunks(MIX_FRAME) {
+            for (p, &b) in pcm.iter_mut().zip(chunk) {
+                *p = ulaw_decode(b);
+            }
+            self.mix(src, &pcm[..chunk.len()], now);
+        }
+        false
+    }
+
+    /// Bookkeeping common to all room audio; false when it is to be dropped.
+    fn room_audio_arrives(&mut self, samples: usize, now: Instant) -> bool {
         if self.phase != Phase::Streaming {
-            return;
+            return false;
         }
         self.end_utterance_if_quiet(now);
         self.last_room_audio = Some(now);
         if self.muted {
-            self.stats.muted_samples += pcm.len() as u64;
-            return;
+            self.stats.muted_samples += samples as u64;
+            return false;
         }
-        self.mix(src, pcm, now);
+        true
     }
 
     /// Keys to press to the caller (an agent's `SipDTMF`, or an outbound call's dial string):
@@ -418,19 +461,7 @@ impl CallSession {
     fn mix(&mut self, src: SourceId, pcm: &[i16], now: Instant) {
         self.mixer.push(src, pcm);
         while let Some(mixed) = self.mixer.poll_frame() {
-            let id = match self.speaking {
-                Some(id) => id,
-                None => {
-                    let id = UtteranceId(self.next_utterance);
-                    self.next_utterance += 1;
-                    self.speaking = Some(id);
-                    self.speaking_since = Some(now);
-                    if let Some(label) = self.pending_label.take() {
-                        self.set_label(id, label);
-                    }
-                    id
-                }
-            };
+            let id = self.current_utterance(now);
             let mut mulaw = [0u8; FRAME_BYTES];
             for (m, s) in mulaw.iter_mut().zip(mixed) {
                 *m = ulaw_encode(s);
@@ -438,6 +469,21 @@ impl CallSession {
             self.pacer.push(id, &mulaw);
         }
         self.drain_pacer(now);
+    }
+
+    /// The utterance room audio belongs to; the first frame after a pause starts a new one.
+    fn current_utterance(&mut self, now: Instant) -> UtteranceId {
+        if let Some(id) = self.speaking {
+            return id;
+        }
+        let id = UtteranceId(self.next_utterance);
+        self.next_utterance += 1;
+        self.speaking = Some(id);
+        self.speaking_since = Some(now);
+        if let Some(label) = self.pending_label.take() {
+            self.set_label(id, label);
+        }
+        id
     }
 
     /// A participant's audio track went away.

@@ -87,6 +87,11 @@ impl Mixer {
         Some(out)
     }
 
+    /// True when no source has audio waiting (a lone voice can bypass the mixer).
+    pub fn is_empty(&self) -> bool {
+        self.sources.iter().all(|s| s.queue.is_empty())
+    }
+
     /// Drops a source that left.
     pub fn remove(&mut self, id: SourceId) {
         self.sources.retain(|s| s.id != id);

@@ -109,7 +109,7 @@ impl Sim {
                         self.call.handle_twilio(&echo, self.now).unwrap();
                     }
                 }
-                CallOutput::CallerAudio { pcm, filled } => self.seen.caller_audio.push((pcm, filled)),
+                CallOutput::CallerAudio { mulaw, filled } => self.seen.caller_audio.push((CallOutput::caller_pcm(&mulaw), filled)),
                 CallOutput::Control(c) => self.seen.controls.push((self.now, c)),
                 CallOutput::MarkEchoed { .. } => {}
                 o => self.seen.other.push(o),
@@ -210,6 +210,56 @@ fn agent_audio_is_paced_marked_and_reported_heard() {
     // The final report comes when the caller has heard it all: not before the audio played.
     assert!(last.0 >= 1100, "{last:?}");
     assert_eq!(sim.call.stats().pacer.underruns, 0);
+}
+
+/// A PCMU agent track alone reaches the caller byte for byte (no decode, no encode), paced and
+/// marked like any other; with a second voice speaking at the same time it is mixed.
+#[test]
+fn pcmu_room_audio_passes_through_unless_mixed() {
+    const SUPERVISOR: SourceId = SourceId(2);
+    // A μ-law pattern no PCM round trip keeps (0x7f and 0xff both decode to 0).
+    let frame = |k: usize| -> Vec<u8> { (0..160).map(|i| if (i + k).is_multiple_of(2) { 0x7f } else { 0x15 }).collect() };
+    let mut sim = Sim::new();
+    sim.run(800, |t, s| {
+        if (100..600).contains(&t) && (t - 100).is_multiple_of(20) {
+            let k = ((t - 100) / 20) as usize;
+            assert!(s.call.handle_room_ulaw(AGENT, &frame(k), s.now));
+            s.drain();
+        }
+    });
+    assert_eq!(sim.tw.media.len(), 25);
+    for (k, (_, f)) in sim.tw.media.iter().enumerate() {
+        assert_eq!(&f[..], &frame(k)[..], "frame {k} is the agent's bytes");
+    }
+    assert_eq!(sim.call.stats().ulaw_passed_through, 25);
+    assert_eq!(sim.call.stats().pacer.underruns, 0);
+    assert!(sim.playbacks().last().unwrap().3, "the utterance completes");
+
+    // Another voice has audio waiting in the mixer: the agent's μ-law goes through the mixer
+    // (decoded, mixed with whatever is whole, encoded) instead of jumping the queue.
+    let mut sim = Sim::new();
+    sim.run(100, |_, _| {});
+    sim.call.handle_room_audio(SUPERVISOR, &[1000; 80], sim.now);
+    assert!(!sim.call.handle_room_ulaw(AGENT, &[ulaw_encode(2000); 160], sim.now));
+    sim.run(300, |_, _| {});
+    assert_eq!(sim.call.stats().ulaw_passed_through, 0);
+    assert_eq!(sim.call.stats().mixer.frames_out, 1);
+    assert_eq!(sim.tw.media[0].1[0], ulaw_encode(ulaw_decode(ulaw_encode(2000))));
+
+    // While a key tone plays, the agent's μ-law goes through the mixer (as a PCM voice would);
+    // after the key, straight through again.
+    let mut sim = Sim::new();
+    sim.call.handle_sip_dtmf(5, "5", ControlSender::Agent, sim.now);
+    let mut passed = Vec::new();
+    sim.run(600, |t, s| {
+        if t < 400 && t % 20 == 0 {
+            passed.push(s.call.handle_room_ulaw(AGENT, &[ulaw_encode(300); 160], s.now));
+            s.drain();
+        }
+    });
+    let first_passed = passed.iter().position(|p| *p).expect("passes through after the key");
+    assert!(first_passed >= 5 && passed[first_passed..].iter().all(|p| *p), "{passed:?}");
+    assert_eq!(sim.call.stats().dtmf_keys_played, 1);
 }
 
 #[test]

@@ -85,6 +85,11 @@ pub struct AudioTrackOptions {
     pub queue_frames: usize,
     /// Told the send latency of every frame (None: not measured).
     pub on_sent: Option<SendLatencyObserver>,
+    /// Codec of the track. [`AudioCodec::Pcmu`] / [`AudioCodec::Pcma`] (8 kHz input only) need a
+    /// server that enables them ([`Room::publish_codec_enabled`](crate::Room::publish_codec_enabled));
+    /// a phone leg's μ-law then goes out as it came ([`AudioSink::try_push_ulaw_at`]): no
+    /// decode, no encode, the RTP clock at 8 kHz. The Opus-only settings are ignored.
+    pub codec: AudioCodec,
 }
 
 impl Default for AudioTrackOptions {
@@ -99,6 +104,7 @@ impl Default for AudioTrackOptions {
             source: livekit_protocol::TrackSource::Microphone,
             queue_frames: 50,
             on_sent: None,
+            codec: AudioCodec::Opus,
         }
     }
 }
@@ -236,8 +242,9 @@ pub fn audio_level(pcm: &[i16]) -> i8 {
 #[derive(Debug)]
 pub(crate) struct OutgoingAudio {
     pub track_cid: Arc<str>,
+    pub codec: AudioCodec,
     pub payload: Vec<u8>,
-    /// RTP time (48 kHz) of the first sample.
+    /// RTP time of the first sample, at the codec's clock (48 kHz Opus, 8 kHz G.711).
     pub rtp_time: u64,
     pub audio_level: i8,
     /// First packet after a DTX pause (sets the RTP marker).
@@ -255,6 +262,10 @@ pub enum PushError {
     /// The room is gone.
     #[error("room closed")]
     Closed,
+    /// This kind of audio cannot go on this track (Opus packets on a G.711 track, μ-law on
+    /// an Opus track that is not 8 kHz).
+    #[error("audio does not fit the track's codec")]
+    WrongCodec,
 }
 
 /// Counters shared between an [`AudioSink`] and the room.
@@ -268,16 +279,30 @@ pub struct SinkStats {
     pub frames_dtx: AtomicU64,
 }
 
-/// Where PCM for a published track goes in. Obtained from
+/// What turns pushed audio into RTP payloads for one track.
+enum SinkEncoder {
+    Opus(OpusEncoder),
+    /// G.711 (`Pcmu` or `Pcma`): one byte per 8 kHz sample, no state.
+    G711(AudioCodec),
+}
+
+/// Where audio for a published track goes in. Obtained from
 /// [`Room::publish_audio`](crate::Room::publish_audio).
 ///
 /// Push mono `i16` PCM at the track's sample rate, in any chunk size; it is framed to 20 ms.
-/// Push in real time (the sink does not pace). Dropping the sink unpublishes the track.
+/// A phone leg pushes its μ-law with [`AudioSink::try_push_ulaw_at`] instead: on a PCMU track
+/// it is sent as it is. Push in real time (the sink does not pace). Dropping the sink
+/// unpublishes the track.
 pub struct AudioSink {
     pub(crate) track_sid: String,
     pub(crate) cid: Arc<str>,
-    pub(crate) encoder: OpusEncoder,
+    encoder: SinkEncoder,
+    rate: u32,
+    dtx: bool,
     pub(crate) pending: Vec<i16>,
+    /// G.711 bytes waiting for a whole 20 ms frame.
+    pending_g711: Vec<u8>,
+    /// RTP time of the next frame, at the codec's clock.
     pub(crate) rtp_time: u64,
     pub(crate) in_dtx: bool,
     /// When the audio being encoded was handed to us.
@@ -298,9 +323,12 @@ impl Drop for AudioSink {
 
 impl std::fmt::Debug for AudioSink {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AudioSink").field("track_sid", &self.track_sid).field("rate", &self.encoder.rate).finish()
+        f.debug_struct("AudioSink").field("track_sid", &self.track_sid).field("codec", &self.codec()).field("rate", &self.rate).finish()
     }
 }
+
+/// G.711 samples (and RTP ticks at 8 kHz) in one 20 ms frame.
+pub const G711_FRAME: usize = 160;
 
 impl AudioSink {
     pub(crate) fn new(
@@ -309,13 +337,27 @@ impl AudioSink {
         opts: &AudioTrackOptions,
         tx: mpsc::Sender<OutgoingAudio>,
     ) -> Result<Self, RoomError> {
-        let mut encoder = OpusEncoder::new(opts.sample_rate, opts.complexity, opts.dtx)?;
-        encoder.configure(opts.bitrate, opts.fec)?;
+        let encoder = match opts.codec {
+            AudioCodec::Opus => {
+                let mut enc = OpusEncoder::new(opts.sample_rate, opts.complexity, opts.dtx)?;
+                enc.configure(opts.bitrate, opts.fec)?;
+                SinkEncoder::Opus(enc)
+            }
+            g711 => {
+                if opts.sample_rate != 8_000 {
+                    return Err(RoomError::InvalidSampleRate(opts.sample_rate));
+                }
+                SinkEncoder::G711(g711)
+            }
+        };
         Ok(Self {
             track_sid,
             cid,
             encoder,
+            rate: opts.sample_rate,
+            dtx: opts.dtx && opts.codec == AudioCodec::Opus,
             pending: Vec::with_capacity(samples_per_frame(opts.sample_rate) * 2),
+            pending_g711: Vec::new(),
             rtp_time: rand::random::<u32>() as u64,
             in_dtx: false,
             captured: Instant::now(),
@@ -332,7 +374,15 @@ impl AudioSink {
 
     /// Sample rate the sink expects.
     pub fn sample_rate(&self) -> u32 {
-        self.encoder.rate
+        self.rate
+    }
+
+    /// Codec of the track.
+    pub fn codec(&self) -> AudioCodec {
+        match &self.encoder {
+            SinkEncoder::Opus(_) => AudioCodec::Opus,
+            SinkEncoder::G711(c) => *c,
+        }
     }
 
     /// Counters (frames encoded / dropped / suppressed by DTX).
@@ -348,39 +398,53 @@ impl AudioSink {
         self.stats.frames_dropped.load(Ordering::Relaxed)
     }
 
+    /// RTP ticks of one 20 ms frame at the track's clock.
+    fn rtp_step(&self) -> u64 {
+        match self.encoder {
+            SinkEncoder::Opus(_) => RTP_SAMPLES_PER_FRAME as u64,
+            SinkEncoder::G711(_) => G711_FRAME as u64,
+        }
+    }
+
+    fn outgoing(&mut self, payload: Vec<u8>, audio_level: i8) -> OutgoingAudio {
+        let rtp_time = self.rtp_time;
+        self.rtp_time += self.rtp_step();
+        let talkspurt_start = std::mem::replace(&mut self.in_dtx, false);
+        OutgoingAudio { track_cid: self.cid.clone(), codec: self.codec(), payload, rtp_time, audio_level, talkspurt_start, captured: self.captured }
+    }
+
     fn encode_next(&mut self) -> Result<Option<OutgoingAudio>, RoomError> {
-        let n = samples_per_frame(self.encoder.rate);
+        let n = samples_per_frame(self.rate);
         if self.pending.len() < n {
             return Ok(None);
         }
         let frame: Vec<i16> = self.pending.drain(..n).collect();
         let level = audio_level(&frame);
-        let rtp_time = self.rtp_time;
-        self.rtp_time += RTP_SAMPLES_PER_FRAME as u64;
-        let dtx = self.encoder.dtx;
-        let packet = self.encoder.encode_frame(&frame)?;
+        let packet = match &mut self.encoder {
+            SinkEncoder::G711(AudioCodec::Pcma) => frame.iter().map(|&s| ::proto::g711::alaw_encode(s)).collect(),
+            SinkEncoder::G711(_) => frame.iter().map(|&s| ::proto::g711::ulaw_encode(s)).collect(),
+            SinkEncoder::Opus(enc) => {
+                let packet = enc.encode_frame(&frame)?;
+                if self.dtx && packet.len() <= 2 {
+                    self.stats.frames_encoded.fetch_add(1, Ordering::Relaxed);
+                    self.in_dtx = true;
+                    self.stats.frames_dtx.fetch_add(1, Ordering::Relaxed);
+                    self.rtp_time += RTP_SAMPLES_PER_FRAME as u64;
+                    return Ok(Some(OutgoingAudio {
+                        track_cid: self.cid.clone(),
+                        codec: AudioCodec::Opus,
+                        payload: Vec::new(), // marker: nothing to send
+                        rtp_time: self.rtp_time - RTP_SAMPLES_PER_FRAME as u64,
+                        audio_level: level,
+                        talkspurt_start: false,
+                        captured: self.captured,
+                    }));
+                }
+                packet.to_vec()
+            }
+        };
         self.stats.frames_encoded.fetch_add(1, Ordering::Relaxed);
-        if dtx && packet.len() <= 2 {
-            self.in_dtx = true;
-            self.stats.frames_dtx.fetch_add(1, Ordering::Relaxed);
-            return Ok(Some(OutgoingAudio {
-                track_cid: self.cid.clone(),
-                payload: Vec::new(), // marker: nothing to send
-                rtp_time,
-                audio_level: level,
-                talkspurt_start: false,
-                captured: self.captured,
-            }));
-        }
-        let talkspurt_start = std::mem::replace(&mut self.in_dtx, false);
-        Ok(Some(OutgoingAudio {
-            track_cid: self.cid.clone(),
-            payload: packet.to_vec(),
-            rtp_time,
-            audio_level: level,
-            talkspurt_start,
-            captured: self.captured,
-        }))
+        Ok(Some(self.outgoing(packet, level)))
     }
 
     /// Push PCM, waiting for room in the driver queue (back-pressure).
@@ -406,26 +470,7 @@ impl AudioSink {
         self.try_push_at(pcm, Instant::now())
     }
 
-    /// Send one already-encoded 20 ms Opus packet (e.g. a recording replayed by a load test),
-    /// bypassing the encoder; an empty packet is a DTX pause (the RTP clock still advances).
-    /// Never waits: a full queue drops the packet and counts it.
-    pub fn try_push_opus(&mut self, packet: &[u8]) -> Result<(), PushError> {
-        let rtp_time = self.rtp_time;
-        self.rtp_time += RTP_SAMPLES_PER_FRAME as u64;
-        if packet.is_empty() {
-            self.in_dtx = true;
-            self.stats.frames_dtx.fetch_add(1, Ordering::Relaxed);
-            return Ok(());
-        }
-        let talkspurt_start = std::mem::replace(&mut self.in_dtx, false);
-        let f = OutgoingAudio {
-            track_cid: self.cid.clone(),
-            payload: packet.to_vec(),
-            rtp_time,
-            audio_level: 30,
-            talkspurt_start,
-            captured: Instant::now(),
-        };
+    fn try_send(&mut self, f: OutgoingAudio) -> Result<(), PushError> {
         match self.tx.try_send(f) {
             Ok(()) => Ok(()),
             Err(mpsc::error::TrySendError::Full(_)) => {
@@ -434,6 +479,25 @@ impl AudioSink {
             }
             Err(mpsc::error::TrySendError::Closed(_)) => Err(PushError::Closed),
         }
+    }
+
+    /// Send one already-encoded 20 ms Opus packet (e.g. a recording replayed by a load test),
+    /// bypassing the encoder; an empty packet is a DTX pause (the RTP clock still advances).
+    /// Never waits: a full queue drops the packet and counts it. Opus tracks only.
+    pub fn try_push_opus(&mut self, packet: &[u8]) -> Result<(), PushError> {
+        if !matches!(self.encoder, SinkEncoder::Opus(_)) {
+            self.stats.frames_dropped.fetch_add(1, Ordering::Relaxed);
+            return Err(PushError::WrongCodec);
+        }
+        if packet.is_empty() {
+            self.rtp_time += RTP_SAMPLES_PER_FRAME as u64;
+            self.in_dtx = true;
+            self.stats.frames_dtx.fetch_add(1, Ordering::Relaxed);
+            return Ok(());
+        }
+        self.captured = Instant::now();
+        let f = self.outgoing(packet.to_vec(), 30);
+        self.try_send(f)
     }
 
     /// [`try_push`](Self::try_push) audio that reached the application at `captured` (e.g. when
@@ -445,13 +509,10 @@ impl AudioSink {
         loop {
             match self.encode_next() {
                 Ok(Some(f)) if f.payload.is_empty() => continue,
-                Ok(Some(f)) => match self.tx.try_send(f) {
+                Ok(Some(f)) => match self.try_send(f) {
                     Ok(()) => {}
-                    Err(mpsc::error::TrySendError::Full(_)) => {
-                        self.stats.frames_dropped.fetch_add(1, Ordering::Relaxed);
-                        result = Err(PushError::Full);
-                    }
-                    Err(mpsc::error::TrySendError::Closed(_)) => return Err(PushError::Closed),
+                    Err(PushError::Full) => result = Err(PushError::Full),
+                    Err(e) => return Err(e),
                 },
                 Ok(None) => return result,
                 Err(e) => {
@@ -461,6 +522,71 @@ impl AudioSink {
             }
         }
     }
+
+    /// Push G.711 μ-law (8 kHz, e.g. a Twilio Media Streams payload) that reached the
+    /// application at `captured`. On a PCMU track the bytes are the RTP payload as they are, in
+    /// 20 ms packets (no decode, no encode); on a PCMA track they are re-mapped to A-law; on
+    /// an Opus track (an 8 kHz one) they are decoded and encoded. Never waits: a full queue
+    /// drops frames and counts them.
+    pub fn try_push_ulaw_at(&mut self, ulaw: &[u8], captured: Instant) -> Result<(), PushError> {
+        let codec = match self.encoder {
+            SinkEncoder::G711(c) => c,
+            SinkEncoder::Opus(_) => {
+                if self.rate != 8_000 {
+                    return Err(PushError::WrongCodec);
+                }
+                let pcm: Vec<i16> = ulaw.iter().map(|&b| ::proto::g711::ulaw_decode(b)).collect();
+                return self.try_push_at(&pcm, captured);
+            }
+        };
+        self.captured = captured;
+        let mut result = Ok(());
+        let mut rest = ulaw;
+        while !rest.is_empty() {
+            // Whole frames straight from the input when nothing is pending (the usual case:
+            // Twilio sends 20 ms messages); otherwise through the pending buffer.
+            let payload: Vec<u8> = if self.pending_g711.is_empty() && rest.len() >= G711_FRAME {
+                let (frame, tail) = rest.split_at(G711_FRAME);
+                rest = tail;
+                frame.to_vec()
+            } else {
+                let take = (G711_FRAME - self.pending_g711.len()).min(rest.len());
+                self.pending_g711.extend_from_slice(&rest[..take]);
+                rest = &rest[take..];
+                if self.pending_g711.len() < G711_FRAME {
+                    break;
+                }
+                std::mem::replace(&mut self.pending_g711, Vec::with_capacity(G711_FRAME))
+            };
+            // The level extension (LiveKit's active speaker) needs the samples: a table lookup each.
+            let level = ulaw_level(&payload);
+            let payload = match codec {
+                AudioCodec::Pcma => payload.iter().map(|&b| ::proto::g711::alaw_encode(::proto::g711::ulaw_decode(b))).collect(),
+                _ => payload,
+            };
+            self.stats.frames_encoded.fetch_add(1, Ordering::Relaxed);
+            let f = self.outgoing(payload, level);
+            match self.try_send(f) {
+                Ok(()) => {}
+                Err(PushError::Full) => result = Err(PushError::Full),
+                Err(e) => return Err(e),
+            }
+        }
+        result
+    }
+}
+
+/// [`audio_level`] of μ-law bytes.
+fn ulaw_level(ulaw: &[u8]) -> i8 {
+    if ulaw.is_empty() {
+        return 127;
+    }
+    let sum: i64 = ulaw.iter().map(|&b| ::proto::g711::ulaw_decode(b) as i64).map(|s| s * s).sum();
+    let rms = ((sum as f64) / ulaw.len() as f64).sqrt() / 32768.0;
+    if rms <= 1e-7 {
+        return 127;
+    }
+    (-20.0 * rms.log10()).clamp(0.0, 127.0) as i8
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -499,6 +625,25 @@ pub enum AudioCodec {
     Pcmu,
     /// G.711 A-law, 8 kHz.
     Pcma,
+}
+
+impl AudioCodec {
+    /// Its mime type as LiveKit writes it (`audio/opus`, `audio/PCMU`, `audio/PCMA`).
+    pub fn mime_type(self) -> &'static str {
+        match self {
+            AudioCodec::Opus => "audio/opus",
+            AudioCodec::Pcmu => "audio/PCMU",
+            AudioCodec::Pcma => "audio/PCMA",
+        }
+    }
+
+    pub(crate) fn mime_type_lower(self) -> &'static str {
+        match self {
+            AudioCodec::Opus => "audio/opus",
+            AudioCodec::Pcmu => "audio/pcmu",
+            AudioCodec::Pcma => "audio/pcma",
+        }
+    }
 }
 
 /// An encoded packet from the network, on its way to an [`AudioStream`].
@@ -593,7 +738,7 @@ impl RemoteAudioTrack {
     /// Decoded PCM at `sample_rate`; at most `capacity` undecoded packets wait for the
     /// consumer, later ones are dropped and counted ([`AudioStream::dropped_packets`]).
     pub fn stream_with_capacity(&self, sample_rate: u32, capacity: usize) -> Result<AudioStream, RoomError> {
-        let decoder = OpusDecoder::new(sample_rate)?;
+        check_rate(sample_rate)?;
         let (tx, rx) = mpsc::channel(capacity.max(1));
         let dropped = Arc::new(AtomicU64::new(0));
         if !self.shared.closed.load(Ordering::Relaxed) {
@@ -605,7 +750,8 @@ impl RemoteAudioTrack {
         }
         Ok(AudioStream {
             rx,
-            decoder,
+            rate: sample_rate,
+            decoder: None,
             g711: None,
             dropped,
             next_rtp: None,
@@ -614,13 +760,22 @@ impl RemoteAudioTrack {
             track_sid: self.sid.clone(),
         })
     }
+    /// The phone leg's view of this track at 8 kHz: μ-law as it came when the track is PCMU
+    /// (forwarded to the phone with no decode and no encode), decoded PCM otherwise. At most
+    /// `capacity` packets wait for the consumer.
+    pub fn phone_stream(&self, capacity: usize) -> Result<PhoneStream, RoomError> {
+        Ok(PhoneStream { inner: self.stream_with_capacity(8_000, capacity)?, ready: VecDeque::new() })
+    }
 }
 
 /// Decoded audio of one remote track, as a [`Stream`] of [`AudioFrame`]s (or via
 /// [`AudioStream::recv`]). Ends when the track is unsubscribed or the room closes.
 pub struct AudioStream {
     rx: mpsc::Receiver<IncomingAudio>,
-    decoder: OpusDecoder,
+    /// Output sample rate.
+    rate: u32,
+    /// Made on the first Opus packet (a G.711 track never needs one).
+    decoder: Option<OpusDecoder>,
     /// G.711 packets: 8 kHz samples cut into 20 ms chunks and resampled to the stream's rate.
     g711: Option<G711Decoder>,
     dropped: Arc<AtomicU64>,
@@ -632,7 +787,7 @@ pub struct AudioStream {
 
 impl std::fmt::Debug for AudioStream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AudioStream").field("track_sid", &self.track_sid).field("rate", &self.decoder.rate).finish()
+        f.debug_struct("AudioStream").field("track_sid", &self.track_sid).field("rate", &self.rate).finish()
     }
 }
 
@@ -647,7 +802,14 @@ impl AudioStream {
     }
     /// Output sample rate.
     pub fn sample_rate(&self) -> u32 {
-        self.decoder.rate
+        self.rate
+    }
+
+    fn opus_decoder(&mut self) -> Result<&mut OpusDecoder, RoomError> {
+        if self.decoder.is_none() {
+            self.decoder = Some(OpusDecoder::new(self.rate)?);
+        }
+        self.decoder.as_mut().ok_or(RoomError::Opus("no decoder".into()))
     }
 
     /// Next decoded frame; `None` once the track is gone.
@@ -663,14 +825,14 @@ impl AudioStream {
                 if (1..=MAX_CONCEALED_FRAMES).contains(&gap) {
                     for i in 0..gap {
                         let concealed = match pkt.codec {
-                            AudioCodec::Opus => self.decoder.conceal(),
+                            AudioCodec::Opus => self.opus_decoder().and_then(|d| d.conceal()),
                             // G.711 has no PLC of its own: silence.
-                            AudioCodec::Pcmu | AudioCodec::Pcma => Ok(vec![0; samples_per_frame(self.decoder.rate)]),
+                            AudioCodec::Pcmu | AudioCodec::Pcma => Ok(vec![0; samples_per_frame(self.rate)]),
                         };
                         match concealed {
                             Ok(samples) => self.ready.push_back(AudioFrame {
                                 samples,
-                                sample_rate: self.decoder.rate,
+                                sample_rate: self.rate,
                                 rtp_timestamp: expected + i * RTP_SAMPLES_PER_FRAME as u64,
                                 concealed: true,
                                 received: pkt.received,
@@ -688,13 +850,14 @@ impl AudioStream {
             self.handle_g711(pkt);
             return;
         }
-        match self.decoder.decode(&pkt.payload) {
+        let rate = self.rate;
+        match self.opus_decoder().and_then(|d| d.decode(&pkt.payload)) {
             Ok(samples) => {
-                let dur48 = samples.len() as u64 * RTP_CLOCK as u64 / self.decoder.rate as u64;
+                let dur48 = samples.len() as u64 * RTP_CLOCK as u64 / rate as u64;
                 self.next_rtp = Some(pkt.rtp_time + dur48);
                 self.ready.push_back(AudioFrame {
                     samples,
-                    sample_rate: self.decoder.rate,
+                    sample_rate: rate,
                     rtp_timestamp: pkt.rtp_time,
                     concealed: false,
                     received: pkt.received,
@@ -708,7 +871,7 @@ impl AudioStream {
     }
 
     fn handle_g711(&mut self, pkt: IncomingAudio) {
-        let rate = self.decoder.rate;
+        let rate = self.rate;
         if self.g711.is_none() {
             match ::proto::resample::Resampler::new(8_000, rate) {
                 Ok(resampler) => self.g711 = Some(G711Decoder { resampler, pending: Vec::with_capacity(320), pending_rtp: 0 }),
@@ -776,6 +939,109 @@ struct G711Decoder {
 impl Stream for AudioStream {
     type Item = AudioFrame;
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<AudioFrame>> {
+        self.get_mut().poll_frame(cx)
+    }
+}
+
+/// 20 ms (or whatever one packet carries) of a room track, as the phone leg takes it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PhoneAudio {
+    /// μ-law bytes exactly as a PCMU packet carried them (or μ-law silence for a lost one).
+    Ulaw(Arc<[u8]>),
+    /// 8 kHz PCM decoded from Opus or PCMA.
+    Pcm(Vec<i16>),
+}
+
+/// One frame of a [`PhoneStream`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct PhoneFrame {
+    /// The audio, as it came (PCMU) or decoded.
+    pub audio: PhoneAudio,
+    /// Synthesised for a lost packet (silence for G.711, Opus PLC).
+    pub concealed: bool,
+    /// When its packet came off the network.
+    pub received: Instant,
+}
+
+/// A room track for a phone leg (from [`RemoteAudioTrack::phone_stream`]): PCMU packets are
+/// handed over as they are, anything else is decoded to 8 kHz PCM. Losses of up to
+/// [`MAX_CONCEALED_FRAMES`] are concealed, late packets dropped, as in [`AudioStream`].
+pub struct PhoneStream {
+    inner: AudioStream,
+    ready: VecDeque<PhoneFrame>,
+}
+
+impl std::fmt::Debug for PhoneStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PhoneStream").field("track_sid", &self.inner.track_sid).finish()
+    }
+}
+
+/// μ-law of a zero sample.
+const ULAW_SILENCE: u8 = 0xff;
+
+impl PhoneStream {
+    /// Packets dropped because this stream's consumer was too slow.
+    pub fn dropped_packets(&self) -> u64 {
+        self.inner.dropped_packets()
+    }
+    /// Packets that could not be decoded (or were empty / oversized); they are skipped.
+    pub fn decode_errors(&self) -> u64 {
+        self.inner.decode_errors
+    }
+
+    /// Next frame; `None` once the track is gone.
+    pub async fn recv(&mut self) -> Option<PhoneFrame> {
+        std::future::poll_fn(|cx| self.poll_frame(cx)).await
+    }
+
+    fn handle_packet(&mut self, pkt: IncomingAudio) {
+        if pkt.codec != AudioCodec::Pcmu {
+            self.inner.handle_packet(pkt);
+            while let Some(f) = self.inner.ready.pop_front() {
+                self.ready.push_back(PhoneFrame { audio: PhoneAudio::Pcm(f.samples), concealed: f.concealed, received: f.received });
+            }
+            return;
+        }
+        if pkt.payload.is_empty() || pkt.payload.len() > MAX_PACKET {
+            self.inner.decode_errors += 1;
+            return;
+        }
+        if let Some(expected) = self.inner.next_rtp {
+            if pkt.rtp_time > expected {
+                let gap = (pkt.rtp_time - expected) / RTP_SAMPLES_PER_FRAME as u64;
+                if (1..=MAX_CONCEALED_FRAMES).contains(&gap) {
+                    for _ in 0..gap {
+                        let silence: Arc<[u8]> = vec![ULAW_SILENCE; G711_FRAME].into();
+                        self.ready.push_back(PhoneFrame { audio: PhoneAudio::Ulaw(silence), concealed: true, received: pkt.received });
+                    }
+                }
+            } else if pkt.rtp_time < expected {
+                return; // late or duplicate: its slot was already played or concealed
+            }
+        }
+        // 8 kHz samples are 6 ticks of the 48 kHz RTP time base.
+        self.inner.next_rtp = Some(pkt.rtp_time + pkt.payload.len() as u64 * 6);
+        self.ready.push_back(PhoneFrame { audio: PhoneAudio::Ulaw(pkt.payload), concealed: false, received: pkt.received });
+    }
+
+    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<PhoneFrame>> {
+        loop {
+            if let Some(f) = self.ready.pop_front() {
+                return Poll::Ready(Some(f));
+            }
+            match self.inner.rx.poll_recv(cx) {
+                Poll::Ready(Some(pkt)) => self.handle_packet(pkt),
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+}
+
+impl Stream for PhoneStream {
+    type Item = PhoneFrame;
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<PhoneFrame>> {
         self.get_mut().poll_frame(cx)
     }
 }
@@ -981,6 +1247,87 @@ pub(crate) mod tests {
             assert!((f - 440.0).abs() < 5.0, "{codec:?} at 16 kHz: {f} Hz");
             assert_eq!(s8.decode_errors(), 0);
         }
+    }
+
+    /// A PCMU track sends the phone's μ-law as it is: 20 ms packets cut from any chunking,
+    /// RTP time at 8 kHz, no codec state; an Opus sink takes no μ-law at 16 kHz.
+    #[tokio::test]
+    async fn pcmu_sink_passes_ulaw_through() {
+        let (tx, mut rx) = mpsc::channel(8);
+        let opts = AudioTrackOptions { sample_rate: 8_000, codec: AudioCodec::Pcmu, ..Default::default() };
+        let mut sink = AudioSink::new("TR_u".into(), "cid".into(), &opts, tx).unwrap();
+        let ulaw: Vec<u8> = tone(440.0, 8_000, 0, 480, 8000.0).into_iter().map(::proto::g711::ulaw_encode).collect();
+        sink.try_push_ulaw_at(&ulaw[..160], Instant::now()).unwrap();
+        sink.try_push_ulaw_at(&ulaw[160..250], Instant::now()).unwrap();
+        sink.try_push_ulaw_at(&ulaw[250..], Instant::now()).unwrap();
+        let frames: Vec<OutgoingAudio> = (0..3).map(|_| rx.try_recv().unwrap()).collect();
+        assert!(rx.try_recv().is_err());
+        for (k, f) in frames.iter().enumerate() {
+            assert_eq!(f.codec, AudioCodec::Pcmu);
+            assert_eq!(f.payload, ulaw[k * 160..(k + 1) * 160], "frame {k} is the input, byte for byte");
+            assert_eq!(f.rtp_time - frames[0].rtp_time, k as u64 * 160, "8 kHz RTP clock");
+            assert!(f.audio_level < 40, "level of a loud tone: {}", f.audio_level);
+        }
+        assert_eq!(sink.stats().frames_encoded.load(Ordering::Relaxed), 3);
+        // PCM into a PCMU track is encoded; Opus packets are refused.
+        sink.try_push(&tone(440.0, 8_000, 0, 160, 8000.0)).unwrap();
+        assert_eq!(rx.try_recv().unwrap().payload, ulaw[..160]);
+        assert_eq!(sink.try_push_opus(&[1, 2, 3]), Err(PushError::WrongCodec));
+        // G.711 needs 8 kHz; an Opus sink at 16 kHz cannot take μ-law.
+        let (tx, _rx) = mpsc::channel(8);
+        assert!(AudioSink::new("TR_u".into(), "cid".into(), &AudioTrackOptions { sample_rate: 16_000, codec: AudioCodec::Pcmu, ..Default::default() }, tx.clone()).is_err());
+        let mut opus16 = AudioSink::new("TR_o".into(), "cid".into(), &AudioTrackOptions { sample_rate: 16_000, ..Default::default() }, tx).unwrap();
+        assert_eq!(opus16.try_push_ulaw_at(&ulaw, Instant::now()), Err(PushError::WrongCodec));
+    }
+
+    /// μ-law into an 8 kHz Opus track is decoded and encoded (the Opus phone leg).
+    #[tokio::test]
+    async fn opus_sink_takes_ulaw() {
+        let (tx, mut rx) = mpsc::channel(8);
+        let opts = AudioTrackOptions { sample_rate: 8_000, ..Default::default() };
+        let mut sink = AudioSink::new("TR_o".into(), "cid".into(), &opts, tx).unwrap();
+        let ulaw: Vec<u8> = tone(440.0, 8_000, 0, 320, 8000.0).into_iter().map(::proto::g711::ulaw_encode).collect();
+        sink.try_push_ulaw_at(&ulaw, Instant::now()).unwrap();
+        let (a, b) = (rx.try_recv().unwrap(), rx.try_recv().unwrap());
+        assert_eq!((a.codec, b.rtp_time - a.rtp_time), (AudioCodec::Opus, 960));
+        assert!(a.payload.len() > 2 && a.payload.len() < 200);
+    }
+
+    /// The phone's view of a PCMU track is its bytes as they came, losses filled with μ-law
+    /// silence and late packets dropped; an Opus track comes decoded at 8 kHz.
+    #[tokio::test]
+    async fn phone_stream_forwards_pcmu_and_decodes_opus() {
+        let shared = Arc::new(TrackShared::default());
+        let track = RemoteAudioTrack { sid: "TR_p".into(), name: "agent".into(), participant_identity: "a".into(), participant_sid: "PA_a".into(), shared: shared.clone() };
+        let mut phone = track.phone_stream(16).unwrap();
+        let packets: Vec<Arc<[u8]>> = (0..4).map(|k| Arc::<[u8]>::from(vec![k as u8 + 1; 160])).collect();
+        for k in [0usize, 1, 3] {
+            shared.dispatch(IncomingAudio { codec: AudioCodec::Pcmu, rtp_time: 9_600 + k as u64 * 960, payload: packets[k].clone(), received: Instant::now() });
+        }
+        // A duplicate of packet 1 arrives late.
+        shared.dispatch(IncomingAudio { codec: AudioCodec::Pcmu, rtp_time: 9_600 + 960, payload: packets[1].clone(), received: Instant::now() });
+        let mut got = Vec::new();
+        for _ in 0..4 {
+            got.push(phone.recv().await.unwrap());
+        }
+        assert_eq!(got[0].audio, PhoneAudio::Ulaw(packets[0].clone()));
+        assert!(matches!(&got[0].audio, PhoneAudio::Ulaw(p) if Arc::ptr_eq(p, &packets[0])), "the very bytes, not a copy");
+        assert_eq!(got[1].audio, PhoneAudio::Ulaw(packets[1].clone()));
+        assert_eq!((got[2].concealed, &got[2].audio), (true, &PhoneAudio::Ulaw(vec![0xff; 160].into())));
+        assert_eq!(got[3].audio, PhoneAudio::Ulaw(packets[3].clone()));
+        // Opus from another track comes as 8 kHz PCM.
+        let shared = Arc::new(TrackShared::default());
+        let track = RemoteAudioTrack { shared: shared.clone(), ..track };
+        let mut phone = track.phone_stream(16).unwrap();
+        let mut enc = OpusEncoder::new(48_000, 5, false).unwrap();
+        let pkt = Arc::<[u8]>::from(enc.encode_frame(&tone(440.0, 48_000, 0, 960, 8000.0)).unwrap());
+        shared.dispatch(IncomingAudio { codec: AudioCodec::Opus, rtp_time: 0, payload: pkt, received: Instant::now() });
+        shared.dispatch(IncomingAudio { codec: AudioCodec::Pcmu, rtp_time: 960, payload: Arc::from(vec![]), received: Instant::now() });
+        let f = phone.recv().await.unwrap();
+        assert!(matches!(&f.audio, PhoneAudio::Pcm(s) if s.len() == 160));
+        shared.close();
+        assert!(phone.recv().await.is_none());
+        assert_eq!(phone.decode_errors(), 1, "the empty PCMU packet");
     }
 
     #[tokio::test]

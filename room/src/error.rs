@@ -42,6 +42,10 @@ pub enum RoomError {
     /// signalling drop.
     #[error("server does not support resuming this session")]
     ResumeUnsupported,
+    /// Only relayed candidates may be used (`IceTransportPolicy::Relay`, or the server's
+    /// `force_relay`) and no TURN relay could be had: none offered, or every allocation failed.
+    #[error("no TURN relay: {0}")]
+    Relay(String),
     /// WebRTC (str0m) failure.
     #[error("webrtc error: {0}")]
     Rtc(String),
@@ -54,6 +58,9 @@ pub enum RoomError {
     /// A sample rate Opus cannot take directly (use 8000, 12000, 16000, 24000 or 48000).
     #[error("unsupported sample rate {0} Hz (use 8000, 12000, 16000, 24000 or 48000)")]
     InvalidSampleRate(u32),
+    /// The server's `enabled_publish_codecs` does not include this codec.
+    #[error("the server does not enable {0} for publishing")]
+    CodecNotEnabled(&'static str),
     /// A bounded queue was full; the request was dropped.
     #[error("queue full: {0}")]
     QueueFull(&'static str),

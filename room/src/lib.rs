@@ -23,9 +23,14 @@
 //! Malformed signalling, RTP or data never panics: it is logged, counted and skipped, or the
 //! room disconnects cleanly with a [`DisconnectReason`].
 //!
-//! Not supported: video, TURN/STUN gathering (we offer one host candidate; LiveKit servers are
-//! reachable directly and learn our NAT address as a peer-reflexive candidate), the v1
-//! single-PC path, E2EE, data streams.
+//! * **ICE** : a host UDP candidate, an active ICE-TCP one (`ice_tcp.rs`) and a relayed
+//!   candidate per TURN server of the join's `ice_servers` (`turn.rs`, sans-IO on
+//!   `turn-client-proto`; TURN over UDP, TCP and TLS, links in `turn_link.rs`). RFC 8445
+//!   priorities make ICE prefer direct paths; [`IceTransportPolicy::Relay`] (or the server's
+//!   `force_relay`) uses relays only.
+//!
+//! Not supported: video, STUN server-reflexive gathering (LiveKit servers learn our NAT address
+//! as a peer-reflexive candidate), the v1 single-PC path, E2EE, data streams.
 //!
 //! # Example
 //!
@@ -84,17 +89,23 @@ pub mod events;
 mod peer;
 mod room;
 mod signal;
+mod turn;
+mod turn_link;
 #[cfg(test)]
 mod testing;
 
 pub use audio::{
-    AudioCodec, AudioFrame, AudioSink, AudioStream, AudioTrackOptions, OpusDecoder, OpusEncoder, PushError, RemoteAudioTrack, SendLatencyObserver,
-    SinkStats,
+    AudioCodec, AudioFrame, AudioSink, AudioStream, AudioTrackOptions, OpusDecoder, OpusEncoder, PhoneAudio, PhoneFrame, PhoneStream, PushError,
+    RemoteAudioTrack, SendLatencyObserver, SinkStats,
 };
 pub use data::{DataKind, DataMessage, DataPacketBuilder, DtmfMessage};
 pub use error::RoomError;
 pub use events::{DisconnectReason, Participant, ParticipantKind, ReconnectKind, RoomEvent, TrackInfo, TrackKind};
-pub use room::{Room, RoomOptions, RoomStats};
+pub use room::{IceTransportPolicy, Room, RoomOptions, RoomStats};
+
+/// Entry points for the fuzz targets in `fuzz/`; not an API.
+#[doc(hidden)]
+pub use room::fuzzing;
 
 /// Re-export of the protocol types this crate speaks (`TrackSource`, `DisconnectReason`, …).
 pub use livekit_protocol as proto;

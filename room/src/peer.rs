@@ -160,6 +160,8 @@ pub(crate) struct Peer {
     pub last_local_sdp: Option<(String, String)>,
     /// The last remote offer we answered (the subscriber's, for SyncState on resume).
     pub last_remote_sdp: Option<(String, String)>,
+    /// Codec of each of our audio m-lines (publisher): the offer names only that one.
+    send_codecs: HashMap<Mid, AudioCodec>,
 }
 
 impl std::fmt::Debug for Peer {
@@ -171,15 +173,82 @@ impl std::fmt::Debug for Peer {
 const MAX_EARLY_CANDIDATES: usize = 64;
 const MAX_EVENTS: usize = 4096;
 
+/// Our offer names only each audio m-line's own codec, as a browser's `setCodecPreferences`
+/// does: the server's answer then has that codec alone, and livekit-server (and devroom) take
+/// the track's mime type from it. An m-line whose codec is not found is left as it is.
+pub(crate) fn restrict_audio_codecs(sdp: &str, codecs: &HashMap<Mid, AudioCodec>) -> String {
+    if codecs.is_empty() {
+        return sdp.to_string();
+    }
+    let mut out = String::with_capacity(sdp.len());
+    let mut section: Vec<&str> = Vec::new();
+    let flush = |section: &mut Vec<&str>, out: &mut String| {
+        let mid = section.iter().find_map(|l| l.strip_prefix("a=mid:")).map(str::trim);
+        let codec = mid.and_then(|m| codecs.get(&Mid::from(m)));
+        let is_audio = section.first().is_some_and(|l| l.starts_with("m=audio "));
+        let name = match codec {
+            Some(AudioCodec::Opus) => "opus/",
+            Some(AudioCodec::Pcmu) => "PCMU/",
+            Some(AudioCodec::Pcma) => "PCMA/",
+            None => "",
+        };
+        let keep: Vec<&str> = section
+            .iter()
+            .filter_map(|l| l.strip_prefix("a=rtpmap:"))
+            .filter_map(|r| r.split_once(' '))
+            .filter(|(_, n)| !name.is_empty() && n.len() >= name.len() && n[..name.len()].eq_ignore_ascii_case(name))
+            .map(|(pt, _)| pt)
+            .collect();
+        if !is_audio || keep.is_empty() {
+            for l in section.drain(..) {
+                out.push_str(l);
+                out.push_str("\r\n");
+            }
+            return;
+        }
+        for l in section.drain(..) {
+            let pt_of = |rest: &str| rest.split([' ', ':']).next().map(str::to_string);
+            let attr_pt = ["a=rtpmap:", "a=fmtp:", "a=rtcp-fb:"].iter().find_map(|p| l.strip_prefix(p)).and_then(pt_of);
+            if let Some(pt) = attr_pt {
+                if !keep.contains(&pt.as_str()) {
+                    continue;
+                }
+            }
+            if let Some(rest) = l.strip_prefix("m=audio ") {
+                // m=audio <port> <proto> <fmt>...
+                let mut it = rest.split(' ');
+                let (port, proto) = (it.next().unwrap_or("9"), it.next().unwrap_or("UDP/TLS/RTP/SAVPF"));
+                out.push_str(&format!("m=audio {port} {proto} {}\r\n", keep.join(" ")));
+                continue;
+            }
+            out.push_str(l);
+            out.push_str("\r\n");
+        }
+    };
+    for line in sdp.split("\r\n").flat_map(|l| l.split('\n')).filter(|l| !l.is_empty()) {
+        if line.starts_with("m=") {
+            flush(&mut section, &mut out);
+        }
+        section.push(line);
+    }
+    flush(&mut section, &mut out);
+    out
+}
+
 impl Peer {
-    /// A new peer whose only local candidate is `local` (a UDP socket the driver owns).
-    pub(crate) fn new(role: Role, local: SocketAddr, now: Instant) -> Result<Self, RoomError> {
-        let builder = Rtc::builder().clear_codecs().enable_opus(true, false);
+    /// A new peer whose local candidates are `local` (a UDP socket the driver owns) and an
+    /// active ICE-TCP one, unless `relay_only` (RTCConfiguration's `iceTransportPolicy:
+    /// "relay"`): then it has none until relayed candidates are added
+    /// ([`Peer::add_relay_candidate`]).
+    pub(crate) fn new(role: Role, local: SocketAddr, relay_only: bool, now: Instant) -> Result<Self, RoomError> {
+        // Opus first: str0m lists an m-line's codecs in this order, and each of our own audio
+        // m-lines is narrowed to its track's codec in the offer (`restrict_audio_codecs`).
+        let builder = Rtc::builder().clear_codecs().enable_opus(true, false).enable_pcmu(true, false).enable_pcma(true, false);
         // The subscriber takes whatever the room carries, so no m-line of the server's offer is
         // refused (livekit-server ≥ 1.9.1 forwards PCMU/PCMA; video is unsubscribed by the
-        // room, but an offer may carry it first). We publish Opus only.
+        // room, but an offer may carry it first).
         let builder = match role {
-            Role::Subscriber => builder.enable_pcmu(true, false).enable_pcma(true, false).enable_vp8(true).enable_h264(true).enable_vp9(true).enable_av1(true),
+            Role::Subscriber => builder.enable_vp8(true).enable_h264(true).enable_vp9(true).enable_av1(true),
             _ => builder,
         };
         let mut rtc = builder
@@ -189,18 +258,21 @@ impl Peer {
             // for reordering would add up to 300 ms of latency after every loss.
             .set_reordering_size_audio(0)
             .build(now);
-        let cand = Candidate::host(local, Protocol::Udp).map_err(|e| RoomError::Rtc(format!("local candidate: {e}")))?;
-        rtc.add_local_candidate(cand);
-        // ICE over TCP to the server's passive candidates (livekit-server's fallback when UDP
-        // fails; with UDP blocked the only way in). Lower priority than UDP by type preference.
         let tcp_local = crate::ice_tcp::TcpLinks::active_addr(local.ip());
-        let tcp = Candidate::builder()
-            .tcp()
-            .host(tcp_local)
-            .tcptype(str0m::net::TcpType::Active)
-            .build()
-            .map_err(|e| RoomError::Rtc(format!("local TCP candidate: {e}")))?;
-        rtc.add_local_candidate(tcp);
+        if !relay_only {
+            let cand = Candidate::host(local, Protocol::Udp).map_err(|e| RoomError::Rtc(format!("local candidate: {e}")))?;
+            rtc.add_local_candidate(cand);
+            // ICE over TCP to the server's passive candidates (livekit-server's fallback when
+            // UDP fails; with UDP blocked the only way in). Lower priority than UDP by type
+            // preference.
+            let tcp = Candidate::builder()
+                .tcp()
+                .host(tcp_local)
+                .tcptype(str0m::net::TcpType::Active)
+                .build()
+                .map_err(|e| RoomError::Rtc(format!("local TCP candidate: {e}")))?;
+            rtc.add_local_candidate(tcp);
+        }
         let mut p = Self {
             role,
             rtc,
@@ -221,6 +293,7 @@ impl Peer {
             counters: PeerCounters::default(),
             last_local_sdp: None,
             last_remote_sdp: None,
+            send_codecs: HashMap::new(),
         };
         p.drain();
         Ok(p)
@@ -292,6 +365,51 @@ impl Peer {
         self.drain();
     }
 
+    /// Feed one packet a peer sent to our relayed candidate `relayed` (unwrapped by the relay).
+    pub(crate) fn handle_relayed(&mut self, now: Instant, source: SocketAddr, relayed: SocketAddr, bytes: &[u8]) {
+        if self.failed {
+            return;
+        }
+        let Ok(contents) = bytes.try_into() else {
+            self.counters.bad_datagrams += 1;
+            return;
+        };
+        let input = Input::Receive(now, Receive { proto: Protocol::Udp, source, destination: relayed, contents });
+        if let Err(e) = self.rtc.handle_input(input) {
+            self.counters.bad_datagrams += 1;
+            tracing::debug!(role = ?self.role, error = %e, "relayed packet rejected");
+        }
+        self.drain();
+    }
+
+    /// Add a relayed candidate (a TURN allocation at `relayed`, reached from our socket `local`).
+    /// Its priority is RFC 8445's for a relay (type preference below host, server- and
+    /// peer-reflexive), so ICE uses it only when no direct path works. Returns the candidate as
+    /// an SDP attribute value for trickle, or `None` if str0m refused it.
+    pub(crate) fn add_relay_candidate(&mut self, relayed: SocketAddr, local: SocketAddr) -> Option<String> {
+        let c = match Candidate::relayed(relayed, local, Protocol::Udp) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::debug!(role = ?self.role, %relayed, error = %e, "relayed candidate refused");
+                return None;
+            }
+        };
+        let sdp = self.rtc.add_local_candidate(c).map(|c| c.to_sdp_string());
+        self.drain();
+        // `a=candidate:…` → `candidate:…`, as RTCIceCandidate.candidate has it.
+        sdp.map(|s| s.strip_prefix("a=").map(str::to_string).unwrap_or(s))
+    }
+
+    /// The first m-line's mid and our ufrag, for a trickled candidate (`sdpMid`,
+    /// `usernameFragment`); `None` before we produced a description (the candidate then goes in
+    /// it).
+    pub(crate) fn trickle_target(&self) -> Option<(String, String)> {
+        let (_, sdp) = self.last_local_sdp.as_ref()?;
+        let mid = sdp.lines().find_map(|l| l.trim_end().strip_prefix("a=mid:"))?.to_string();
+        let ufrag = sdp.lines().find_map(|l| l.trim_end().strip_prefix("a=ice-ufrag:"))?.to_string();
+        Some((mid, ufrag))
+    }
+
     /// Advance time.
     pub(crate) fn handle_timeout(&mut self, now: Instant) {
         if self.failed {
@@ -328,12 +446,12 @@ impl Peer {
     // ---- negotiation ---------------------------------------------------------------------
 
     /// Publisher: create an offer with the LiveKit data channels (first time), an optional new
-    /// send-only audio m-line whose msid track id is `cid` (how the server matches it to the
-    /// `add_track` request), and an optional ICE restart. Returns the SDP, or `None` when there
-    /// is nothing to negotiate. Returns the mid of the new audio m-line too.
+    /// send-only audio m-line (stream id, msid track id `cid` — how the server matches it to the
+    /// `add_track` request — and codec), and an optional ICE restart. Returns the SDP, or `None`
+    /// when there is nothing to negotiate. Returns the mid of the new audio m-line too.
     pub(crate) fn create_offer(
         &mut self,
-        add_audio: Option<(&str, &str)>,
+        add_audio: Option<(&str, &str, AudioCodec)>,
         stop: &[Mid],
         ice_restart: bool,
     ) -> Result<(Option<String>, Option<Mid>), RoomError> {
@@ -358,8 +476,9 @@ impl Peer {
             new_channels.push((DataKind::Reliable, rel));
             new_channels.push((DataKind::Lossy, lossy));
         }
-        let mid = add_audio.map(|(stream_id, cid)| {
-            api.add_media(MediaKind::Audio, Direction::SendOnly, Some(stream_id.to_string()), Some(cid.to_string()), None)
+        let mid = add_audio.map(|(stream_id, cid, codec)| {
+            let mid = api.add_media(MediaKind::Audio, Direction::SendOnly, Some(stream_id.to_string()), Some(cid.to_string()), None);
+            (mid, codec)
         });
         for mid in stop {
             // Inactive (not port 0): the m-line can be reused and the server sees the track stop.
@@ -373,17 +492,20 @@ impl Peer {
             self.send_channels.insert(k, id);
             self.channels.insert(id, (Some(k), k.label().to_string()));
         }
+        if let Some((mid, codec)) = mid {
+            self.send_codecs.insert(mid, codec);
+        }
         let sdp = match applied {
             Some((offer, pending)) => {
                 self.pending_offer = Some(pending);
-                let s = offer.to_sdp_string();
+                let s = restrict_audio_codecs(&offer.to_sdp_string(), &self.send_codecs);
                 self.last_local_sdp = Some(("offer".into(), s.clone()));
                 Some(s)
             }
             None => None,
         };
         self.drain();
-        Ok((sdp, mid))
+        Ok((sdp, mid.map(|(m, _)| m)))
     }
 
     /// Publisher: apply the server's answer to our pending offer.
@@ -427,14 +549,16 @@ impl Peer {
 
     // ---- media and data ------------------------------------------------------------------
 
-    /// Send one Opus frame on `mid`. Before the connection is up str0m drops media; that is
-    /// counted, not an error.
+    /// Send one audio frame (`codec`, RTP time at its clock) on `mid`. Before the connection
+    /// is up str0m drops media; that is counted, not an error.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn write_audio(
         &mut self,
         now: Instant,
         mid: Mid,
+        codec: AudioCodec,
         rtp_time: u64,
-        payload: &[u8],
+        payload: Vec<u8>,
         level: i8,
         talkspurt_start: bool,
     ) -> Result<(), RoomError> {
@@ -446,14 +570,19 @@ impl Peer {
             self.counters.audio_write_errors += 1;
             return Err(RoomError::Rtc(format!("no writer for mid {mid}")));
         };
-        let Some(pt) = writer.payload_params().find(|p| p.spec().codec == Codec::Opus).map(|p| p.pt()) else {
+        let (want, clock) = match codec {
+            AudioCodec::Opus => (Codec::Opus, str0m::media::Frequency::FORTY_EIGHT_KHZ),
+            AudioCodec::Pcmu => (Codec::PCMU, str0m::media::Frequency::EIGHT_KHZ),
+            AudioCodec::Pcma => (Codec::PCMA, str0m::media::Frequency::EIGHT_KHZ),
+        };
+        let Some(pt) = writer.payload_params().find(|p| p.spec().codec == want).map(|p| p.pt()) else {
             self.counters.audio_write_errors += 1;
-            return Err(RoomError::Rtc("opus not negotiated".into()));
+            return Err(RoomError::Rtc(format!("{want} not negotiated")));
         };
         let r = writer
             .audio_level(-level.clamp(0, 127), level < 50)
             .start_of_talkspurt(talkspurt_start)
-            .write(pt, now, MediaTime::new(rtp_time, str0m::media::Frequency::FORTY_EIGHT_KHZ), payload.to_vec());
+            .write(pt, now, MediaTime::new(rtp_time, clock), payload);
         match r {
             Ok(()) => self.counters.audio_frames_out += 1,
             Err(e) => {
@@ -624,14 +753,27 @@ m=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\na=mid:1\r\n";
     /// the same path the room driver takes, without sockets.
     #[test]
     fn loopback_audio_and_data() {
+        loopback(AudioCodec::Opus);
+    }
+
+    /// A PCMU track end to end: the offer names PCMU alone, the answer accepts it, and the
+    /// payload arrives byte for byte with an 8 kHz RTP clock.
+    #[test]
+    fn loopback_pcmu() {
+        loopback(AudioCodec::Pcmu);
+    }
+
+    fn loopback(codec: AudioCodec) {
         let mut now = Instant::now();
         let a_addr: SocketAddr = "127.0.0.1:40001".parse().unwrap();
         let b_addr: SocketAddr = "127.0.0.1:40002".parse().unwrap();
-        let mut a = Peer::new(Role::Publisher, a_addr, now).unwrap();
-        let mut b = Peer::new(Role::Subscriber, b_addr, now).unwrap();
+        let mut a = Peer::new(Role::Publisher, a_addr, false, now).unwrap();
+        let mut b = Peer::new(Role::Subscriber, b_addr, false, now).unwrap();
 
-        let (offer, mid) = a.create_offer(Some(("stream", "cid-1")), &[], false).unwrap();
+        let (offer, mid) = a.create_offer(Some(("stream", "cid-1", codec)), &[], false).unwrap();
         let mid = mid.unwrap();
+        let offer_audio = offer.as_deref().unwrap().lines().find(|l| l.starts_with("m=audio")).unwrap().to_string();
+        assert_eq!(offer_audio.trim_end().ends_with(" 0"), codec == AudioCodec::Pcmu, "{offer_audio}");
         let (answer, sections) = b.accept_offer(&offer.unwrap()).unwrap();
         assert!(sections.iter().any(|s| s.track_id.as_deref() == Some("cid-1")));
         a.accept_answer(&answer).unwrap();
@@ -650,7 +792,10 @@ m=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\na=mid:1\r\n";
             }
             while let Some(e) = b.events.pop_front() {
                 match e {
-                    PeerEvent::Audio { payload, .. } => got_audio.push(payload),
+                    PeerEvent::Audio { payload, codec: c, rtp_time, .. } => {
+                        assert_eq!(c, codec);
+                        got_audio.push((rtp_time, payload));
+                    }
                     PeerEvent::Data { bytes, kind } => got_data.push((kind, bytes)),
                     PeerEvent::ChannelOpen { .. } => b_channel_open = true,
                     _ => {}
@@ -658,7 +803,11 @@ m=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\na=mid:1\r\n";
             }
             a.events.clear();
             if a.connected && step % 4 == 0 && sent < 20 {
-                a.write_audio(now, mid, 1000 + sent * 960, &[0xf8, 0xff, 0xfe], 30, sent == 0).unwrap();
+                let (payload, step) = match codec {
+                    AudioCodec::Opus => (vec![0xf8, 0xff, 0xfe], 960),
+                    _ => (vec![0x55; 160], 160),
+                };
+                a.write_audio(now, mid, codec, 1000 + sent * step, payload, 30, sent == 0).unwrap();
                 sent += 1;
             }
             if a.channel_open(DataKind::Reliable) && got_data.is_empty() && b_channel_open {
@@ -673,14 +822,38 @@ m=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\na=mid:1\r\n";
         }
         assert!(a.connected && b.connected);
         assert!(got_audio.len() >= 10, "audio frames: {}", got_audio.len());
-        assert_eq!(&got_audio[0][..], &[0xf8, 0xff, 0xfe]);
+        match codec {
+            AudioCodec::Opus => assert_eq!(&got_audio[0].1[..], &[0xf8, 0xff, 0xfe]),
+            _ => assert_eq!(&got_audio[0].1[..], &[0x55; 160]),
+        }
+        // Consecutive 20 ms frames are 960 ticks apart on the 48 kHz time base either way.
+        assert_eq!(got_audio[1].0 - got_audio[0].0, 960);
         assert_eq!(got_data[0], (Some(DataKind::Reliable), b"ping".to_vec()));
+    }
+
+    /// Each of our audio m-lines names only its track's codec; other m-lines are untouched.
+    #[test]
+    fn offer_names_only_each_tracks_codec() {
+        let sdp = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n\
+m=audio 9 UDP/TLS/RTP/SAVPF 111 0 8\r\na=mid:0\r\na=rtpmap:111 opus/48000/2\r\na=fmtp:111 minptime=10;useinbandfec=1\r\n\
+a=rtcp-fb:111 transport-cc\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:8 PCMA/8000\r\na=sendonly\r\n\
+m=audio 9 UDP/TLS/RTP/SAVPF 111 0 8\r\na=mid:1\r\na=rtpmap:111 opus/48000/2\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:8 PCMA/8000\r\n\
+m=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\na=mid:2\r\n";
+        let codecs: HashMap<Mid, AudioCodec> = [(Mid::from("0"), AudioCodec::Pcmu), (Mid::from("1"), AudioCodec::Opus)].into();
+        let out = restrict_audio_codecs(sdp, &codecs);
+        let sections: Vec<&str> = out.split("m=").collect();
+        assert!(sections[1].starts_with("audio 9 UDP/TLS/RTP/SAVPF 0\r\n"), "{}", sections[1]);
+        assert!(sections[1].contains("a=rtpmap:0 PCMU/8000") && !sections[1].contains("opus") && !sections[1].contains("PCMA"));
+        assert!(sections[1].contains("a=sendonly"));
+        assert!(sections[2].starts_with("audio 9 UDP/TLS/RTP/SAVPF 111\r\n") && !sections[2].contains("PCMU"));
+        assert!(sections[3].starts_with("application"));
+        assert_eq!(restrict_audio_codecs(sdp, &HashMap::new()), sdp);
     }
 
     #[test]
     fn garbage_input_is_counted() {
         let now = Instant::now();
-        let mut p = Peer::new(Role::Subscriber, "127.0.0.1:40003".parse().unwrap(), now).unwrap();
+        let mut p = Peer::new(Role::Subscriber, "127.0.0.1:40003".parse().unwrap(), false, now).unwrap();
         let src: SocketAddr = "127.0.0.1:9".parse().unwrap();
         p.handle_datagram(now, src, &[]);
         p.handle_datagram(now, src, &[0x80, 0x6f, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1, 9, 9]);

@@ -41,6 +41,24 @@ use crate::events::{attribute_changes, DisconnectReason, Participant, ReconnectK
 use crate::ice_tcp::{TcpFrame, TcpLinks};
 use crate::peer::{Peer, PeerEvent, Role, SdpMedia};
 use crate::signal::{self, Incoming, JoinParams, Request, Response, SignalConn};
+use crate::turn::{self, Relays, RelaysEvent};
+use crate::turn_link::{LinkEvent, RelayLinks};
+
+/// Which local candidates a room's peer connections use (RTCConfiguration's
+/// `iceTransportPolicy`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum IceTransportPolicy {
+    /// Host (UDP and ICE-TCP) and relayed candidates; ICE prefers direct paths (RFC 8445
+    /// priorities) and falls back to a TURN relay when none works.
+    #[default]
+    All,
+    /// Relayed candidates only: every packet goes through a TURN server from the join's
+    /// `ice_servers`. A server can ask for this too (`ClientConfiguration.force_relay`).
+    Relay,
+}
+
+#[doc(hidden)]
+pub mod fuzzing;
 
 /// How a [`Room`] behaves.
 #[derive(Debug, Clone)]
@@ -75,6 +93,13 @@ pub struct RoomOptions {
     pub local_ip: Option<IpAddr>,
     /// How long [`Room::connect`] waits for the peer connection to come up.
     pub connect_timeout: Duration,
+    /// Which candidates to use (default: all; TURN relays are gathered from the join's
+    /// `ice_servers` either way and used when no direct path works).
+    pub ice_transport_policy: IceTransportPolicy,
+    /// PEM certificates of a private CA that `turns:` (TURN over TLS) servers may present,
+    /// trusted besides the system's roots (which `SSL_CERT_FILE` / `SSL_CERT_DIR` can point
+    /// elsewhere). Empty: the system's roots only.
+    pub turn_tls_ca_pem: Vec<u8>,
 }
 
 impl Default for RoomOptions {
@@ -91,6 +116,8 @@ impl Default for RoomOptions {
             subscribe_video: false,
             local_ip: None,
             connect_timeout: Duration::from_secs(20),
+            ice_transport_policy: IceTransportPolicy::All,
+            turn_tls_ca_pem: Vec::new(),
         }
     }
 }
@@ -134,6 +161,14 @@ pub struct RoomStats {
     pub subscription_failures: u64,
     /// Last signalling round-trip time in ms (from ping/pong).
     pub rtt_ms: u64,
+    /// TURN allocations made (relayed candidates gathered), both peer connections.
+    pub relay_allocations: u64,
+    /// TURN allocations that failed (refused, timed out, TLS or connection errors).
+    pub relay_failures: u64,
+    /// Packets sent to / received from the LiveKit server through TURN relays.
+    pub relay_packets_out: u64,
+    /// Packets received through TURN relays.
+    pub relay_packets_in: u64,
 }
 
 #[derive(Default)]
@@ -156,6 +191,10 @@ struct Counters {
     requests_refused: AtomicU64,
     subscription_failures: AtomicU64,
     rtt_ms: AtomicU64,
+    relay_allocations: AtomicU64,
+    relay_failures: AtomicU64,
+    relay_packets_out: AtomicU64,
+    relay_packets_in: AtomicU64,
 }
 
 fn inc(c: &AtomicU64) {
@@ -170,6 +209,13 @@ struct Snapshot {
     local: Option<Participant>,
     /// By identity.
     remotes: HashMap<String, Participant>,
+    /// `JoinResponse.enabled_publish_codecs`, lower-case mime types (empty: the server did not say).
+    publish_codecs: Vec<String>,
+}
+
+/// Lower-case mime types of a join's `enabled_publish_codecs`.
+fn publish_codecs(join: &proto::JoinResponse) -> Vec<String> {
+    join.enabled_publish_codecs.iter().map(|c| c.mime.to_ascii_lowercase()).collect()
 }
 
 struct Shared {
@@ -178,6 +224,21 @@ struct Shared {
 }
 
 impl Shared {
+    fn new(join: &proto::JoinResponse, local_info: &proto::ParticipantInfo) -> Shared {
+        let room = join.room.clone().unwrap_or_default();
+        Shared {
+            snapshot: Mutex::new(Snapshot {
+                room_name: room.name,
+                room_sid: room.sid,
+                room_metadata: room.metadata,
+                local: Some(Participant::from(local_info)),
+                remotes: HashMap::new(),
+                publish_codecs: publish_codecs(join),
+            }),
+            counters: Counters::default(),
+        }
+    }
+
     fn snap(&self) -> std::sync::MutexGuard<'_, Snapshot> {
         match self.snapshot.lock() {
             Ok(g) => g,
@@ -239,6 +300,28 @@ async fn route_ip(url: &Url) -> IpAddr {
     }
 }
 
+/// Relayed candidates only: asked by the application, or by the server
+/// (`ClientConfiguration.force_relay`, as the official SDKs honour it).
+fn relay_only(options: &RoomOptions, join: &proto::JoinResponse) -> bool {
+    let forced = join.client_configuration.as_ref().is_some_and(|c| c.force_relay == proto::ClientConfigSetting::Enabled as i32);
+    options.ice_transport_policy == IceTransportPolicy::Relay || forced
+}
+
+/// The TLS configuration for `turns:` servers, if any is offered.
+fn relay_tls(options: &RoomOptions, servers: &[turn::TurnServer]) -> Option<Arc<rustls::ClientConfig>> {
+    if !servers.iter().any(|s| s.transport == turn::TurnTransport::Tls) {
+        return None;
+    }
+    match turn::tls_config(&options.turn_tls_ca_pem) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            // The TLS relays then fail with a clear reason; the others still work.
+            tracing::warn!(error = %e, "TURN/TLS configuration unusable");
+            None
+        }
+    }
+}
+
 impl Room {
     /// Join the room `token` grants, at `url` (`ws://`, `wss://`, `http://` or `https://`).
     /// Returns once the publisher peer connection is up, with the room's event receiver.
@@ -252,79 +335,47 @@ impl Room {
             Some(ip) => ip,
             None => route_ip(&rtc_url).await,
         };
+        let relay_only = relay_only(&options, &join);
+        let turn_servers = turn::turn_servers(&join.ice_servers);
+        if relay_only && turn_servers.is_empty() {
+            conn.abort();
+            return Err(RoomError::Relay("relayed candidates only, and the server offered no TURN server".into()));
+        }
+        let relay_tls = relay_tls(&options, &turn_servers);
         let pub_sock = UdpSocket::bind(SocketAddr::new(ip, 0)).await?;
         let sub_sock = UdpSocket::bind(SocketAddr::new(ip, 0)).await?;
         let now = Instant::now();
-        let publisher = Peer::new(Role::Publisher, pub_sock.local_addr()?, now)?;
-        let subscriber = Peer::new(Role::Subscriber, sub_sock.local_addr()?, now)?;
+        let publisher = Peer::new(Role::Publisher, pub_sock.local_addr()?, relay_only, now)?;
+        let subscriber = Peer::new(Role::Subscriber, sub_sock.local_addr()?, relay_only, now)?;
 
         let (events_tx, events_rx) = mpsc::channel(options.event_capacity.max(16));
         let (cmd_tx, cmd_rx) = mpsc::channel(64);
         let (audio_tx, audio_rx) = mpsc::channel(options.audio_queue_frames.max(8));
         let (ready_tx, ready_rx) = oneshot::channel();
         let (tcp, tcp_rx) = TcpLinks::new();
+        let (relay_links, relay_rx) = RelayLinks::new();
 
-        let room = join.room.clone().unwrap_or_default();
-        let shared = Arc::new(Shared {
-            snapshot: Mutex::new(Snapshot {
-                room_name: room.name.clone(),
-                room_sid: room.sid.clone(),
-                room_metadata: room.metadata.clone(),
-                local: Some(Participant::from(&local_info)),
-                remotes: HashMap::new(),
-            }),
-            counters: Counters::default(),
-        });
+        let shared = Arc::new(Shared::new(&join, &local_info));
 
-        let ping_interval = (join.ping_interval > 0).then(|| Duration::from_secs(join.ping_interval as u64));
-        let ping_timeout = (join.ping_timeout > 0).then(|| Duration::from_secs(join.ping_timeout as u64));
-        let mut engine = Engine {
-            url: url.to_string(),
-            token: token.to_string(),
-            params,
-            opts: options.clone(),
-            signal: Some(conn),
-            resume_task: None,
-            reconnect: None,
-            ice_recovery: IceRecovery::default(),
-            new_sockets: None,
-            tcp,
-            local: local_info,
-            publisher,
-            subscriber,
+        let mut engine = Engine::new(
+            EngineSetup { url: url.to_string(), token: token.to_string(), params, opts: options.clone(), signal: Some(conn), tcp },
+            RelaySetup { links: relay_links, tls: relay_tls, relay_only, local_ip: ip },
+            &join,
+            local_info,
+            (publisher, subscriber),
             events_tx,
-            shared: shared.clone(),
-            ready: Some(ready_tx),
-            closing: None,
-            done: false,
-            negotiation_needed: false,
-            pending_media: VecDeque::new(),
-            pending_stop: Vec::new(),
-            pending_publish: HashMap::new(),
-            local_tracks: HashMap::new(),
-            sub_mids: HashMap::new(),
-            subscribed: HashMap::new(),
-            remotes: HashMap::new(),
-            explicit_subscriptions: HashMap::new(),
-            pending_metadata: HashMap::new(),
-            rejoin_grace: HashMap::new(),
-            data_queue: VecDeque::new(),
-            reliable_seq: 1,
-            ping_interval,
-            ping_timeout,
-            next_ping: now + ping_interval.unwrap_or(Duration::from_secs(3600)),
-            last_signal_rx: now,
-            rtt_ms: 0,
-            ice_down_since: None,
-            metadata_request_id: 1,
-        };
+            shared.clone(),
+            Some(ready_tx),
+            now,
+        );
         engine.on_join_participants(join.other_participants.clone());
+        engine.start_relays(turn_servers);
         engine.start_negotiation();
 
         // The driver should never panic (str0m promises not to on any input, and we never
         // unwrap untrusted data); if it does anyway, the application still gets `Disconnected`.
         let watch_tx = engine.events_tx.clone();
-        let driver = tokio::spawn(engine.run(pub_sock, sub_sock, cmd_rx, audio_rx, tcp_rx));
+        let driver = tokio::spawn(engine.run(pub_sock, sub_sock, cmd_rx, audio_rx, tcp_rx, relay_rx));
         tokio::spawn(async move {
             if let Err(e) = driver.await {
                 if e.is_panic() {
@@ -370,6 +421,14 @@ impl Room {
         self.shared.snap().remotes.values().cloned().collect()
     }
 
+    /// Whether the server lets us publish `codec` (`JoinResponse.enabled_publish_codecs`;
+    /// livekit-server ≥ 1.9.1 enables PCMU and PCMA besides Opus). A server that sends no list
+    /// is taken to allow Opus only.
+    pub fn publish_codec_enabled(&self, codec: AudioCodec) -> bool {
+        let codecs = &self.shared.snap().publish_codecs;
+        codec == AudioCodec::Opus || codecs.iter().any(|m| m == codec.mime_type_lower())
+    }
+
     /// Counters.
     pub fn stats(&self) -> RoomStats {
         let c = &self.shared.counters;
@@ -393,6 +452,10 @@ impl Room {
             requests_refused: l(&c.requests_refused),
             subscription_failures: l(&c.subscription_failures),
             rtt_ms: l(&c.rtt_ms),
+            relay_allocations: l(&c.relay_allocations),
+            relay_failures: l(&c.relay_failures),
+            relay_packets_out: l(&c.relay_packets_out),
+            relay_packets_in: l(&c.relay_packets_in),
         }
     }
 
@@ -404,9 +467,24 @@ impl Room {
 
     /// Publish a mono Opus audio track (`add_track` → `track_published` → renegotiation) and
     /// return the sink to push PCM into. Resolves once the track is negotiated.
+    ///
+    /// A G.711 track needs 8 kHz input; a server whose `enabled_publish_codecs` lists codecs
+    /// but not this one refuses it here with [`RoomError::CodecNotEnabled`] (a server that
+    /// lists none is asked anyway).
     pub async fn publish_audio(&self, options: AudioTrackOptions) -> Result<AudioSink, RoomError> {
         // Validate before bothering the server.
-        crate::audio::OpusEncoder::new(options.sample_rate, options.complexity, options.dtx)?;
+        match options.codec {
+            AudioCodec::Opus => drop(crate::audio::OpusEncoder::new(options.sample_rate, options.complexity, options.dtx)?),
+            g711 => {
+                if options.sample_rate != 8_000 {
+                    return Err(RoomError::InvalidSampleRate(options.sample_rate));
+                }
+                let listed = self.shared.snap().publish_codecs.clone();
+                if !listed.is_empty() && !listed.iter().any(|m| m == g711.mime_type_lower()) {
+                    return Err(RoomError::CodecNotEnabled(g711.mime_type()));
+                }
+            }
+        }
         let opts = options.clone();
         let (sid, cid) = self.request(|reply| Command::PublishAudio { opts, reply }).await?;
         let mut sink = AudioSink::new(sid, cid.clone(), &options, self.audio_tx.clone())?;
@@ -532,6 +610,7 @@ enum Wake {
     Resume(ResumeResult),
     Audio(Option<OutgoingAudio>),
     Tcp(Option<TcpFrame>),
+    Relay(Option<LinkEvent>),
     Timer,
 }
 
@@ -550,6 +629,14 @@ struct Engine {
     new_sockets: Option<(UdpSocket, UdpSocket)>,
     /// ICE-TCP connections of both peers.
     tcp: TcpLinks,
+    /// TURN allocations of both peers (sans-IO) and their links to the servers.
+    relays: Relays,
+    relay_links: RelayLinks,
+    relay_tls: Option<Arc<rustls::ClientConfig>>,
+    /// The peers use relayed candidates only.
+    relay_only: bool,
+    /// The local address our sockets bind (and the address family TURN servers are reached in).
+    local_ip: IpAddr,
     local: proto::ParticipantInfo,
     publisher: Peer,
     subscriber: Peer,
@@ -662,7 +749,87 @@ async fn join_resume(task: &mut Option<tokio::task::JoinHandle<ResumeResult>>) -
     }
 }
 
+/// What a driver is built from besides the join: where to redial, and the link (none when fuzzing).
+struct EngineSetup {
+    url: String,
+    token: String,
+    params: JoinParams,
+    opts: RoomOptions,
+    signal: Option<SignalConn>,
+    /// ICE-TCP links; the run loop owns their receiving end.
+    tcp: TcpLinks,
+}
+
+/// How the driver reaches TURN servers (RTCConfiguration's relay side).
+struct RelaySetup {
+    links: RelayLinks,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    relay_only: bool,
+    local_ip: IpAddr,
+}
+
 impl Engine {
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        setup: EngineSetup,
+        relay: RelaySetup,
+        join: &proto::JoinResponse,
+        local_info: proto::ParticipantInfo,
+        (publisher, subscriber): (Peer, Peer),
+        events_tx: mpsc::Sender<RoomEvent>,
+        shared: Arc<Shared>,
+        ready: Option<oneshot::Sender<Result<(), RoomError>>>,
+        now: Instant,
+    ) -> Engine {
+        let ping_interval = (join.ping_interval > 0).then(|| Duration::from_secs(join.ping_interval as u64));
+        let ping_timeout = (join.ping_timeout > 0).then(|| Duration::from_secs(join.ping_timeout as u64));
+        Engine {
+            url: setup.url,
+            token: setup.token,
+            params: setup.params,
+            opts: setup.opts,
+            signal: setup.signal,
+            resume_task: None,
+            reconnect: None,
+            ice_recovery: IceRecovery::default(),
+            new_sockets: None,
+            tcp: setup.tcp,
+            relays: Relays::default(),
+            relay_links: relay.links,
+            relay_tls: relay.tls,
+            relay_only: relay.relay_only,
+            local_ip: relay.local_ip,
+            local: local_info,
+            publisher,
+            subscriber,
+            events_tx,
+            shared,
+            ready,
+            closing: None,
+            done: false,
+            negotiation_needed: false,
+            pending_media: VecDeque::new(),
+            pending_stop: Vec::new(),
+            pending_publish: HashMap::new(),
+            local_tracks: HashMap::new(),
+            sub_mids: HashMap::new(),
+            subscribed: HashMap::new(),
+            remotes: HashMap::new(),
+            explicit_subscriptions: HashMap::new(),
+            pending_metadata: HashMap::new(),
+            rejoin_grace: HashMap::new(),
+            data_queue: VecDeque::new(),
+            reliable_seq: 1,
+            ping_interval,
+            ping_timeout,
+            next_ping: now + ping_interval.unwrap_or(Duration::from_secs(3600)),
+            last_signal_rx: now,
+            rtt_ms: 0,
+            ice_down_since: None,
+            metadata_request_id: 1,
+        }
+    }
+
     async fn run(
         mut self,
         mut pub_sock: UdpSocket,
@@ -670,6 +837,7 @@ impl Engine {
         mut cmd_rx: mpsc::Receiver<Command>,
         mut audio_rx: mpsc::Receiver<OutgoingAudio>,
         mut tcp_rx: mpsc::Receiver<TcpFrame>,
+        mut relay_rx: mpsc::Receiver<LinkEvent>,
     ) {
         let mut pub_buf = vec![0u8; 2048];
         let mut sub_buf = vec![0u8; 2048];
@@ -684,6 +852,7 @@ impl Engine {
                 r = join_resume(&mut self.resume_task) => Wake::Resume(r),
                 a = audio_rx.recv() => Wake::Audio(a),
                 f = tcp_rx.recv() => Wake::Tcp(f),
+                l = relay_rx.recv() => Wake::Relay(l),
                 _ = tokio::time::sleep_until(deadline.into()) => Wake::Timer,
             };
             let now = Instant::now();
@@ -711,6 +880,8 @@ impl Engine {
                     self.peer(role).handle_tcp(now, from, &bytes);
                 }
                 Wake::Tcp(None) => {}
+                Wake::Relay(Some(ev)) => self.on_relay_link(ev, now),
+                Wake::Relay(None) => {}
                 Wake::Timer => self.on_timer(now),
             }
             // A timer that fell due while something else won the select runs now, not after
@@ -726,8 +897,9 @@ impl Engine {
             }
             self.pump(&pub_sock, &sub_sock);
         }
-        // Final flush (DTLS close_notify etc.).
+        // Final flush (DTLS close_notify etc.), then the TURN allocations go back.
         self.pump(&pub_sock, &sub_sock);
+        self.close_relays(Instant::now());
         if let Some(t) = self.resume_task.take() {
             t.abort();
         }
@@ -751,6 +923,9 @@ impl Engine {
         let now = Instant::now();
         let mut d = now + Duration::from_millis(500);
         d = d.min(self.publisher.next_timeout()).min(self.subscriber.next_timeout());
+        if let Some(t) = self.relays.next_timeout() {
+            d = d.min(t);
+        }
         if self.signal.is_some() {
             if self.ping_interval.is_some() {
                 d = d.min(self.next_ping);
@@ -782,23 +957,15 @@ impl Engine {
 
     /// Process peer events until quiet, then send every pending datagram.
     fn pump(&mut self, pub_sock: &UdpSocket, sub_sock: &UdpSocket) {
-        for _ in 0..64 {
-            let mut any = false;
-            while let Some(e) = self.publisher.events.pop_front() {
-                any = true;
-                self.on_peer_event(Role::Publisher, e);
-            }
-            while let Some(e) = self.subscriber.events.pop_front() {
-                any = true;
-                self.on_peer_event(Role::Subscriber, e);
-            }
-            if !any {
-                break;
-            }
-        }
-        self.flush_data_queue(Instant::now());
+        self.handle_peer_events();
+        let now = Instant::now();
         for (peer, sock) in [(&mut self.publisher, pub_sock), (&mut self.subscriber, sub_sock)] {
             for t in peer.transmits.drain(..) {
+                // From a relayed candidate: through its TURN server.
+                if self.relays.send(now, t.source, t.destination, &t.contents) {
+                    inc(&self.shared.counters.datagrams_out);
+                    continue;
+                }
                 if t.proto == str0m::net::Protocol::Tcp {
                     self.tcp.send(peer.role, t.destination, &t.contents);
                     inc(&self.shared.counters.datagrams_out);
@@ -813,10 +980,112 @@ impl Engine {
                 }
             }
         }
+        self.flush_relays();
         let c = &self.shared.counters;
         let (a, b) = (self.publisher.counters, self.subscriber.counters);
         c.audio_frames_out.store(a.audio_frames_out, Ordering::Relaxed);
         c.audio_frames_in.store(b.audio_frames_in + a.audio_frames_in, Ordering::Relaxed);
+        let r = self.relays.counters();
+        c.relay_allocations.store(self.relays.allocated, Ordering::Relaxed);
+        c.relay_failures.store(self.relays.failed, Ordering::Relaxed);
+        c.relay_packets_out.store(r.packets_out, Ordering::Relaxed);
+        c.relay_packets_in.store(r.packets_in, Ordering::Relaxed);
+    }
+
+    // ---- TURN relays ---------------------------------------------------------------------
+
+    /// One relay per TURN server for each peer connection, as libwebrtc gathers them.
+    fn start_relays(&mut self, servers: Vec<turn::TurnServer>) {
+        for role in [Role::Publisher, Role::Subscriber] {
+            for s in &servers {
+                let id = self.relays.add(role, s.clone());
+                self.relay_links.open(id, s, self.local_ip);
+            }
+        }
+        if !servers.is_empty() {
+            tracing::debug!(servers = servers.len(), relay_only = self.relay_only, "gathering TURN relays");
+        }
+    }
+
+    fn on_relay_link(&mut self, ev: LinkEvent, now: Instant) {
+        match ev {
+            LinkEvent::Up { id, local, remote } => self.relays.link_up(id, local, remote, self.relay_tls.clone(), now),
+            LinkEvent::Data { id, bytes } => {
+                for (role, relayed, peer, data) in self.relays.handle_input(id, now, &bytes) {
+                    inc(&self.shared.counters.datagrams_in);
+                    self.peer(role).handle_relayed(now, peer, relayed, &data);
+                }
+            }
+            LinkEvent::Down { id, why } => self.relays.link_failed(id, &why, now),
+        }
+    }
+
+    /// Relayed candidates go to their peer connection (and to the server by trickle once the
+    /// peer has a description); failures are reported, and with relayed candidates only a
+    /// peer connection left without any relay fails the join at once instead of timing out.
+    fn on_relay_events(&mut self) {
+        while let Some(ev) = self.relays.poll_event() {
+            match ev {
+                RelaysEvent::Candidate { role, relayed, local } => {
+                    let peer = self.peer(role);
+                    let Some(candidate) = peer.add_relay_candidate(relayed, local) else { continue };
+                    tracing::debug!(?role, %relayed, "relayed candidate gathered");
+                    if let Some((mid, ufrag)) = peer.trickle_target() {
+                        self.send_signal(signal::req_trickle(&candidate, role, &mid, &ufrag));
+                    }
+                }
+                RelaysEvent::Failed { role, server, reason, all_failed } => {
+                    tracing::warn!(?role, %server, %reason, "TURN relay failed");
+                    if all_failed && self.relay_only {
+                        let why = format!("every TURN allocation of the {role:?} failed (last: {server}: {reason})");
+                        if let Some(r) = self.ready.take() {
+                            let _ = r.send(Err(RoomError::Relay(why.clone())));
+                            self.finish(DisconnectReason::PeerConnectionFailed(why));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Bytes for the TURN servers to their links; links of dead relays close.
+    fn flush_relays(&mut self) {
+        while let Some((id, bytes)) = self.relays.poll_transmit() {
+            self.relay_links.send(id, bytes);
+        }
+        for id in self.relays.dead() {
+            self.relay_links.close(id);
+        }
+    }
+
+    /// Give every allocation back and close the links (room ending, or peers replaced).
+    fn close_relays(&mut self, now: Instant) {
+        for (id, bytes) in self.relays.close_all(now) {
+            self.relay_links.send(id, bytes);
+        }
+        for id in self.relay_links.ids() {
+            self.relay_links.close(id);
+        }
+    }
+
+    /// The sans-IO half of [`Engine::pump`]: peer events until quiet, then queued data.
+    fn handle_peer_events(&mut self) {
+        for _ in 0..64 {
+            let mut any = false;
+            while let Some(e) = self.publisher.events.pop_front() {
+                any = true;
+                self.on_peer_event(Role::Publisher, e);
+            }
+            while let Some(e) = self.subscriber.events.pop_front() {
+                any = true;
+                self.on_peer_event(Role::Subscriber, e);
+            }
+            if !any {
+                break;
+            }
+        }
+        self.on_relay_events();
+        self.flush_data_queue(Instant::now());
     }
 
     // ---- commands ------------------------------------------------------------------------
@@ -825,7 +1094,7 @@ impl Engine {
         match c {
             Command::PublishAudio { opts, reply } => {
                 let cid: String = format!("audio-{:016x}", rand::random::<u64>());
-                self.send_signal(signal::req_add_audio_track(&cid, &opts.name, opts.source, opts.dtx));
+                self.send_signal(signal::req_add_audio_track(&cid, &opts.name, opts.source, opts.dtx, opts.codec));
                 self.pending_publish.insert(cid, PendingPublish { opts, reply: Some(reply), deadline: now + PUBLISH_TIMEOUT });
             }
             Command::SendData { packet, reply } => {
@@ -1054,7 +1323,7 @@ impl Engine {
             inc(&self.shared.counters.audio_frames_dropped);
             return;
         }
-        if let Err(e) = self.publisher.write_audio(now, mid, a.rtp_time, &a.payload, a.audio_level, a.talkspurt_start) {
+        if let Err(e) = self.publisher.write_audio(now, mid, a.codec, a.rtp_time, a.payload, a.audio_level, a.talkspurt_start) {
             inc(&self.shared.counters.audio_frames_dropped);
             tracing::debug!(error = %e, "audio frame dropped");
         } else if let Some(obs) = self.local_tracks.get(&a.track_cid).and_then(|t| t.opts.on_sent.as_ref()) {
@@ -1077,9 +1346,12 @@ impl Engine {
         }
         // str0m adds one media per offer here; further tracks go in follow-up offers.
         let add = self.pending_media.pop_front();
-        let add_args = add.as_ref().map(|cid| (format!("{}-stream", self.local.sid), cid.clone()));
+        let add_args = add.as_ref().map(|cid| {
+            let codec = self.local_tracks.get(cid).map_or(AudioCodec::Opus, |t| t.opts.codec);
+            (format!("{}-stream", self.local.sid), cid.clone(), codec)
+        });
         let stop = std::mem::take(&mut self.pending_stop);
-        let r = self.publisher.create_offer(add_args.as_ref().map(|(s, c)| (s.as_str(), &**c)), &stop, ice_restart);
+        let r = self.publisher.create_offer(add_args.as_ref().map(|(s, c, codec)| (s.as_str(), &**c, *codec)), &stop, ice_restart);
         self.negotiation_needed = !self.pending_media.is_empty();
         match r {
             Ok((Some(sdp), mid)) => {
@@ -1534,10 +1806,18 @@ impl Engine {
                 }
             }
             Response::RefreshToken(t) if !t.is_empty() => self.token = t,
-            Response::PongResp(p) => {
-                self.rtt_ms = (signal::now_ms() - p.last_ping_timestamp).max(0);
-                self.shared.counters.rtt_ms.store(self.rtt_ms as u64, Ordering::Relaxed);
-            }
+            // Only the echo of a ping we sent (not from the future, not older than an hour)
+            // is a round trip; the server's timestamp is untrusted (i64::MIN once overflowed).
+            Response::PongResp(p) => match signal::now_ms().checked_sub(p.last_ping_timestamp) {
+                Some(rtt) if (0..=3_600_000).contains(&rtt) => {
+                    self.rtt_ms = rtt;
+                    self.shared.counters.rtt_ms.store(rtt as u64, Ordering::Relaxed);
+                }
+                _ => {
+                    inc(&self.shared.counters.signal_malformed);
+                    tracing::debug!(last_ping_timestamp = p.last_ping_timestamp, "pong for a ping we never sent");
+                }
+            },
             Response::Join(_) | Response::Reconnect(_) => {
                 tracing::debug!("unexpected join/reconnect ignored");
             }
@@ -1550,6 +1830,7 @@ impl Engine {
     fn on_timer(&mut self, now: Instant) {
         self.publisher.handle_timeout(now);
         self.subscriber.handle_timeout(now);
+        self.relays.handle_timeout(now);
         if self.signal.is_some() {
             if let Some(iv) = self.ping_interval {
                 if now >= self.next_ping {
@@ -1777,13 +2058,24 @@ impl Engine {
             Ok(UdpSocket::from_std(s)?)
         };
         let (pub_sock, sub_sock) = (bind(ip)?, bind(ip)?);
-        let publisher = Peer::new(Role::Publisher, pub_sock.local_addr()?, now)?;
-        let subscriber = Peer::new(Role::Subscriber, sub_sock.local_addr()?, now)?;
+        // TURN credentials name the participant: the new session comes with its own.
+        let relay_only = relay_only(&self.opts, &join);
+        let turn_servers = turn::turn_servers(&join.ice_servers);
+        if relay_only && turn_servers.is_empty() {
+            conn.abort();
+            return Err(RoomError::Relay("relayed candidates only, and the server offered no TURN server".into()));
+        }
+        let publisher = Peer::new(Role::Publisher, pub_sock.local_addr()?, relay_only, now)?;
+        let subscriber = Peer::new(Role::Subscriber, sub_sock.local_addr()?, relay_only, now)?;
         tracing::info!(old_sid = %self.local.sid, new_sid = %local_info.sid, "rejoined the room");
 
         self.publisher.close();
         self.subscriber.close();
         self.tcp.clear();
+        self.close_relays(now);
+        self.relay_only = relay_only;
+        self.relay_tls = relay_tls(&self.opts, &turn_servers);
+        self.start_relays(turn_servers);
         self.publisher = publisher;
         self.subscriber = subscriber;
         self.new_sockets = Some((pub_sock, sub_sock));
@@ -1801,6 +2093,7 @@ impl Engine {
         {
             let mut snap = self.shared.snap();
             snap.local = Some(Participant::from(&self.local));
+            snap.publish_codecs = publish_codecs(&join);
             if let Some(room) = &join.room {
                 snap.room_sid = room.sid.clone();
                 snap.room_metadata = room.metadata.clone();
@@ -1882,7 +2175,7 @@ impl Engine {
         self.pending_stop.clear();
         let tracks: Vec<(Arc<str>, AudioTrackOptions)> = self.local_tracks.drain().map(|(cid, t)| (cid, t.opts)).collect();
         for (cid, opts) in tracks {
-            self.send_signal(signal::req_add_audio_track(&cid, &opts.name, opts.source, opts.dtx));
+            self.send_signal(signal::req_add_audio_track(&cid, &opts.name, opts.source, opts.dtx, opts.codec));
             self.pending_publish.insert(cid.to_string(), PendingPublish { opts, reply: None, deadline: now + PUBLISH_TIMEOUT });
         }
         self.start_negotiation();

@@ -24,6 +24,7 @@ use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use url::Url;
 
+use crate::audio::AudioCodec;
 use crate::error::RoomError;
 
 /// Protocol version we speak on `/rtc` (the Rust SDK's value).
@@ -187,13 +188,14 @@ pub(crate) struct CandidateInit {
     pub username_fragment: Option<String>,
 }
 
-#[allow(dead_code)] // we put our candidate in the SDP; kept for servers that want trickle
-pub(crate) fn req_trickle(candidate: &str, target: proto::SignalTarget) -> Request {
+/// A trickled local candidate (our host candidates travel in the SDP; relayed ones, gathered
+/// later, by trickle): on the first m-line, `mid` as our description names it.
+pub(crate) fn req_trickle(candidate: &str, target: proto::SignalTarget, mid: &str, ufrag: &str) -> Request {
     let init = CandidateInit {
         candidate: candidate.to_string(),
-        sdp_mid: Some("0".into()),
+        sdp_mid: Some(mid.to_string()),
         sdp_m_line_index: Some(0),
-        username_fragment: None,
+        username_fragment: Some(ufrag.to_string()),
     };
     Request::Trickle(proto::TrickleRequest {
         candidate_init: serde_json::to_string(&init).unwrap_or_default(),
@@ -216,7 +218,10 @@ pub(crate) fn parse_trickle(t: &proto::TrickleRequest) -> Result<Option<String>,
 }
 
 #[allow(deprecated)] // disable_dtx/stereo: still read by older servers
-pub(crate) fn req_add_audio_track(cid: &str, name: &str, source: proto::TrackSource, dtx: bool) -> Request {
+/// `add_track` for an audio track; its codec goes in `simulcast_codecs`, from which
+/// livekit-server takes the track's mime type and prefers that codec in its answer.
+pub(crate) fn req_add_audio_track(cid: &str, name: &str, source: proto::TrackSource, dtx: bool, codec: AudioCodec) -> Request {
+    let dtx = dtx && codec == AudioCodec::Opus;
     Request::AddTrack(proto::AddTrackRequest {
         cid: cid.to_string(),
         name: name.to_string(),
@@ -226,6 +231,7 @@ pub(crate) fn req_add_audio_track(cid: &str, name: &str, source: proto::TrackSou
         disable_red: true,
         stereo: false,
         audio_features: if dtx { vec![] } else { vec![proto::AudioTrackFeature::TfNoDtx as i32] },
+        simulcast_codecs: vec![proto::SimulcastCodec { codec: codec.mime_type().to_string(), cid: cid.to_string(), ..Default::default() }],
         ..Default::default()
     })
 }
@@ -276,6 +282,17 @@ pub(crate) enum Incoming {
     Closed(String),
 }
 
+impl Incoming {
+    /// One binary frame, as the driver takes it.
+    pub(crate) fn from_binary(bytes: &[u8]) -> Incoming {
+        match decode_response(bytes) {
+            Ok(Some(m)) => Incoming::Message(m),
+            Ok(None) => Incoming::Malformed("empty or unknown SignalResponse".into()),
+            Err(e) => Incoming::Malformed(e.to_string()),
+        }
+    }
+}
+
 /// One signalling WebSocket: a bounded writer queue (drained by a task) and a reader.
 pub(crate) struct SignalConn {
     tx: mpsc::Sender<WsMessage>,
@@ -300,13 +317,7 @@ impl SignalConn {
             match self.rx.next().await {
                 None => return Incoming::Closed("websocket ended".into()),
                 Some(Err(e)) => return Incoming::Closed(e.to_string()),
-                Some(Ok(WsMessage::Binary(b))) => {
-                    return match decode_response(&b) {
-                        Ok(Some(m)) => Incoming::Message(m),
-                        Ok(None) => Incoming::Malformed("empty or unknown SignalResponse".into()),
-                        Err(e) => Incoming::Malformed(e.to_string()),
-                    }
-                }
+                Some(Ok(WsMessage::Binary(b))) => return Incoming::from_binary(&b),
                 Some(Ok(WsMessage::Text(t))) => return Incoming::Malformed(format!("text frame of {} bytes", t.len())),
                 Some(Ok(WsMessage::Close(f))) => {
                     return Incoming::Closed(f.map(|f| format!("close {}: {}", f.code, f.reason)).unwrap_or_else(|| "close".into()))
@@ -508,7 +519,7 @@ mod tests {
 
     #[test]
     fn request_encoding() {
-        let bytes = encode_request(req_add_audio_track("cid1", "mic", proto::TrackSource::Microphone, false));
+        let bytes = encode_request(req_add_audio_track("cid1", "mic", proto::TrackSource::Microphone, false, AudioCodec::Opus));
         let r = proto::SignalRequest::decode(bytes.as_slice()).unwrap();
         match r.message.unwrap() {
             proto::signal_request::Message::AddTrack(a) => {
@@ -562,7 +573,7 @@ mod tests {
 
     #[test]
     fn trickle_json() {
-        let r = req_trickle("candidate:1 1 udp 2130706431 127.0.0.1 5000 typ host", proto::SignalTarget::Subscriber);
+        let r = req_trickle("candidate:1 1 udp 2130706431 127.0.0.1 5000 typ host", proto::SignalTarget::Subscriber, "0", "uf");
         let Request::Trickle(t) = r else { panic!() };
         assert_eq!(t.target, proto::SignalTarget::Subscriber as i32);
         let v: serde_json::Value = serde_json::from_str(&t.candidate_init).unwrap();

@@ -131,7 +131,7 @@ async fn spawn_server_peer() -> mpsc::Sender<PeerCmd> {
     let addr: SocketAddr = sock.local_addr().unwrap();
     let (tx, mut rx) = mpsc::channel::<PeerCmd>(8);
     tokio::spawn(async move {
-        let mut peer = Peer::new(Role::Subscriber, addr, Instant::now()).unwrap();
+        let mut peer = Peer::new(Role::Subscriber, addr, false, Instant::now()).unwrap();
         let mut buf = vec![0u8; 2048];
         loop {
             for t in peer.transmits.drain(..) {

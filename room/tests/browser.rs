@@ -20,7 +20,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::{estimate_frequency, snr_db, tone, Devroom};
-use room::{AudioTrackOptions, DataPacketBuilder, Room, RoomEvent, RoomOptions};
+use room::{AudioCodec, AudioTrackOptions, DataPacketBuilder, Room, RoomEvent, RoomOptions};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
@@ -220,6 +220,17 @@ async fn next_report(rx: &mut mpsc::UnboundedReceiver<serde_json::Value>, stage:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn livekit_client_in_chromium_hears_us_and_we_hear_it() {
+    browser_round_trip(AudioCodec::Opus).await;
+}
+
+/// A phone leg's PCMU track (livekit-server ≥ 1.9.1 forwards it as it is): the browser decodes
+/// it natively.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn livekit_client_in_chromium_hears_our_pcmu_track() {
+    browser_round_trip(AudioCodec::Pcmu).await;
+}
+
+async fn browser_round_trip(codec: AudioCodec) {
     let Some(chromium) = find_chromium() else {
         return missing("chromium (apt-get install -y chromium)");
     };
@@ -229,7 +240,7 @@ async fn livekit_client_in_chromium_hears_us_and_we_hear_it() {
     }
     common::init_tracing();
     let dev = Devroom::start().await;
-    let room_name = "browser-hears-room";
+    let room_name = if codec == AudioCodec::Opus { "browser-hears-room" } else { "browser-hears-pcmu-room" };
 
     let page_html = std::fs::read_to_string(js_dir().join("browser.html")).expect("devroom/tests/js/browser.html");
     let sdk_tag = r#"<script src="/livekit-client.umd.js"></script>"#;
@@ -239,14 +250,14 @@ async fn livekit_client_in_chromium_hears_us_and_we_hear_it() {
     let page_addr = serve_page(std::fs::read(&umd).unwrap(), html, report_tx).await;
 
     let page = format!(
-        "http://{page_addr}/page?url={}&token={}&report=http://{page_addr}/report&tone=660&seconds=3",
+        "http://{page_addr}/page?url={}&token={}&report=http://{page_addr}/report&tone=660&seconds=3&hear_hz=440",
         dev.url(),
         dev.token(room_name, "browser")
     );
     let tmp = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
-    let profile = tmp.join("room-chromium-profile");
+    let profile = tmp.join(format!("room-chromium-profile-{codec:?}"));
     let _ = std::fs::remove_dir_all(&profile);
-    let log_path = tmp.join("room-chromium.log");
+    let log_path = tmp.join(format!("room-chromium-{codec:?}.log"));
     let _chromium = Chromium(
         Command::new(&chromium)
             .args([
@@ -275,15 +286,28 @@ async fn livekit_client_in_chromium_hears_us_and_we_hear_it() {
 
     // Our participant: joins after the browser, publishes 440 Hz, listens to the browser.
     let (rusty, mut events) = Room::connect(&dev.url(), &dev.token(room_name, "rusty"), RoomOptions::default()).await.expect("join");
+    // Opus from 48 kHz, or PCMU as a phone leg sends it: 8 kHz μ-law.
+    let rate = if codec == AudioCodec::Opus { 48_000 } else { 8_000 };
+    assert!(rusty.publish_codec_enabled(codec), "devroom enables {codec:?} as livekit-server ≥ 1.9.1 does");
     let mut sink = rusty
-        .publish_audio(AudioTrackOptions { name: "rusty-tone".into(), sample_rate: 48_000, ..Default::default() })
+        .publish_audio(AudioTrackOptions { name: "rusty-tone".into(), sample_rate: rate, codec, ..Default::default() })
         .await
         .expect("publish");
     let pusher = tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_millis(20));
+        let n = rate as usize / 50;
         for f in 0..(50 * 60) {
             tick.tick().await;
-            if sink.push(&tone(440.0, 48_000, f * 960, 960, 12_000.0)).await.is_err() {
+            // Its level swells and fades (0.5 Hz): a frozen or repeated frame shows in the fit.
+            let amp = 12_000.0 + 4_000.0 * (std::f64::consts::PI * f as f64 / 50.0).sin();
+            let pcm = tone(440.0, rate, f * n, n, amp);
+            let sent = if codec == AudioCodec::Pcmu {
+                let ulaw: Vec<u8> = pcm.iter().map(|&s| proto::g711::ulaw_encode(s)).collect();
+                sink.try_push_ulaw_at(&ulaw, std::time::Instant::now())
+            } else {
+                sink.push(&pcm).await
+            };
+            if matches!(sent, Err(room::PushError::Closed)) {
                 break;
             }
         }
@@ -356,6 +380,10 @@ async fn livekit_client_in_chromium_hears_us_and_we_hear_it() {
     let peak = done["audio"]["peak_hz"].as_f64().unwrap_or(0.0);
     assert!((peak - 440.0).abs() < 15.0, "browser heard {peak} Hz\n{}", context());
     assert!(done["audio"]["rms"].as_f64().unwrap_or(0.0) > 0.05, "browser heard (near) silence\n{}", context());
+    // Median over 20 ms windows of a 440 Hz fit: Opus at 48 kHz and μ-law both sit far above it.
+    let snr = done["audio"]["snr_db"].as_f64().unwrap_or(f64::NEG_INFINITY);
+    eprintln!("browser heard our {codec:?} track: median SNR {snr:.1} dB");
+    assert!(snr >= 30.0, "browser-side SNR {snr:.1} dB\n{}", context());
 
     // WebRTC stats of the browser's inbound audio (our track; the only one in the room).
     let rtc = &done["rtc"];
@@ -371,7 +399,8 @@ async fn livekit_client_in_chromium_hears_us_and_we_hear_it() {
     let energy = best["totalAudioEnergy"].as_f64().unwrap_or(0.0);
     let duration = best["totalSamplesDuration"].as_f64().unwrap_or(0.0);
     eprintln!("browser inbound-rtp: {bytes} bytes, {packets} packets, max audioLevel {level:.3}, energy {energy:.3} over {duration:.1} s");
-    assert_eq!(best["codec"], "audio/opus", "{}", context());
+    let want = if codec == AudioCodec::Opus { "audio/opus" } else { "audio/PCMU" };
+    assert_eq!(best["codec"], want, "{}", context());
     assert!(bytes > best["first_bytes"].as_u64().unwrap_or(0) && bytes > 10_000, "{}", context());
     assert!(packets >= 200, "{packets} packets\n{}", context());
     // 12000/32768 full scale: audioLevel ≈ 0.37 (silence is 0).

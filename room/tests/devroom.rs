@@ -366,21 +366,9 @@ async fn signalling_drop_recovers_by_resume_or_rejoin() {
         assert_ne!(track.sid(), first_sid);
         stream = track.stream(8_000).unwrap();
     }
-    let mut pcm = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), async {
-        while pcm.len() < 8_000 * 3 {
-            pcm.extend(stream.recv().await.expect("audio after reconnect").samples);
-        }
-    })
-    .await
-    .expect("3 s of audio after reconnect");
-    // Judge the last second: what was queued across the drop can carry a phase jump (a fair
+    // Judged on the last second: what was queued across the drop can carry a phase jump (a fair
     // artefact of a reconnect, which lowered the SNR of a window spanning it on a busy CI box).
-    let settled = &pcm[8_000 * 2..];
-    let f = estimate_frequency(settled, 8_000);
-    assert!((f - 440.0).abs() <= 10.0, "{f}");
-    let snr = snr_db(settled, 8_000, f);
-    assert!(snr >= 20.0, "SNR {snr:.1} dB after reconnect");
+    common::hear_tone_on(&mut stream, 440.0, 3).await;
 
     // Data still flows both ways.
     alice.send_data(DataPacketBuilder::new(b"after".to_vec()).topic("t")).await.unwrap();
@@ -394,20 +382,7 @@ async fn signalling_drop_recovers_by_resume_or_rejoin() {
 
 /// Hear `track` until `secs` seconds of tone at 440 Hz arrive; judged on the last second.
 async fn hear_tone(track: &room::RemoteAudioTrack, secs: usize) {
-    let mut stream = track.stream(8_000).unwrap();
-    let mut pcm = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), async {
-        while pcm.len() < 8_000 * secs {
-            pcm.extend(stream.recv().await.expect("audio").samples);
-        }
-    })
-    .await
-    .expect("tone within 10 s");
-    let settled = &pcm[8_000 * (secs - 1)..];
-    let f = estimate_frequency(settled, 8_000);
-    assert!((f - 440.0).abs() <= 10.0, "{f}");
-    let snr = snr_db(settled, 8_000, f);
-    assert!(snr >= 20.0, "SNR {snr:.1} dB");
+    common::hear_tone_on(&mut track.stream(8_000).unwrap(), 440.0, secs).await;
 }
 
 /// The LiveKit server restarts mid-call (killed, started again on the same port, every session

@@ -481,7 +481,7 @@ impl Conversation {
             tool_call_id: Some(call.id.clone()),
         });
         reply.tool_calls.push(call);
-        if matches!(r.effect, ToolEffect::EndCall { .. } | ToolEffect::Transfer { .. }) {
+        if matches!(r.effect, ToolEffect::EndCall { .. } | ToolEffect::Transfer { .. } | ToolEffect::WarmTransfer { .. }) {
             reply.end = Some(r.effect);
         }
     }
@@ -521,6 +521,7 @@ impl Conversation {
                 let s = self.say(LineKind::TransferLine, &line, Voice::Main);
                 self.end_after(Some(s), EndAction::Transfer { number }, FinishReason::Transferred);
             }
+            Some(ToolEffect::WarmTransfer { destination, number }) => self.start_warm_transfer(destination, number),
             _ if follow_up => self.start_llm(clock, round + 1, None),
             _ if self.form_complete() && self.pending_end.is_none() => {
                 // The form is complete but the model did not end the call: do it for it.
@@ -598,6 +599,24 @@ impl Conversation {
             self.out.push_back(Output::CancelReply { reply: r.id });
             let heard = self.speech(r.speech).map(|s| s.heard_text());
             self.commit(r, heard);
+        }
+    }
+
+    /// A note for the model about what happened outside the conversation (a transfer that did
+    /// not happen).
+    pub(super) fn cascaded_note(&mut self, text: &str) {
+        if let super::Engine::Cascaded(c) = &mut self.engine {
+            c.history.push(ChatMessage::new(Role::System, text));
+        }
+    }
+
+    /// Drops the caller's turn in the making (finals, keys): the far end is a machine.
+    pub(super) fn cascaded_forget_turn(&mut self) {
+        if let super::Engine::Cascaded(c) = &mut self.engine {
+            c.finals.clear();
+            c.final_deadline = None;
+            c.dtmf.clear();
+            c.dtmf_deadline = None;
         }
     }
 

@@ -13,7 +13,12 @@ use super::{APOLOGY_LINE, END_DEADLINE, END_GRACE, MAX_FAILURES, REPROMPT_LINE, 
 impl Conversation {
     /// The call ends with `action` once `speech` (if any) has been heard.
     pub(super) fn end_after(&mut self, speech: Option<SpeechId>, action: EndAction, reason: FinishReason) {
-        self.pending_end = Some(PendingEnd { speech, await_item: false, action, reason, deadline: self.now + END_DEADLINE });
+        self.end_after_within(speech, action, reason, END_DEADLINE);
+    }
+
+    /// As [`end_after`](Self::end_after), for a line that may take longer than [`END_DEADLINE`].
+    pub(super) fn end_after_within(&mut self, speech: Option<SpeechId>, action: EndAction, reason: FinishReason, within: std::time::Duration) {
+        self.pending_end = Some(PendingEnd { speech, await_item: false, action, reason, deadline: self.now + within });
         self.check_pending_end();
     }
 

@@ -4,6 +4,8 @@ use std::time::Instant;
 
 use proto::control::Control;
 
+use super::machine::AnsweredBy;
+use super::transfer::TransferEvent;
 use super::outcome::{Outcome, Stage};
 use super::tools::Refusal;
 use crate::metrics::TurnTimings;
@@ -71,12 +73,23 @@ pub enum Input {
     Playback { utterance_id: String, heard_ms: u32, complete: bool, interrupted: bool },
     /// The bridge: the caller pressed a key.
     Dtmf { digit: String },
+    /// Twilio's answering-machine verdict (the phone participant's `sip.twilio.answeredBy`).
+    AnsweredBy(AnsweredBy),
+    /// The person a warm transfer dialled (the driver's `Output::Dial`).
+    Transfer(TransferEvent),
     /// The phone participant left.
     CallerLeft,
     /// The room went away.
     RoomClosed,
     /// The agent is shutting down: say goodbye and hang up now.
     Shutdown,
+}
+
+impl Input {
+    /// What the far end's sound (or keys) made: nobody's turn once a machine is on the line.
+    pub(super) fn is_from_caller(&self) -> bool {
+        matches!(self, Input::SpeechStarted | Input::SpeechEnded { .. } | Input::Stt(_) | Input::Dtmf { .. } | Input::Realtime(_))
+    }
 }
 
 /// A write to the call record.
@@ -111,6 +124,15 @@ pub enum Output {
     Frame(Vec<i16>),
     /// To the bridge (topic `callbridge.control`).
     Control(Control),
+    /// Warm transfer: dial `number` (the agent file's, for `destination`) into this room through
+    /// the bridge (`CreateSIPParticipant`, `wait_until_answered`) and report with
+    /// `Input::Transfer`.
+    Dial { destination: String, number: String },
+    /// Warm transfer declined or given up: hang up the dialled person's leg (only theirs).
+    HangUpTransfer,
+    /// Press these keys on the phone line, in order: LiveKit `SipDTMF` packets (as the SDKs'
+    /// `publish_dtmf`), which the bridge plays to the far end as tones. Valid keys only.
+    PressKeys { keys: String },
     /// A line of the conversation for the room (topic `transcript`); `role` is `user`,
     /// `assistant` or `fields` (a field update with no text).
     Transcript { role: &'static str, text: String, is_final: bool, fields: Fields },

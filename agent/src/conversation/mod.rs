@@ -18,10 +18,15 @@
 //!   and resuming after a false interruption.
 //! * Reply engines: [`cascaded`] (VAD → STT → LLM → TTS, history here) and [`realtime`]
 //!   (OpenAI Realtime: the model hears and speaks, we play, cut and truncate).
-//! * [`tools`]: `record_field`, `end_call`, `transfer` with typed effects.
+//! * [`machine`]: an answering machine on the line (Twilio's AMD verdict): leave the agent
+//!   file's message after the greeting, or hang up.
+//! * [`transfer`]: warm transfer — hold, dial the person into the room, brief them, leave.
+//! * [`tools`]: `record_field`, `end_call`, `transfer`, `press_keys` with typed effects.
 
 pub mod heard;
 pub mod io;
+pub mod machine;
+pub mod transfer;
 pub mod outcome;
 pub mod playout;
 pub mod tools;
@@ -44,6 +49,10 @@ use crate::providers::Fields;
 use crate::record::{now_ms, TurnRow};
 
 pub use io::{Input, Metric, Output, RecordOp, ReplyEvent, ReplyId, ReplySource, Voice};
+pub use machine::AnsweredBy;
+use machine::Machine;
+pub use transfer::TransferEvent;
+use transfer::Transfer;
 pub use outcome::{FinishReason, Outcome, Stage};
 pub use playout::SpeechId;
 use playout::{PlayEvent, Playout, PlayoutConfig};
@@ -127,6 +136,10 @@ pub struct Conversation {
     failures: u32,
     caller: turn_taking::Caller,
     pending_end: Option<PendingEnd>,
+    /// A machine answered (None: a person, or nobody said otherwise).
+    machine: Option<Machine>,
+    /// A warm transfer under way.
+    transfer: Option<Transfer>,
     engine: Engine,
     out: VecDeque<Output>,
     over: bool,
@@ -166,6 +179,8 @@ impl Conversation {
             seq: 0,
             failures: 0,
             pending_end: None,
+            machine: None,
+            transfer: None,
             engine,
             out: VecDeque::new(),
             over: false,
@@ -193,8 +208,15 @@ impl Conversation {
         if self.over {
             return;
         }
+        if (self.machine_on_line() || self.transferring()) && input.is_from_caller() {
+            // A voicemail greeting (or its beep) is nobody's turn, nor a caller on hold.
+            self.pump();
+            return;
+        }
         match input {
             Input::Timeout => {}
+            Input::AnsweredBy(v) => self.on_answered_by(v),
+            Input::Transfer(ev) => self.on_transfer_event(ev),
             Input::SpeechStarted => self.on_speech_started(),
             Input::SpeechEnded { at } => self.on_speech_ended(at),
             Input::Stt(ev) => self.on_stt(ev),
@@ -230,6 +252,8 @@ impl Conversation {
             self.speeches.iter().filter_map(|s| s.cut_at.filter(|_| !s.settled).map(|c| c + REPORT_WAIT)).min(),
             self.pending_end.as_ref().map(|p| p.deadline),
             self.pending_end_grace(),
+            self.machine_deadline(),
+            self.transfer_deadline(),
         ]
         .into_iter()
         .flatten()
@@ -247,6 +271,8 @@ impl Conversation {
         if self.over {
             return;
         }
+        self.machine_timers();
+        self.transfer_timers();
         self.caller_timers();
         self.engine_timers();
         self.settle_ready();
@@ -508,6 +534,16 @@ impl Conversation {
                 self.transcript("fields", "", true);
             }
             ToolEffect::Transfer { destination, .. } => tracing::info!(%destination, "transfer asked for"),
+            ToolEffect::WarmTransfer { destination, .. } => tracing::info!(%destination, "warm transfer asked for"),
+            ToolEffect::PressKeys { keys } => {
+                // Which keys never reach the logs (an IVR PIN); the record has them only with
+                // RECORD_DTMF, as the caller's own.
+                tracing::info!(keys = keys.len(), "pressing keys");
+                let text = if self.record_dtmf { keys.clone() } else { String::new() };
+                let now = now_ms();
+                self.write_turn(None, "dtmf_sent", &text, now, Some(now), false, None, None);
+                self.out.push_back(Output::PressKeys { keys: keys.clone() });
+            }
             ToolEffect::EndCall { .. } | ToolEffect::None => {}
         }
         if let Some(why) = r.refused {

@@ -44,6 +44,8 @@ pub enum FinishReason {
     RoomClosed,
     /// The agent is shutting down: it said goodbye and hung up.
     Drained,
+    /// An answering machine (or a fax) answered: the agent left its message, or hung up.
+    Machine { message_left: bool },
     /// A vendor or the setup failed; the caller heard an apology and the call was hung up.
     Error { stage: Stage, message: String },
 }
@@ -58,6 +60,8 @@ impl fmt::Display for FinishReason {
             FinishReason::NoCaller => f.write_str("no_caller"),
             FinishReason::RoomClosed => f.write_str("room_closed"),
             FinishReason::Drained => f.write_str("drained"),
+            FinishReason::Machine { message_left: true } => f.write_str("voicemail_left"),
+            FinishReason::Machine { message_left: false } => f.write_str("answering_machine"),
             FinishReason::Error { stage, message } => write!(f, "error: {}: {message}", stage.as_str()),
         }
     }

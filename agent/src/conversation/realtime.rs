@@ -155,7 +155,12 @@ impl Conversation {
             }
             RealtimeEvent::FunctionCall { call_id, name, arguments } => {
                 tracing::info!(%name, "realtime tool call");
-                let r = self.run_tool(&name, &arguments);
+                let mut r = self.run_tool(&name, &arguments);
+                if let ToolEffect::WarmTransfer { destination, number } = r.effect {
+                    // The Realtime session cannot be put on hold and back yet: a cold transfer.
+                    tracing::warn!(%destination, "warm transfer in Realtime mode: transferring cold");
+                    r.effect = ToolEffect::Transfer { destination, number };
+                }
                 let rt = self.rt();
                 rt.outputs.push((call_id, r.output));
                 if matches!(r.effect, ToolEffect::EndCall { .. } | ToolEffect::Transfer { .. }) {

@@ -23,12 +23,18 @@ pub enum LineKind {
     Apology,
     /// The agent is shutting down: goodbye (then hang up).
     Shutdown,
+    /// The message left on an answering machine (then hang up).
+    MachineMessage,
+    /// The soft tone the caller hears on hold (a warm transfer).
+    Hold,
+    /// What the person a warm transfer dialled hears about the caller.
+    Brief,
 }
 
 impl LineKind {
     /// Lines the caller cannot talk over: the call ends after them whatever is said.
     pub fn is_final(self) -> bool {
-        matches!(self, LineKind::Apology | LineKind::Shutdown)
+        matches!(self, LineKind::Apology | LineKind::Shutdown | LineKind::MachineMessage)
     }
 }
 

@@ -15,6 +15,9 @@ use crate::providers::{Fields, ToolSpec};
 pub const RECORD_FIELD: &str = "record_field";
 pub const END_CALL: &str = "end_call";
 pub const TRANSFER: &str = "transfer";
+pub const PRESS_KEYS: &str = "press_keys";
+/// Most keys in one `press_keys` call (the bridge queues at most 64 presses).
+pub const MAX_KEYS: usize = 32;
 /// Longest form value kept (characters).
 pub const MAX_VALUE_CHARS: usize = 200;
 
@@ -28,6 +31,11 @@ pub enum ToolEffect {
     EndCall { goodbye: Option<String> },
     /// Say the transfer line, then hand the call to `number` (configured as `destination`).
     Transfer { destination: String, number: String },
+    /// Put the caller on hold, dial the person at `number` (configured as `destination`, warm)
+    /// into the room, brief them, then leave the two together.
+    WarmTransfer { destination: String, number: String },
+    /// Press these keys on the far end's line (validated: 0-9 * # A-D, at most [`MAX_KEYS`]).
+    PressKeys { keys: String },
 }
 
 /// Why a tool call was refused.
@@ -42,6 +50,7 @@ pub enum Refusal {
     NoTransfer,
     UnknownDestination,
     NumberNotAllowed,
+    BadKeys,
 }
 
 impl Refusal {
@@ -56,6 +65,7 @@ impl Refusal {
             Refusal::NoTransfer => "no_transfer",
             Refusal::UnknownDestination => "unknown_destination",
             Refusal::NumberNotAllowed => "number_not_allowed",
+            Refusal::BadKeys => "bad_keys",
         }
     }
 }
@@ -107,6 +117,15 @@ pub fn specs(spec: &AgentSpec) -> Vec<ToolSpec> {
             parameters,
         });
     }
+    if spec.outbound.press_keys {
+        tools.push(ToolSpec {
+            name: PRESS_KEYS.into(),
+            description: "Press keys on the phone keypad, as in an automated menu (\"press 1 for sales\").".into(),
+            parameters: json!({"type": "object",
+                "properties": {"keys": {"type": "string", "pattern": "^[0-9*#A-Da-d]{1,32}$", "description": "The keys in order: 0-9, *, #, A-D."}},
+                "required": ["keys"]}),
+        });
+    }
     tools
 }
 
@@ -141,6 +160,7 @@ pub fn apply(spec: &AgentSpec, fields: &Fields, name: &str, arguments: &str) -> 
             ToolResult { output: "ok: say goodbye; the call ends after it".into(), effect: ToolEffect::EndCall { goodbye }, refused: None }
         }
         TRANSFER => transfer(spec, &args),
+        PRESS_KEYS if spec.outbound.press_keys => press_keys(&args),
         other => refuse(Refusal::UnknownTool, format!("no tool {other:?}")),
     }
 }
@@ -193,6 +213,11 @@ fn transfer(spec: &AgentSpec, args: &Value) -> ToolResult {
         targets.iter().find(|(n, _)| n.eq_ignore_ascii_case(asked)).cloned()
     };
     match found {
+        Some((destination, number)) if spec.is_warm_transfer(&destination) => ToolResult {
+            output: format!("ok: the caller is put on hold while {destination} is called"),
+            effect: ToolEffect::WarmTransfer { destination, number },
+            refused: None,
+        },
         Some((destination, number)) => ToolResult {
             output: format!("ok: transferring to {destination} after the transfer line"),
             effect: ToolEffect::Transfer { destination, number },
@@ -203,6 +228,18 @@ fn transfer(spec: &AgentSpec, args: &Value) -> ToolResult {
             let choose = if spec.transfers.is_empty() { "call transfer without arguments".to_string() } else { format!("choose one of: {}", names.join(", ")) };
             refuse(Refusal::UnknownDestination, format!("unknown destination; {choose}"))
         }
+    }
+}
+
+fn press_keys(args: &Value) -> ToolResult {
+    let asked = args["keys"].as_str().unwrap_or_default();
+    // Spaces and dashes are how people write key sequences ("1 2 #"); anything else is refused.
+    let keys: Result<String, _> = asked.chars().filter(|c| !matches!(c, ' ' | '-' | ',')).map(proto::dtmf::key).collect();
+    match keys {
+        Ok(k) if k.is_empty() => refuse(Refusal::BadKeys, "no keys given".into()),
+        Ok(k) if k.len() > MAX_KEYS => refuse(Refusal::BadKeys, format!("at most {MAX_KEYS} keys at a time")),
+        Ok(keys) => ToolResult { output: format!("ok: pressed {} keys", keys.len()), effect: ToolEffect::PressKeys { keys }, refused: None },
+        Err(_) => refuse(Refusal::BadKeys, "keys are 0-9, *, # and A-D only".into()),
     }
 }
 
@@ -258,6 +295,16 @@ mod tests {
     }
 
     #[test]
+    fn a_warm_destination_is_a_warm_transfer_and_the_plain_form_stays_cold() {
+        let s = spec("[transfers]\nbilling = \"+15550100203\"\n[transfers.sales]\nnumber = \"+15550100201\"\nwarm = true\n");
+        let r = apply(&s, &Fields::new(), TRANSFER, r#"{"destination":"sales"}"#);
+        assert_eq!(r.effect, ToolEffect::WarmTransfer { destination: "sales".into(), number: "+15550100201".into() });
+        let r = apply(&s, &Fields::new(), TRANSFER, r#"{"destination":"billing"}"#);
+        assert_eq!(r.effect, ToolEffect::Transfer { destination: "billing".into(), number: "+15550100203".into() });
+        assert!(crate::config::AgentSpec::from_toml(&format!("{}\n[transfers.x]\nnumber = \"+1900\"\nwarm = true\n", crate::config::DEFAULT_AGENT_TOML.replace("transfer_number = \"+15550100200\"\n", "")), "x").is_err());
+    }
+
+    #[test]
     fn the_single_configured_number_needs_no_argument() {
         let s = spec("transfer_number = \"+15550100200\"\n");
         let t = specs(&s).into_iter().find(|t| t.name == TRANSFER).unwrap();
@@ -271,6 +318,26 @@ mod tests {
         let none = spec("");
         assert!(specs(&none).iter().all(|t| t.name != TRANSFER));
         assert_eq!(apply(&none, &Fields::new(), TRANSFER, "{}").refused, Some(Refusal::NoTransfer));
+    }
+
+    #[test]
+    fn press_keys_takes_keypad_keys_only_and_only_when_configured() {
+        let off = spec("");
+        assert!(specs(&off).iter().all(|t| t.name != PRESS_KEYS));
+        assert_eq!(apply(&off, &Fields::new(), PRESS_KEYS, r#"{"keys":"1"}"#).refused, Some(Refusal::UnknownTool));
+        let s = spec("[outbound]\npress_keys = true\n");
+        assert!(specs(&s).iter().any(|t| t.name == PRESS_KEYS));
+        let r = apply(&s, &Fields::new(), PRESS_KEYS, r#"{"keys":"1 2-3,#*0d"}"#);
+        assert_eq!(r.effect, ToolEffect::PressKeys { keys: "123#*0D".into() });
+        assert_eq!(r.output, "ok: pressed 7 keys");
+        for bad in [r#"{"keys":""}"#, r#"{"keys":"12e"}"#, r#"{"keys":"+1555"}"#, r#"{"keys":5}"#, r#"{}"#, r#"{"keys":"１"}"#] {
+            let r = apply(&s, &Fields::new(), PRESS_KEYS, bad);
+            assert_eq!((r.effect, r.refused), (ToolEffect::None, Some(Refusal::BadKeys)), "{bad}");
+        }
+        let long = format!(r#"{{"keys":"{}"}}"#, "1".repeat(MAX_KEYS + 1));
+        assert_eq!(apply(&s, &Fields::new(), PRESS_KEYS, &long).refused, Some(Refusal::BadKeys));
+        let max = format!(r#"{{"keys":"{}"}}"#, "1".repeat(MAX_KEYS));
+        assert_eq!(apply(&s, &Fields::new(), PRESS_KEYS, &max).refused, None);
     }
 
     #[test]

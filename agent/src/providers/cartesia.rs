@@ -383,8 +383,9 @@ struct Route {
     deadline: Option<Instant>,
 }
 
+/// One server message (`chunk`, `done`, `error`, timestamps, …).
 #[derive(Deserialize)]
-struct Response {
+pub struct Response {
     #[serde(rename = "type")]
     kind: String,
     #[serde(default)]
@@ -401,13 +402,29 @@ struct Response {
     status_code: Option<u16>,
 }
 
-enum Outcome {
+impl Response {
+    /// A text frame; an error ends the connection.
+    pub fn parse(text: &str) -> Result<Response, ProviderError> {
+        serde_json::from_str(text).map_err(|e| ProviderError::Protocol {
+            vendor: VENDOR,
+            msg: format!("bad message ({e}): {}", http_util::truncate(text)),
+        })
+    }
+
+    /// Whether it belongs to context `ctx` (messages of earlier, cancelled contexts do not).
+    pub fn is_for(&self, ctx: &str) -> bool {
+        self.context_id.as_deref().is_none_or(|c| c == ctx)
+    }
+}
+
+pub enum Outcome {
     Events(Vec<TtsEvent>),
     /// The context is over (done or error) after these events.
     Finished(Vec<TtsEvent>),
 }
 
-fn handle_response(resp: Response, route: &mut Route, encoding: CartesiaEncoding) -> Outcome {
+/// What one message of the current context gives its stream; `pcm` carries odd bytes across chunks.
+pub fn handle_response(resp: Response, pcm: &mut Pcm16Le, encoding: CartesiaEncoding) -> Outcome {
     match resp.kind.as_str() {
         "chunk" => {
             let Some(data) = resp.data.filter(|d| !d.is_empty()) else {
@@ -424,7 +441,7 @@ fn handle_response(resp: Response, route: &mut Route, encoding: CartesiaEncoding
                 }
             };
             let pcm = match encoding {
-                CartesiaEncoding::PcmS16le => route.pcm.decode(&bytes),
+                CartesiaEncoding::PcmS16le => pcm.decode(&bytes),
                 CartesiaEncoding::PcmMulaw => http_util::ulaw_to_pcm(&bytes),
             };
             let events = if pcm.is_empty() {
@@ -502,20 +519,19 @@ async fn driver(ws: WsStream, mut cmds: mpsc::Receiver<DriverCmd>, cfg: Arc<Cart
                         return;
                     }
                 };
-                let resp: Response = match serde_json::from_str(&text) {
+                let resp = match Response::parse(&text) {
                     Ok(r) => r,
                     Err(e) => {
-                        let msg = format!("bad message ({e}): {}", http_util::truncate(&text));
-                        fail(&mut route, ProviderError::Protocol { vendor: VENDOR, msg });
+                        fail(&mut route, e);
                         return;
                     }
                 };
                 let Some(r) = route.as_mut() else { continue };
                 // Messages for other (cancelled, earlier) contexts are dropped here.
-                if resp.context_id.as_deref().is_some_and(|c| c != r.ctx) {
+                if !resp.is_for(&r.ctx) {
                     continue;
                 }
-                let (events, finished) = match handle_response(resp, r, cfg.encoding) {
+                let (events, finished) = match handle_response(resp, &mut r.pcm, cfg.encoding) {
                     Outcome::Events(e) => (e, false),
                     Outcome::Finished(e) => (e, true),
                 };

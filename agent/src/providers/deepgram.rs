@@ -318,8 +318,47 @@ impl Turn {
     }
 }
 
+/// The reader's sans-IO half: one text frame in, [`SttEvent`]s out. An error ends the stream.
+#[derive(Default)]
+pub struct DeepgramDecoder {
+    turn: Turn,
+}
+
+impl DeepgramDecoder {
+    pub fn on_text(&mut self, text: &str, out: &mut Vec<SttEvent>) -> Result<(), ProviderError> {
+        match serde_json::from_str::<ServerMsg>(text) {
+            Ok(ServerMsg::Error {
+                description,
+                message,
+            }) => {
+                let msg = description
+                    .or(message)
+                    .unwrap_or_else(|| http_util::truncate(text));
+                Err(ProviderError::Other {
+                    vendor: VENDOR,
+                    msg,
+                })
+            }
+            Ok(m) => {
+                self.turn.handle(m, out);
+                Ok(())
+            }
+            // Deepgram may also report an error as a JSON object without a `type` we know.
+            Err(e) => Err(ProviderError::Protocol {
+                vendor: VENDOR,
+                msg: format!("bad message ({e}): {}", http_util::truncate(text)),
+            }),
+        }
+    }
+
+    /// The stream is over: whatever was final but not yet ended is still the caller's words.
+    pub fn finish(&mut self, out: &mut Vec<SttEvent>) {
+        self.turn.end_turn(out);
+    }
+}
+
 async fn reader(mut source: WsSource, events: mpsc::Sender<SttEvent>, closing: Arc<AtomicBool>) {
-    let mut turn = Turn::default();
+    let mut decoder = DeepgramDecoder::default();
     let mut out = Vec::new();
     let error = loop {
         let msg = match source.next().await {
@@ -328,28 +367,11 @@ async fn reader(mut source: WsSource, events: mpsc::Sender<SttEvent>, closing: A
             None => break None,
         };
         match msg {
-            Message::Text(text) => match serde_json::from_str::<ServerMsg>(&text) {
-                Ok(ServerMsg::Error {
-                    description,
-                    message,
-                }) => {
-                    let msg = description
-                        .or(message)
-                        .unwrap_or_else(|| http_util::truncate(&text));
-                    break Some(ProviderError::Other {
-                        vendor: VENDOR,
-                        msg,
-                    });
+            Message::Text(text) => {
+                if let Err(e) = decoder.on_text(&text, &mut out) {
+                    break Some(e);
                 }
-                Ok(m) => turn.handle(m, &mut out),
-                Err(e) => {
-                    // Deepgram may also report an error as a JSON object without a `type` we know.
-                    break Some(ProviderError::Protocol {
-                        vendor: VENDOR,
-                        msg: format!("bad message ({e}): {}", http_util::truncate(&text)),
-                    });
-                }
-            },
+            }
             Message::Close(frame) => {
                 let normal = frame.as_ref().is_none_or(|f| u16::from(f.code) == 1000);
                 if closing.load(Ordering::SeqCst) && normal {
@@ -376,8 +398,7 @@ async fn reader(mut source: WsSource, events: mpsc::Sender<SttEvent>, closing: A
         }),
         None => None,
     };
-    // Whatever was final but not yet ended is still the caller's words.
-    turn.end_turn(&mut out);
+    decoder.finish(&mut out);
     for ev in out.drain(..) {
         let _ = events.send(ev).await;
     }

@@ -267,6 +267,75 @@ struct ServerMsg {
     message: Option<String>,
 }
 
+/// What one server message gives the stream.
+pub struct Decoded {
+    /// Samples at the output format's rate (empty: none in this message).
+    pub audio: Vec<i16>,
+    /// The reply is complete.
+    pub is_final: bool,
+}
+
+/// The reader's sans-IO half: one text frame in; an error (vendor error, bad JSON or audio)
+/// ends the reply. `pcm` carries odd bytes across chunks.
+pub fn decode_message(
+    text: &str,
+    format: ElevenLabsFormat,
+    pcm: &mut Pcm16Le,
+) -> Result<Decoded, ProviderError> {
+    let msg: ServerMsg = serde_json::from_str(text).map_err(|e| ProviderError::Protocol {
+        vendor: VENDOR,
+        msg: format!("bad message ({e}): {}", http_util::truncate(text)),
+    })?;
+    let mut audio = Vec::new();
+    if let Some(b64) = msg.audio.as_deref().filter(|a| !a.is_empty()) {
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(b64.as_bytes())
+            .map_err(|e| ProviderError::Protocol {
+                vendor: VENDOR,
+                msg: format!("bad base64 audio: {e}"),
+            })?;
+        audio = match format {
+            ElevenLabsFormat::Ulaw8000 => http_util::ulaw_to_pcm(&bytes),
+            _ => pcm.decode(&bytes),
+        };
+    } else if msg.is_final != Some(true) {
+        let err = msg.error.filter(|e| !e.is_null()).map(|e| {
+            e.as_str()
+                .map(String::from)
+                .unwrap_or_else(|| e.to_string())
+        });
+        if let Some(err) = err.or(msg.message) {
+            let lower = err.to_lowercase();
+            return Err(
+                if lower.contains("api key")
+                    || lower.contains("api_key")
+                    || lower.contains("unauthori")
+                {
+                    ProviderError::Auth {
+                        vendor: VENDOR,
+                        status: 401,
+                        msg: err,
+                    }
+                } else if lower.contains("quota") || lower.contains("rate") {
+                    ProviderError::RateLimited {
+                        vendor: VENDOR,
+                        msg: err,
+                    }
+                } else {
+                    ProviderError::Other {
+                        vendor: VENDOR,
+                        msg: err,
+                    }
+                },
+            );
+        }
+    }
+    Ok(Decoded {
+        audio,
+        is_final: msg.is_final == Some(true),
+    })
+}
+
 async fn reader(
     mut source: WsSource,
     events: mpsc::Sender<TtsEvent>,
@@ -335,64 +404,14 @@ async fn reader(
                 })
             }
         };
-        let msg: ServerMsg = match serde_json::from_str(&text) {
-            Ok(m) => m,
-            Err(e) => {
-                break Some(ProviderError::Protocol {
-                    vendor: VENDOR,
-                    msg: format!("bad message ({e}): {}", http_util::truncate(&text)),
-                })
-            }
+        let decoded = match decode_message(&text, cfg.output_format, &mut pcm) {
+            Ok(d) => d,
+            Err(e) => break Some(e),
         };
-        if let Some(b64) = msg.audio.as_deref().filter(|a| !a.is_empty()) {
-            let bytes = match base64::engine::general_purpose::STANDARD.decode(b64.as_bytes()) {
-                Ok(b) => b,
-                Err(e) => {
-                    break Some(ProviderError::Protocol {
-                        vendor: VENDOR,
-                        msg: format!("bad base64 audio: {e}"),
-                    })
-                }
-            };
-            let samples = match cfg.output_format {
-                ElevenLabsFormat::Ulaw8000 => http_util::ulaw_to_pcm(&bytes),
-                _ => pcm.decode(&bytes),
-            };
-            if !samples.is_empty() && events.send(TtsEvent::Audio(samples)).await.is_err() {
-                return;
-            }
-        } else if msg.is_final != Some(true) {
-            let err = msg.error.filter(|e| !e.is_null()).map(|e| {
-                e.as_str()
-                    .map(String::from)
-                    .unwrap_or_else(|| e.to_string())
-            });
-            if let Some(err) = err.or(msg.message) {
-                let lower = err.to_lowercase();
-                let e = if lower.contains("api key")
-                    || lower.contains("api_key")
-                    || lower.contains("unauthori")
-                {
-                    ProviderError::Auth {
-                        vendor: VENDOR,
-                        status: 401,
-                        msg: err,
-                    }
-                } else if lower.contains("quota") || lower.contains("rate") {
-                    ProviderError::RateLimited {
-                        vendor: VENDOR,
-                        msg: err,
-                    }
-                } else {
-                    ProviderError::Other {
-                        vendor: VENDOR,
-                        msg: err,
-                    }
-                };
-                break Some(e);
-            }
+        if !decoded.audio.is_empty() && events.send(TtsEvent::Audio(decoded.audio)).await.is_err() {
+            return;
         }
-        if msg.is_final == Some(true) {
+        if decoded.is_final {
             shared.owed.store(false, Ordering::SeqCst);
             let _ = events.send(TtsEvent::Done).await;
             return;

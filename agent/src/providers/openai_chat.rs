@@ -347,9 +347,10 @@ struct FunctionDelta {
     arguments: Option<String>,
 }
 
-/// Reply state across chunks: tool-call fragments by index, the finish reason.
+/// Reply state across chunks: tool-call fragments by index, the finish reason. With
+/// [`SseParser`], the sans-IO half of the response reader.
 #[derive(Default)]
-struct ChatStream {
+pub struct ChatStream {
     tools: BTreeMap<u32, ToolCall>,
     finish_reason: Option<String>,
     emitted_tools: bool,
@@ -357,7 +358,7 @@ struct ChatStream {
 
 impl ChatStream {
     /// Handles one event's data; true when the stream is over.
-    fn on_data(
+    pub fn on_data(
         &mut self,
         vendor: &'static str,
         data: &str,
@@ -445,7 +446,7 @@ impl ChatStream {
     }
 
     /// The body ended without `[DONE]`: complete if the model had finished, else an error.
-    fn finish_without_done(
+    pub fn finish_without_done(
         &mut self,
         vendor: &'static str,
     ) -> Vec<Result<LlmEvent, ProviderError>> {

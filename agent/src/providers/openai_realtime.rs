@@ -324,23 +324,26 @@ async fn first_event(source: &mut WsSource) -> Result<(), ProviderError> {
                 })
             }
         };
-        let v: Value = serde_json::from_str(&text).map_err(|e| ProviderError::Protocol {
+        return check_first_event(&text);
+    }
+}
+
+/// The first event of a session must be `session.created`; `error` is classed by its code.
+pub fn check_first_event(text: &str) -> Result<(), ProviderError> {
+    let v: Value = serde_json::from_str(text).map_err(|e| ProviderError::Protocol {
+        vendor: VENDOR,
+        msg: format!("bad first event ({e})"),
+    })?;
+    match v.get("type").and_then(Value::as_str) {
+        Some("session.created") => Ok(()),
+        Some("error") => Err(server_error(&v)),
+        _ => Err(ProviderError::Protocol {
             vendor: VENDOR,
-            msg: format!("bad first event ({e})"),
-        })?;
-        match v.get("type").and_then(Value::as_str) {
-            Some("session.created") => return Ok(()),
-            Some("error") => return Err(server_error(&v)),
-            _ => {
-                return Err(ProviderError::Protocol {
-                    vendor: VENDOR,
-                    msg: format!(
-                        "expected session.created, got {}",
-                        http_util::truncate(&text)
-                    ),
-                })
-            }
-        }
+            msg: format!(
+                "expected session.created, got {}",
+                http_util::truncate(text)
+            ),
+        }),
     }
 }
 
@@ -390,9 +393,9 @@ fn u64_at(v: &Value, ptr: &str) -> u64 {
     v.pointer(ptr).and_then(Value::as_u64).unwrap_or_default()
 }
 
-/// Turns server events (GA or beta names) into [`RealtimeEvent`]s.
+/// Turns server events (GA or beta names) into [`RealtimeEvent`]s: the reader's sans-IO half.
 #[derive(Default)]
-struct Decoder {
+pub struct Decoder {
     /// Function-call names seen in `output_item.added`, by call id.
     names: HashMap<String, String>,
     /// Calls already reported (both `arguments.done` and `output_item.done` describe one).
@@ -400,6 +403,15 @@ struct Decoder {
 }
 
 impl Decoder {
+    /// One text frame; `Ok(None)` for events the session does not use. An error ends the stream.
+    pub fn on_text(&mut self, text: &str) -> Result<Option<RealtimeEvent>, ProviderError> {
+        let v = serde_json::from_str::<Value>(text).map_err(|e| ProviderError::Protocol {
+            vendor: VENDOR,
+            msg: format!("bad event ({e}): {}", http_util::truncate(text)),
+        })?;
+        self.decode(&v)
+    }
+
     fn decode(&mut self, v: &Value) -> Result<Option<RealtimeEvent>, ProviderError> {
         let kind = v.get("type").and_then(Value::as_str).unwrap_or_default();
         let ev = match kind {
@@ -524,13 +536,7 @@ async fn reader(
                 }
             }
         };
-        let decoded = serde_json::from_str::<Value>(&text)
-            .map_err(|e| ProviderError::Protocol {
-                vendor: VENDOR,
-                msg: format!("bad event ({e}): {}", http_util::truncate(&text)),
-            })
-            .and_then(|v| decoder.decode(&v));
-        match decoded {
+        match decoder.on_text(&text) {
             Ok(Some(ev)) => {
                 if events.send(ev).await.is_err() {
                     return;

@@ -97,6 +97,8 @@ pub enum Obs {
     /// Agent audio: a 20 ms frame's level (dBFS) and when it came.
     Frame(Instant, f32),
     Control(proto::control::Control),
+    /// A `SipDTMF` packet (LiveKit's `publish_dtmf`): sender, code, key.
+    Dtmf(String, u32, String),
 }
 
 /// A phone participant (kind `sip`, `phone-<sid>`) in `room_name`: the room, what it observes,
@@ -108,7 +110,7 @@ pub async fn phone(url: &str, room_name: &str, sid: &str) -> (room::Room, tokio:
         "secret",
         serde_json::json!({"sub": format!("phone-{sid}"), "kind": "sip",
             "attributes": {"sip.phoneNumber": "+15551230001", "sip.twilio.callSid": sid},
-            "video": {"roomJoin": true, "room": room_name, "canPublish": true, "canSubscribe": true, "canPublishData": true}}),
+            "video": {"roomJoin": true, "room": room_name, "canPublish": true, "canSubscribe": true, "canPublishData": true, "canUpdateOwnMetadata": true}}),
         3600,
     );
     let (phone, mut events) = Room::connect(url, &token, RoomOptions::default()).await.unwrap();
@@ -133,6 +135,9 @@ pub async fn phone(url: &str, room_name: &str, sid: &str) -> (room::Room, tokio:
                     if let Ok(c) = proto::control::Control::parse(&m.payload) {
                         let _ = tx.send(Obs::Control(c)).await;
                     }
+                }
+                RoomEvent::DtmfReceived(d) => {
+                    let _ = tx.send(Obs::Dtmf(d.participant_identity, d.code, d.digit)).await;
                 }
                 _ => {}
             }

@@ -92,6 +92,11 @@ pub struct Sim {
     pub end: Option<agent::conversation::Outcome>,
     pub finalizes: u32,
     pub cancels: Vec<u64>,
+    /// Keys the agent pressed (time, keys).
+    pub keys_pressed: Vec<(Instant, String)>,
+    /// Warm transfers' dials (time, destination, number) and hang-ups of the person's leg.
+    pub dials: Vec<(Instant, String, String)>,
+    pub transfer_hangups: Vec<Instant>,
 }
 
 pub fn spec() -> Arc<AgentSpec> {
@@ -134,6 +139,9 @@ impl Sim {
             end: None,
             finalizes: 0,
             cancels: Vec::new(),
+            keys_pressed: Vec::new(),
+            dials: Vec::new(),
+            transfer_hangups: Vec::new(),
         };
         s.drain();
         s
@@ -212,6 +220,9 @@ impl Sim {
             match o {
                 Output::Frame(f) => self.bridge_frame(f[0]),
                 Output::Control(c) => self.bridge_control(c),
+                Output::PressKeys { keys } => self.keys_pressed.push((self.now, keys)),
+                Output::Dial { destination, number } => self.dials.push((self.now, destination, number)),
+                Output::HangUpTransfer => self.transfer_hangups.push(self.now),
                 Output::Transcript { role, text, .. } => self.transcripts.push((role.to_string(), text)),
                 Output::StartReply { reply, source, voice } => self.start_reply(reply, source, voice),
                 Output::CancelReply { reply } => {

@@ -22,11 +22,18 @@ pub fn call_sid(n: u32) -> String {
 }
 
 pub async fn start_devroom() -> devroom::Running {
+    start_devroom_with(&[]).await
+}
+
+/// devroom with extra flags (e.g. `--g711-off`: a server before livekit-server 1.9.1).
+pub async fn start_devroom_with(extra: &[&str]) -> devroom::Running {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(std::env::var("TEST_LOG").unwrap_or_else(|_| "warn".into()))
         .with_test_writer()
         .try_init();
-    let cfg = devroom::Config::try_parse_from(["devroom", "--listen", "127.0.0.1:0", "--rtc-port", "0"]).unwrap();
+    let mut args = vec!["devroom", "--listen", "127.0.0.1:0", "--rtc-port", "0"];
+    args.extend_from_slice(extra);
+    let cfg = devroom::Config::try_parse_from(args).unwrap();
     devroom::start(cfg).await.expect("devroom starts")
 }
 

@@ -126,6 +126,26 @@ pub fn tone(freq: f64, rate: u32, start: usize, n: usize, amp: f64) -> Vec<i16> 
     (start..start + n).map(|i| (amp * (2.0 * std::f64::consts::PI * freq * i as f64 / rate as f64).sin()).round() as i16).collect()
 }
 
+/// Hear a tone at `freq` on `stream` (8 kHz): `secs` seconds of audio within `secs + 8` s,
+/// judged on the last second (the first can start with a gap while a path settles, and audio
+/// queued across a reconnect can carry a phase jump): within 10 Hz, SNR at least 20 dB.
+pub async fn hear_tone_on(stream: &mut room::AudioStream, freq: f64, secs: usize) {
+    let mut pcm = Vec::new();
+    let limit = Duration::from_secs(secs as u64 + 8);
+    tokio::time::timeout(limit, async {
+        while pcm.len() < 8_000 * secs {
+            pcm.extend(stream.recv().await.expect("audio stream ended").samples);
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{secs} s of audio within {limit:?}"));
+    let settled = &pcm[8_000 * (secs - 1)..];
+    let f = estimate_frequency(settled, 8_000);
+    assert!((f - freq).abs() <= 10.0, "heard {f:.1} Hz, expected {freq} Hz");
+    let snr = snr_db(settled, 8_000, f);
+    assert!(snr >= 20.0, "SNR {snr:.1} dB at {freq} Hz");
+}
+
 /// Frequency estimate: zero crossings refined by a least-squares sine fit around them.
 pub fn estimate_frequency(s: &[i16], rate: u32) -> f64 {
     let mut first = None;
