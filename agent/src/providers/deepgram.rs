@@ -267,10 +267,16 @@ enum ServerMsg {
     Unknown,
 }
 
+/// A turn's text beyond this (minutes of speech without a pause Deepgram ends) is cut into
+/// turns of at most this size, so what the assembler holds stays bounded.
+const MAX_TURN_BYTES: usize = 8 * 1024;
+
 /// Turn assembly: final segments are joined until `speech_final` or `UtteranceEnd`.
 #[derive(Default)]
 struct Turn {
     segments: Vec<String>,
+    /// Bytes of the joined turn so far (each segment and its joining space).
+    bytes: usize,
 }
 
 impl Turn {
@@ -293,6 +299,11 @@ impl Turn {
                             text: text.clone(),
                             confidence,
                         });
+                        // Each segment costs its text and the space that joins it.
+                        if self.bytes + text.len() + 1 > MAX_TURN_BYTES {
+                            self.end_turn(out);
+                        }
+                        self.bytes += text.len() + 1;
                         self.segments.push(text);
                     }
                 } else if !text.is_empty() {
@@ -314,6 +325,7 @@ impl Turn {
                 text: self.segments.join(" "),
             });
             self.segments.clear();
+            self.bytes = 0;
         }
     }
 }
@@ -417,6 +429,20 @@ mod tests {
             "channel": {"alternatives": [{"transcript": text, "confidence": 0.9}]}
         }))
         .unwrap()
+    }
+
+    /// Finals that never end (no speech_final, no UtteranceEnd) are cut into bounded turns.
+    #[test]
+    fn a_turn_that_never_ends_is_cut_to_a_bounded_size() {
+        let mut t = Turn::default();
+        let mut out = Vec::new();
+        for _ in 0..10_000 {
+            t.handle(results("and then another thing happened", true, false), &mut out);
+            assert!(t.bytes <= MAX_TURN_BYTES);
+        }
+        let turns: Vec<&String> = out.iter().filter_map(|e| match e { SttEvent::EndOfTurn { text } => Some(text), _ => None }).collect();
+        assert!(turns.len() >= 30, "{} turns", turns.len());
+        assert!(turns.iter().all(|t| t.len() <= MAX_TURN_BYTES));
     }
 
     #[test]

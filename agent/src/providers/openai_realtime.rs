@@ -393,7 +393,12 @@ fn u64_at(v: &Value, ptr: &str) -> u64 {
     v.pointer(ptr).and_then(Value::as_u64).unwrap_or_default()
 }
 
+/// Function calls one response may make; the vendor's further calls are dropped (and logged),
+/// so what the decoder remembers stays bounded whatever the vendor sends.
+const MAX_CALLS_PER_RESPONSE: usize = 64;
+
 /// Turns server events (GA or beta names) into [`RealtimeEvent`]s: the reader's sans-IO half.
+/// It remembers function calls only until their response is done.
 #[derive(Default)]
 pub struct Decoder {
     /// Function-call names seen in `output_item.added`, by call id.
@@ -403,6 +408,20 @@ pub struct Decoder {
 }
 
 impl Decoder {
+    /// True the first time a call is described (both `arguments.done` and `output_item.done`
+    /// describe it); false again, and for calls beyond [`MAX_CALLS_PER_RESPONSE`].
+    fn first_report(&mut self, call_id: &str) -> bool {
+        if self.reported.contains(call_id) {
+            return false;
+        }
+        if self.reported.len() >= MAX_CALLS_PER_RESPONSE {
+            tracing::warn!(limit = MAX_CALLS_PER_RESPONSE, "openai-realtime: too many function calls in one response; dropped");
+            return false;
+        }
+        self.reported.insert(call_id.to_string());
+        true
+    }
+
     /// One text frame; `Ok(None)` for events the session does not use. An error ends the stream.
     pub fn on_text(&mut self, text: &str) -> Result<Option<RealtimeEvent>, ProviderError> {
         let v = serde_json::from_str::<Value>(text).map_err(|e| ProviderError::Protocol {
@@ -454,7 +473,9 @@ impl Decoder {
                 delta: str_at(v, "/delta"),
             },
             "response.output_item.added" => {
-                if v.pointer("/item/type").and_then(Value::as_str) == Some("function_call") {
+                if v.pointer("/item/type").and_then(Value::as_str) == Some("function_call")
+                    && self.names.len() < MAX_CALLS_PER_RESPONSE
+                {
                     self.names
                         .insert(str_at(v, "/item/call_id"), str_at(v, "/item/name"));
                 }
@@ -466,7 +487,7 @@ impl Decoder {
                     .filter(|n| !n.is_empty())
                     .or_else(|| self.names.get(&call_id).cloned());
                 match name {
-                    Some(name) if self.reported.insert(call_id.clone()) => {
+                    Some(name) if self.first_report(&call_id) => {
                         RealtimeEvent::FunctionCall {
                             call_id,
                             name,
@@ -483,7 +504,7 @@ impl Decoder {
                     return Ok(None);
                 }
                 let call_id = str_at(&item, "/call_id");
-                if !self.reported.insert(call_id.clone()) {
+                if !self.first_report(&call_id) {
                     return Ok(None);
                 }
                 RealtimeEvent::FunctionCall {
@@ -492,10 +513,15 @@ impl Decoder {
                     arguments: str_at(&item, "/arguments"),
                 }
             }
-            "response.done" => RealtimeEvent::ResponseDone {
-                response_id: str_at(v, "/response/id"),
-                status: str_at(v, "/response/status"),
-            },
+            "response.done" => {
+                // Every call of the response has been described: nothing more to match.
+                self.names.clear();
+                self.reported.clear();
+                RealtimeEvent::ResponseDone {
+                    response_id: str_at(v, "/response/id"),
+                    status: str_at(v, "/response/status"),
+                }
+            }
             "error" => {
                 let code = v
                     .pointer("/error/code")
@@ -589,5 +615,28 @@ mod tests {
         );
         let item_done = json!({"type":"response.output_item.done","item":{"type":"function_call","call_id":"c1","name":"lookup","arguments":"{}"}});
         assert!(d.decode(&item_done).unwrap().is_none());
+    }
+
+    /// A vendor that sends call after call never grows the decoder: at most
+    /// MAX_CALLS_PER_RESPONSE are remembered (and reported) per response, none after it.
+    #[test]
+    fn function_calls_are_remembered_only_within_their_response() {
+        let mut d = Decoder::default();
+        let mut reported = 0;
+        for i in 0..1000 {
+            let added = json!({"type":"response.output_item.added","item":{"type":"function_call","call_id":format!("c{i}"),"name":"lookup"}});
+            d.decode(&added).unwrap();
+            let done = json!({"type":"response.output_item.done","item":{"type":"function_call","call_id":format!("c{i}"),"name":"lookup","arguments":"{}"}});
+            if d.decode(&done).unwrap().is_some() {
+                reported += 1;
+            }
+        }
+        assert_eq!(reported, MAX_CALLS_PER_RESPONSE);
+        assert!(d.names.len() <= MAX_CALLS_PER_RESPONSE && d.reported.len() <= MAX_CALLS_PER_RESPONSE);
+        d.decode(&json!({"type":"response.done","response":{"id":"r1","status":"completed"}})).unwrap();
+        assert!(d.names.is_empty() && d.reported.is_empty());
+        // The next response's calls are reported again.
+        let done = json!({"type":"response.output_item.done","item":{"type":"function_call","call_id":"c0","name":"lookup","arguments":"{}"}});
+        assert!(d.decode(&done).unwrap().is_some());
     }
 }
