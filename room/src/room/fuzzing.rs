@@ -23,8 +23,8 @@ fn joined(now: Instant) -> (Engine, mpsc::Receiver<RoomEvent>) {
         ping_timeout: 15,
         ..Default::default()
     };
-    // No resume: it would redial from a background task.
-    let opts = RoomOptions { resume: false, event_capacity: 64, local_ip: Some(LOCAL.ip()), ..Default::default() };
+    // No resume and no full reconnect: either would redial from a background task.
+    let opts = RoomOptions { resume: false, full_reconnect: false, event_capacity: 64, local_ip: Some(LOCAL.ip()), ..Default::default() };
     let publisher = Peer::new(Role::Publisher, LOCAL, false, now).expect("a loopback host candidate is valid");
     let subscriber = Peer::new(Role::Subscriber, LOCAL, false, now).expect("a loopback host candidate is valid");
     let (events_tx, events_rx) = mpsc::channel(opts.event_capacity);
