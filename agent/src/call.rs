@@ -454,7 +454,7 @@ async fn converse(room: &Room, events: &mut mpsc::Receiver<RoomEvent>, p: &CallP
     let mut inputs: Vec<Input> = Vec::new();
     // The verdict may have come before the agent joined.
     if let Some(v) = phone.attributes.get(crate::call_events::ANSWERED_BY).filter(|v| !v.is_empty()) {
-        conv.handle(Input::AnsweredBy(crate::conversation::AnsweredBy::parse(v)), Instant::now());
+        conv.handle(Input::AnsweredBy(crate::conversation::AnsweredBy::parse(v).unwrap_or(crate::conversation::AnsweredBy::Unknown)), Instant::now());
     }
     let outcome = loop {
         if let Some(o) = d.execute(&mut conv) {

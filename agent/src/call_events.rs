@@ -42,7 +42,7 @@ pub(crate) fn classify(ev: RoomEvent, phone_id: &str) -> CallEvent {
         }
         RoomEvent::AttributesChanged { participant, changed } if participant.identity == phone_id => {
             match changed.get(ANSWERED_BY).filter(|v| !v.is_empty()) {
-                Some(v) => CallEvent::AnsweredBy(AnsweredBy::parse(v)),
+                Some(v) => CallEvent::AnsweredBy(AnsweredBy::parse(v).unwrap_or(AnsweredBy::Unknown)),
                 None => CallEvent::Other,
             }
         }

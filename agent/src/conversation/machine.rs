@@ -19,47 +19,13 @@ use crate::config::OnMachine;
 /// The longest a voicemail message may take to play before the call is hung up anyway.
 pub const MESSAGE_DEADLINE: Duration = Duration::from_secs(90);
 
-/// Twilio's `AnsweredBy`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AnsweredBy {
-    Human,
-    MachineStart,
-    MachineEndBeep,
-    MachineEndSilence,
-    MachineEndOther,
-    Fax,
-    Unknown,
-}
+/// Twilio's `AnsweredBy`, as the bridge parses it (the phone participant's
+/// `sip.twilio.answeredBy`).
+pub use proto::outbound::AnsweredBy;
 
-impl AnsweredBy {
-    /// Twilio's value; anything else is `Unknown` (the call goes on).
-    pub fn parse(v: &str) -> AnsweredBy {
-        match v {
-            "human" => AnsweredBy::Human,
-            "machine_start" => AnsweredBy::MachineStart,
-            "machine_end_beep" => AnsweredBy::MachineEndBeep,
-            "machine_end_silence" => AnsweredBy::MachineEndSilence,
-            "machine_end_other" => AnsweredBy::MachineEndOther,
-            "fax" => AnsweredBy::Fax,
-            _ => AnsweredBy::Unknown,
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            AnsweredBy::Human => "human",
-            AnsweredBy::MachineStart => "machine_start",
-            AnsweredBy::MachineEndBeep => "machine_end_beep",
-            AnsweredBy::MachineEndSilence => "machine_end_silence",
-            AnsweredBy::MachineEndOther => "machine_end_other",
-            AnsweredBy::Fax => "fax",
-            AnsweredBy::Unknown => "unknown",
-        }
-    }
-
-    fn greeting_over(self) -> bool {
-        matches!(self, AnsweredBy::MachineEndBeep | AnsweredBy::MachineEndSilence | AnsweredBy::MachineEndOther)
-    }
+/// The machine's greeting has ended (the beep, silence, or something else after it).
+fn greeting_over(v: AnsweredBy) -> bool {
+    matches!(v, AnsweredBy::MachineEndBeep | AnsweredBy::MachineEndSilence | AnsweredBy::MachineEndOther)
 }
 
 /// Where a call with a machine on the line is.
@@ -105,7 +71,7 @@ impl Conversation {
                 let wait = Duration::from_millis(self.spec.outbound.machine_wait_ms as u64);
                 self.machine = Some(Machine::Waiting { until: self.now + wait });
             }
-            v if v.greeting_over() => self.leave_message(),
+            v if greeting_over(v) => self.leave_message(),
             _ => {}
         }
     }
@@ -151,11 +117,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn twilio_values_round_trip_and_others_are_unknown() {
+    fn twilio_values_round_trip_and_only_the_ends_of_a_greeting_end_it() {
         for v in ["human", "machine_start", "machine_end_beep", "machine_end_silence", "machine_end_other", "fax", "unknown"] {
-            assert_eq!(AnsweredBy::parse(v).as_str(), v);
+            assert_eq!(AnsweredBy::parse(v).map(AnsweredBy::as_str), Some(v));
         }
-        assert_eq!(AnsweredBy::parse("MACHINE_START"), AnsweredBy::Unknown);
-        assert_eq!(AnsweredBy::parse(""), AnsweredBy::Unknown);
+        assert_eq!(AnsweredBy::parse("MACHINE_START"), None);
+        assert_eq!(AnsweredBy::parse(""), None);
+        let ends: Vec<AnsweredBy> = ["human", "machine_start", "machine_end_beep", "machine_end_silence", "machine_end_other", "fax", "unknown"]
+            .into_iter()
+            .filter_map(AnsweredBy::parse)
+            .filter(|&v| greeting_over(v))
+            .collect();
+        assert_eq!(ends, [AnsweredBy::MachineEndBeep, AnsweredBy::MachineEndSilence, AnsweredBy::MachineEndOther]);
     }
 }
